@@ -1,0 +1,65 @@
+"""Shared fixtures: offline environment, CPU-only TRL configs, tiny models built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TRL_MARS_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def force_cpu(monkeypatch):
+    """TRL's configs default to bf16; tests run on CPU in fp32 (as TRL's own conftest does)."""
+    from trl.trainer.base_config import _BaseConfig
+
+    original = _BaseConfig.__post_init__
+
+    def post_init(self):
+        self.use_cpu = True
+        self.bf16 = False
+        original(self)
+
+    monkeypatch.setattr(_BaseConfig, "__post_init__", post_init)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.fail(f"shared data not found at {SHARED_DATA}; set TRL_MARS_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp().parent / "trl_mars_tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from trl_mars.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_path(tiny_cache) -> str:
+    from trl_mars.testing import tiny_model_path
+
+    return tiny_model_path("qwen2", cache_dir=tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tiny_cache) -> str:
+    from trl_mars.testing import tiny_model_path
+
+    return tiny_model_path("llama", cache_dir=tiny_cache)

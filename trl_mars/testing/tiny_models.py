@@ -1,0 +1,123 @@
+"""Offline tiny models: a locally trained byte-level BPE tokenizer and tiny Qwen2/Llama causal LMs.
+
+Everything is built from configs on the spot (no hub access) and saved with ``save_pretrained`` so that
+every code path loads it by path, exactly as it would load ``Qwen/Qwen3-8B``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = resources.files("trl_mars.testing").joinpath("chat_template.jinja").read_text()
+TINY_ARCHS = ("qwen2", "llama")
+
+
+def default_corpus() -> list[str]:
+    """Text the tokenizer is trained on: the embedded code tasks (prompts + solutions) and some prose."""
+    from trl_mars.data.code_tasks import generate_tasks
+
+    texts = []
+    for task in generate_tasks(num_tasks=150, seed=1234):
+        texts += [task.question, task.canonical_solution, "\n".join(task.tests)]
+    texts += [
+        "You are a helpful assistant. Think step by step, then answer.",
+        "Here are the results of running your code. Fix the code so that all tests pass.",
+        "The quick brown fox jumps over the lazy dog. 0123456789",
+    ]
+    return texts
+
+
+def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (ChatML specials, left padding) on ``corpus``; deterministic."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus if corpus is not None else default_corpus()), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=2048,
+    )
+
+
+def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast, **overrides) -> PretrainedConfig:
+    """A small decoder config for ``arch`` in {"qwen2", "llama"}: GQA (4 query / 2 KV heads), tied embeddings."""
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    kwargs.update(overrides)
+    return (Qwen2Config if arch == "qwen2" else LlamaConfig)(**kwargs)
+
+
+def save_tiny_model(
+    arch: str, path: str | os.PathLike, tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0, **overrides
+) -> Path:
+    """Build a randomly initialised tiny ``arch`` model and save it with its tokenizer at ``path``."""
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer, **overrides))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_model_path(arch: str = "qwen2", cache_dir: str | os.PathLike | None = None, **overrides) -> str:
+    """Path of a cached tiny model (built on first use), keyed by architecture and config overrides.
+
+    The cache lives in ``$TRL_MARS_CACHE`` (default: ``<tmp>/trl_mars_tiny``); writes are atomic renames, so
+    concurrent processes never see a half-written model.
+    """
+    root = Path(cache_dir or os.environ.get("TRL_MARS_CACHE", Path(tempfile.gettempdir()) / "trl_mars_tiny"))
+    key = hashlib.sha256(repr((arch, sorted(overrides.items()))).encode()).hexdigest()[:12]
+    target = root / f"tiny-{arch}-{key}"
+    if not (target / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+        save_tiny_model(arch, staging, **overrides)
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race; its copy is identical
+            pass
+    return str(target)

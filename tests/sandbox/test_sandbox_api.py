@@ -1,0 +1,93 @@
+"""Sandbox API: test formats, per-test verdicts, failure details, feedback, batch/future/asyncio use."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from trl_mars.sandbox import Sandbox, Status, make_check, split_humaneval
+
+PROGRAM = "def add(a, b):\n    return a + b if a != 2 else 0\n"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(concurrency=2, timeout_s=1.0, max_total_s=4.0) as sb:
+        yield sb
+
+
+def test_assert_tests_give_per_test_verdicts_and_failure_details(sandbox):
+    result = sandbox.run(PROGRAM, ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add(1, None) == 1"])
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.FAILED, Status.ERROR]
+    failed, error = result.verdicts[1], result.verdicts[2]
+    assert (failed.input, failed.expected, failed.actual) == ("2, 2", "4", "0")
+    assert error.error_type == "TypeError" and "unsupported operand" in error.message
+    assert result.pass_fraction == pytest.approx(1 / 3) and not result.passed
+    text = result.feedback_text()
+    assert "Passed 1/3 tests." in text and "expected: 4" in text and "actual: 0" in text and "TypeError" in text
+
+
+def test_humaneval_check_is_split_into_asserts(sandbox):
+    test = "METADATA = {}\n\ndef check(candidate):\n    assert candidate(1, 1) == 2\n    assert True\n    assert candidate(2, 5) == 7\n"
+    setup, snippets = split_humaneval(test)
+    assert "METADATA" in setup and snippets == ["assert candidate(1, 1) == 2", "assert candidate(2, 5) == 7"]
+    result = sandbox.run(PROGRAM, test, entry_point="add")
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.FAILED]
+
+
+def test_humaneval_check_with_loops_falls_back_to_one_test(sandbox):
+    test = "def check(candidate):\n    for i in range(3):\n        assert candidate(i, 1) == i + 1\n"
+    check = make_check(PROGRAM, test, entry_point="add")
+    assert [t.display for t in check.tests] == ["check(candidate)"]
+    assert sandbox.run(PROGRAM, test, entry_point="add").verdicts[0].status is Status.FAILED
+
+
+def test_stdio_cases_are_judged_outside_the_sandbox(sandbox):
+    program = "n = int(input())\nprint(n * 2)\n"
+    cases = [{"input": "3\n", "output": "6\n"}, {"input": "4\n", "output": "9"}, {"input": "x\n", "output": "1"}]
+    assert "9" not in str(make_check(program, cases).wire(100)["tests"])
+    result = sandbox.run(program, cases)
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.FAILED, Status.ERROR]
+    assert (result.verdicts[1].expected, result.verdicts[1].actual) == ("9", "8\n")
+
+
+def test_syntax_error_and_missing_entry_point(sandbox):
+    result = sandbox.run("def f(:\n", ["assert f() == 1"])
+    assert result.program_status is Status.ERROR and "SyntaxError" in result.program_error
+    result = sandbox.run("x = 1\n", "def check(candidate):\n    assert candidate() == 1\n", entry_point="f")
+    assert result.program_status is Status.ERROR and "KeyError" in result.program_error
+
+
+def test_program_output_is_captured(sandbox):
+    result = sandbox.run("print('hello')\nimport sys\nprint('oops', file=sys.stderr)\n", ["assert True"])
+    assert result.stdout == "hello\n" and result.stderr == "oops\n" and not result.output_truncated
+
+
+def test_tests_do_not_share_state_or_patched_builtins(sandbox):
+    program = (
+        "import builtins\nbuiltins.len = lambda x: 3\nitems = []\ndef f():\n    items.append(1)\n    return items\n"
+    )
+    result = sandbox.run(program, ["assert len(f()) == 1", "x = 1\nassert 'x' in dir()", "assert 'x' not in dir()"])
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.PASSED, Status.PASSED]
+
+
+def test_batch_future_and_asyncio(sandbox):
+    items = [(f"def f():\n    return {i}\n", ["assert f() == 2"]) for i in range(4)]
+    assert [r.passed for r in sandbox.run_batch(items)] == [False, False, True, False]
+    assert sandbox.submit(*items[2]).result().passed
+
+    async def score():
+        return await asyncio.gather(*(sandbox.arun(*item) for item in items))
+
+    assert [r.passed for r in asyncio.run(score())] == [False, False, True, False]
+
+
+def test_isolation_is_reported(sandbox):
+    isolation = sandbox.start()
+    assert {"network", "filesystem", "uid", "warnings"} <= set(isolation)
+
+
+def test_stdlib_imports_work_for_the_sandbox_uid(sandbox):
+    program = "import textwrap, xml.dom.minidom, zlib\ndef f():\n    return textwrap.dedent('  a')\n"
+    assert sandbox.run(program, ["assert f() == 'a'"]).passed

@@ -1,0 +1,164 @@
+"""Code that runs inside the sandboxed child: load the program, run each test, stream one record per step.
+
+Records go to a pipe fd as ``repr`` of a tuple of plain str/int/float/None, starting with a per-child nonce,
+and are parsed with ``ast.literal_eval`` by the zygote. Every function/class the harness relies on after
+the untrusted program ran is captured in locals first, so monkey-patching builtins, ``os``, ``sys`` or this
+module cannot change a verdict; tests run with a pristine copy of builtins. ``assert`` statements raise the
+real AssertionError regardless of what the name is bound to. A child that exits without reporting a test
+(``os._exit``, a signal, ``sys.exit`` inside a test is an error) gets ``crashed`` from the zygote.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import sys
+import traceback
+
+from trl_mars.sandbox.cases import ACTUAL, EXPECTED
+
+FIELD_CAP = 2000  # characters kept of a message / repr / traceback
+
+
+class CappedSink(io.RawIOBase):
+    """A writable raw stream that keeps the first ``cap`` bytes (optionally forwarding them to ``fd``) and
+    silently drops the rest, so printing gigabytes neither fills memory nor blocks."""
+
+    def __init__(self, cap: int, fd: int | None = None, write=os.write):
+        super().__init__()
+        self.cap, self.fd, self._write = cap, fd, write
+        self.kept, self.total = bytearray(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        n = len(data)
+        room = self.cap - len(self.kept)
+        if room > 0:
+            chunk = bytes(data[:room])
+            self.kept += chunk
+            if self.fd is not None:
+                self._write(self.fd, chunk)
+        self.total += n
+        return n
+
+
+def text_stream(sink: CappedSink) -> io.TextIOWrapper:
+    return io.TextIOWrapper(sink, encoding="utf-8", errors="replace", write_through=True)
+
+
+def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> None:
+    """Run tests ``start..`` of ``check`` (a ``Check.to_dict()``), reporting on ``fd``; never returns."""
+    # Trusted references, captured before any untrusted code runs.
+    exec_, compile_, repr_, str_, type_, isinstance_ = exec, compile, repr, str, type, isinstance
+    base_exc, assertion, memory, system_exit = BaseException, AssertionError, MemoryError, SystemExit
+    write, exit_, open_fd, dup2, close, open_ = os.write, os._exit, os.open, os.dup2, os.close, open
+    sink_cls, wrap, wrap_in, file_io = CappedSink, text_stream, io.TextIOWrapper, io.FileIO
+    from time import perf_counter as clock
+
+    str_concat, format_exc = str.__add__, traceback.format_exception
+    clean_builtins = dict(builtins.__dict__)
+    tests, stdio = check["tests"], check["stdio"]
+
+    def text(obj, cap=FIELD_CAP):
+        try:
+            s = obj if type_(obj) is str_ else str_(obj)
+            return str_concat("", s)[:cap]
+        except base_exc:
+            return "<unprintable>"
+
+    def safe_repr(obj):
+        try:
+            return text(repr_(obj))
+        except base_exc:
+            return "<unrepresentable>"
+
+    def send(*record):
+        data = (repr_(record) + "\n").encode()
+        while data:
+            data = data[write(fd, data) :]
+
+    def classify(exc):
+        status = "failed" if isinstance_(exc, assertion) else "memory" if isinstance_(exc, memory) else "error"
+        try:
+            tb = "".join(format_exc(type_(exc), exc, exc.__traceback__))
+        except base_exc:
+            tb = ""
+        return status, text(type_(exc).__name__), text(exc), text(tb[-FIELD_CAP:])
+
+    stdout_sink = sink_cls(output_cap, 1, write)
+    sys.stdout, sys.stderr = wrap(stdout_sink), wrap(sink_cls(output_cap, 2, write))
+    sys.stdin = open_(os.devnull)
+
+    def compile_test(i, source):
+        try:
+            return compile_(source, f"<test {i}>", "exec")
+        except base_exc as e:
+            return e
+
+    codes = [None if stdio else compile_test(i, t["source"]) for i, t in enumerate(tests)]
+    try:
+        program = compile_(check["program"], "<program>", "exec")
+        setup = compile_(check["setup"], "<setup>", "exec")
+    except base_exc as e:
+        send(nonce, "L", *classify(e)[:3])
+        exit_(0)
+
+    env = {"__name__": "__main__" if stdio else "__sandbox__", "__builtins__": builtins}
+    if not stdio:
+        try:
+            exec_(program, env)
+            exec_(setup, env)
+            if check["entry_point"]:
+                env["candidate"] = env[check["entry_point"]]
+        except base_exc as e:
+            status, etype, message, _ = classify(e)
+            send(nonce, "L", "memory" if status == "memory" else "error", etype, message)
+            exit_(0)
+    send(nonce, "L", "passed", None, "")
+
+    def run_stdio(case):
+        """Run the whole program on one stdin; the parent compares the captured stdout with the expected one
+        (which never enters the sandbox)."""
+        path = f"stdin_{start}"
+        with open_(path, "w") as f:
+            f.write(case["stdin"])
+        in_fd = open_fd(path, os.O_RDONLY)
+        dup2(in_fd, 0)
+        close(in_fd)
+        sink = sink_cls(case["stdout_cap"])
+        sys.stdin, sys.stdout = wrap_in(file_io(0, closefd=False)), wrap(sink)
+        try:
+            exec_(program, {"__name__": "__main__", "__builtins__": builtins})
+        except system_exit as e:
+            if e.code not in (None, 0):
+                raise
+        finally:
+            sys.stdout.flush()
+            sys.stdout = wrap(stdout_sink)
+        actual = bytes(sink.kept).decode("utf-8", "replace")
+        return ("passed", None, "output truncated" if sink.total > sink.cap else "", "", actual, None)
+
+    for i in range(start, len(tests)):
+        send(nonce, "S", i)
+        t0 = clock()
+        ns = None
+        try:
+            if stdio:
+                outcome = run_stdio(tests[i])
+            elif isinstance_(codes[i], base_exc):
+                raise codes[i]
+            else:
+                ns = dict(env)
+                ns["__builtins__"] = dict(clean_builtins)
+                exec_(codes[i], ns)
+                outcome = ("passed", None, "", "", None, None)
+        except base_exc as e:
+            have = ns is not None and ACTUAL in ns and EXPECTED in ns
+            pair = (safe_repr(ns[ACTUAL]), safe_repr(ns[EXPECTED])) if have else (None, None)
+            outcome = (*classify(e), *pair)
+        send(nonce, "E", i, *outcome, clock() - t0)
+    send(nonce, "D")
+    exit_(0)

@@ -1,0 +1,171 @@
+"""The parent side: a pool of zygote workers behind a sync, batch, future and asyncio API.
+
+Each worker is one long-lived zygote (``python -m trl_mars.sandbox.zygote``) that forks a child per check,
+so a check costs a fork, not an interpreter start-up. A worker that dies, hangs or breaks protocol is
+killed (with every process of its sandbox uid) and restarted on next use; the affected check comes back
+with ``sandbox_error`` set and every test ``crashed``. Nothing here ever raises into the caller for a
+sandbox failure.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from trl_mars.sandbox import limits
+from trl_mars.sandbox.cases import Check, make_check, same_output
+from trl_mars.sandbox.config import SandboxConfig
+from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, send_msg
+from trl_mars.sandbox.verdict import ExecutionResult, Status, TestVerdict
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_GRACE_S = 10.0  # how much longer than a check's own budget the parent waits before declaring the worker hung
+
+
+class SandboxUnavailable(RuntimeError):
+    """A worker could not start, or could not provide the isolation the config requires."""
+
+
+class Worker:
+    """One zygote process, started lazily and restarted after any failure."""
+
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+        self.isolation: dict = {}
+
+    def start(self) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT, "LANG": "C.UTF-8"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trl_mars.sandbox.zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd="/",
+        )
+        hello = {"config": self.config.to_dict(), "parent_pid": os.getpid()}
+        send_msg(self.proc.stdin.fileno(), hello)
+        reply = recv_msg(self.proc.stdout.fileno(), time.monotonic() + 60)
+        if "error" in reply:
+            self.stop()
+            raise SandboxUnavailable(reply["error"])
+        self.isolation = reply["isolation"]
+
+    def run(self, wire: dict) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.stop()
+            self.start()
+        send_msg(self.proc.stdin.fileno(), {"check": wire})
+        budget = self.config.max_total_s + len(wire["tests"]) * 0.05 + _GRACE_S
+        return recv_msg(self.proc.stdout.fileno(), time.monotonic() + budget)
+
+    def stop(self) -> None:
+        """Kill the zygote and anything still running under this worker's sandbox uid."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
+        uid = limits.sandbox_uid(self.config.uid_base, self.proc.pid)
+        self.proc = None
+        if uid is not None:
+            limits.kill_all(uid=uid)
+
+
+def _judge_stdio(result: ExecutionResult, check: Check) -> None:
+    """stdin/stdout cases are judged here, so the expected output never enters the sandbox."""
+    for verdict, case in zip(result.verdicts, check.tests):
+        if case.expected_stdout is None:
+            continue
+        verdict.expected = case.expected_stdout
+        truncated = verdict.message == "output truncated"
+        if verdict.passed and (truncated or not same_output(verdict.actual or "", case.expected_stdout)):
+            verdict.status, verdict.message = Status.FAILED, "output too long" if truncated else "wrong output"
+
+
+def crashed_result(check: Check, error: str) -> ExecutionResult:
+    """The result reported when the sandbox itself failed."""
+    verdicts = [
+        TestVerdict(i, Status.CRASHED, test=c.display, message=error, input=c.input) for i, c in enumerate(check.tests)
+    ]
+    return ExecutionResult(verdicts, Status.CRASHED, program_error=error, sandbox_error=error)
+
+
+def _shutdown(executor: ThreadPoolExecutor, workers: list[Worker]) -> None:
+    executor.shutdown(wait=True, cancel_futures=True)
+    for worker in workers:
+        worker.stop()
+
+
+class Sandbox:
+    """Run untrusted programs against tests, ``config.concurrency`` checks at a time.
+
+    ``tests`` may be a list of assert snippets, HumanEval ``check`` code (with ``entry_point``), a list of
+    ``{"input", "output"}`` stdin/stdout cases, or a prepared ``Check`` (see ``cases.make_check``)."""
+
+    def __init__(self, config: SandboxConfig | None = None, **overrides):
+        self.config = replace(config or SandboxConfig(), **overrides)
+        self._workers = [Worker(self.config) for _ in range(self.config.concurrency)]
+        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
+        for worker in self._workers:
+            self._idle.put(worker)
+        self._executor = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="sandbox")
+        self._finalizer = weakref.finalize(self, _shutdown, self._executor, self._workers)
+
+    def _execute(self, check: Check) -> ExecutionResult:
+        worker = self._idle.get()
+        try:
+            result = ExecutionResult(**worker.run(check.wire(self.config.output_cap_bytes)))
+        except (ChannelClosed, TimeoutError, OSError, SandboxUnavailable, ValueError, TypeError) as e:
+            worker.stop()
+            return crashed_result(check, f"sandbox worker failed: {type(e).__name__}: {e}")
+        finally:
+            self._idle.put(worker)
+        _judge_stdio(result, check)
+        return result
+
+    def submit(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> Future[ExecutionResult]:
+        """Schedule one check; the future never raises for sandbox failures."""
+        return self._executor.submit(self._execute, make_check(program, tests, entry_point, setup))
+
+    def run(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
+        return self.submit(program, tests, entry_point, setup).result()
+
+    async def arun(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
+        """``await``-able ``run``: the check runs on the pool's threads, the event loop stays free."""
+        import asyncio  # imported here so zygotes (which import this package) stay small and fork fast
+
+        return await asyncio.wrap_future(self.submit(program, tests, entry_point, setup))
+
+    def run_batch(self, items: Iterable[Check | tuple]) -> list[ExecutionResult]:
+        """Run many checks concurrently; ``items`` are ``Check`` or ``(program, tests[, entry_point[, setup]])``."""
+        futures = [
+            self._executor.submit(self._execute, make_check(*item) if isinstance(item, tuple) else item)
+            for item in items
+        ]
+        return [f.result() for f in futures]
+
+    def start(self) -> dict:
+        """Start every worker now (otherwise they start on first use); returns the isolation in force."""
+        for worker in self._workers:
+            if worker.proc is None:
+                worker.start()
+        return self._workers[0].isolation
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,34 @@
+"""Kernel-test setup: Triton interpreter on CPU-only machines, NaN-poisoned fresh allocations."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# must precede the first import of any @triton.jit kernel; on a GPU the kernels run compiled
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# compare fp32 kernels against the reference without TF32 rounding on GPUs
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+
+import pytest  # noqa: E402
+
+
+def _poisoned(factory):
+    """Wrap an allocator so that floating-point results start as NaN: unwritten outputs then fail the tests."""
+
+    def allocate(*args, **kwargs):
+        out = factory(*args, **kwargs)
+        if out.is_floating_point():
+            out.fill_(float("nan"))
+        return out
+
+    return allocate
+
+
+@pytest.fixture(autouse=True)
+def nan_poison(monkeypatch):
+    monkeypatch.setattr(torch, "empty", _poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", _poisoned(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(torch.Tensor.new_empty))

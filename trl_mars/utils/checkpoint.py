@@ -75,9 +75,13 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 class MethodStateMixin:
     """Mixin for ``transformers.Trainer`` subclasses: checkpoints ``method_state()`` and restores it on resume.
 
-    Subclasses implement ``method_state() -> dict`` (JSON-serialisable) and ``load_method_state(state)``.
-    Put the mixin first in the bases: ``class MyTrainer(MethodStateMixin, GRPOTrainer)``.
+    Subclasses implement ``method_state() -> dict`` (JSON-serialisable) and ``load_method_state(state)``; binary
+    state (e.g. extra optimizers) goes in ``save_method_files(checkpoint_dir)``, written before the completion
+    marker, and is read back from ``self.resumed_from``. Put the mixin first in the bases:
+    ``class MyTrainer(MethodStateMixin, GRPOTrainer)``.
     """
+
+    resumed_from: str | None = None
 
     def method_state(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -85,9 +89,13 @@ class MethodStateMixin:
     def load_method_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def save_method_files(self, checkpoint_dir: Path) -> None:
+        """Write non-JSON state into ``checkpoint_dir`` (called before the checkpoint is marked complete)."""
+
     def _save_checkpoint(self, model, trial) -> None:  # noqa: ANN001 - transformers' signature
         super()._save_checkpoint(model, trial)
         checkpoint_dir = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        self.save_method_files(checkpoint_dir)
         save_method_state(checkpoint_dir, self.method_state(), self.state.global_step)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -96,5 +104,6 @@ class MethodStateMixin:
             if resume_from_checkpoint is None:
                 raise ValueError(f"no complete checkpoint found in output_dir={self.args.output_dir!r}")
         if resume_from_checkpoint:
+            self.resumed_from = str(resume_from_checkpoint)
             self.load_method_state(load_method_state(resume_from_checkpoint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

@@ -1,0 +1,5 @@
+import sys
+
+from trl_mars.search.cli import main
+
+sys.exit(main())

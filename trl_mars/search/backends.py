@@ -1,0 +1,214 @@
+"""Generation backends: one batched call turns many chat prompts into completions with sampling log-probs.
+
+``TransformersBackend`` wraps any causal LM (PEFT models included) and records the log-probability of every
+sampled token under the *sampling* distribution (after temperature / top-k / top-p), in O(batch x vocab)
+memory. ``VLLMServerBackend`` talks to a running ``trl vllm-serve`` / ``vllm serve`` (one server per agent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str
+    logprobs: list[float] = field(default_factory=list)
+
+
+class GenerationBackend(Protocol):
+    def generate(self, prompts: Sequence[Messages]) -> list[Generation]: ...
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_new_tokens: int = 0  # EOS is suppressed until this many tokens (equal-length benchmarks)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(
+                f"invalid sampling: temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}"
+            )
+
+
+class _SampleAndRecord(LogitsProcessor):
+    """Applies temperature, top-k and top-p itself (so it is the last processor) and records log-probs.
+
+    At step t it sees the token chosen at step t-1 in ``input_ids`` and gathers its log-prob from the
+    distribution it kept; only one (batch, vocab) distribution is ever held.
+    """
+
+    def __init__(self, sampling: SamplingConfig, prompt_len: int) -> None:
+        self.sampling = sampling
+        self.prompt_len = prompt_len
+        self.previous: torch.Tensor | None = None
+        self.logprobs: list[torch.Tensor] = []
+
+    def gather_previous(self, chosen: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.logprobs.append(self.previous.gather(-1, chosen[:, None]).squeeze(-1))
+            self.previous = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] > self.prompt_len:
+            self.gather_previous(input_ids[:, -1])
+        s = self.sampling
+        scores = scores.float()
+        if s.temperature > 0 and s.temperature != 1.0:
+            scores = scores / s.temperature
+        if s.top_k > 0:
+            kth = torch.topk(scores, min(s.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if s.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+            cum = sorted_scores.softmax(-1).cumsum(-1)
+            drop = cum - sorted_scores.softmax(-1) >= s.top_p  # keep the smallest prefix reaching top_p
+            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        self.previous = F.log_softmax(scores, dim=-1)
+        return scores
+
+
+class TransformersBackend:
+    """Batched ``model.generate`` over chat prompts with the model's chat template (left padding)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        sampling: SamplingConfig | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
+        if tokenizer.chat_template is None:
+            raise ValueError("tokenizer has no chat_template; set one (see trl_mars.testing.CHAT_TEMPLATE)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingConfig()
+        self.chat_template_kwargs = chat_template_kwargs or {}
+        self.max_batch_size = max_batch_size
+
+    def encode(self, prompt: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def generate(self, prompts: Sequence[Messages]) -> list[Generation]:
+        if not prompts:
+            return []
+        size = self.max_batch_size or len(prompts)
+        out: list[Generation] = []
+        for i in range(0, len(prompts), size):
+            out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]])
+        return out
+
+    @torch.no_grad()
+    def _generate_batch(self, prompt_ids: list[list[int]]) -> list[Generation]:
+        tok = self.tokenizer
+        batch = tok.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt", padding_side="left")
+        device = next(self.model.parameters()).device
+        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        recorder = _SampleAndRecord(self.sampling, input_ids.shape[1])
+        greedy = self.sampling.temperature == 0
+        min_length = {"min_new_tokens": self.sampling.min_new_tokens} if self.sampling.min_new_tokens else {}
+        sequences = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=self.sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=None,
+            logits_processor=LogitsProcessorList([recorder]),
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            **min_length,
+        )
+        completions = sequences[:, input_ids.shape[1] :]
+        if completions.shape[1]:
+            recorder.gather_previous(completions[:, -1])
+        logprobs = torch.stack(recorder.logprobs, 1) if recorder.logprobs else completions.float()
+        results = []
+        for row, ids in enumerate(completions.tolist()):
+            end = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
+            ids = ids[:end]
+            text = tok.decode(ids, skip_special_tokens=True)
+            results.append(Generation(prompt_ids[row], ids, text, logprobs[row, :end].tolist()))
+        return results
+
+
+class ScriptedBackend:
+    """A backend that answers with ``respond(messages) -> str`` (tests, demos, and the planted benchmark)."""
+
+    def __init__(self, respond: Callable[[Messages], str]) -> None:
+        self.respond = respond
+        self.calls: list[int] = []
+
+    def generate(self, prompts: Sequence[Messages]) -> list[Generation]:
+        self.calls.append(len(prompts))
+        return [Generation([], [], self.respond(p)) for p in prompts]
+
+
+class VLLMServerBackend:
+    """Generation from a running OpenAI-compatible vLLM server (``trl vllm-serve`` or ``vllm serve``).
+
+    One server per agent: start each on its own port (and NCCL group port when it is trained, so the trainer
+    can push weights), then pass ``base_url``. Requires the ``vllm`` extra on the server side only.
+    """
+
+    def __init__(
+        self, base_url: str, model: str, sampling: SamplingConfig | None = None, timeout: float = 600
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.sampling = sampling or SamplingConfig()
+        self.timeout = timeout
+
+    def generate(self, prompts: Sequence[Messages]) -> list[Generation]:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, max(1, len(prompts)))) as pool:
+            return list(pool.map(self._one, prompts))
+
+    def _one(self, prompt: Messages) -> Generation:
+        import json
+        import urllib.request
+
+        s = self.sampling
+        body = {
+            "model": self.model,
+            "messages": prompt,
+            "max_tokens": s.max_new_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "logprobs": True,
+            "return_tokens_as_token_ids": True,
+        }
+        if s.top_k > 0:
+            body["top_k"] = s.top_k
+        if s.min_new_tokens:
+            body["min_tokens"] = s.min_new_tokens
+        request = urllib.request.Request(
+            f"{self.base_url}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - user-given server
+            choice = json.load(response)["choices"][0]
+        content = (choice.get("logprobs") or {}).get("content") or []
+        ids = [int(t["token"].removeprefix("token_id:")) for t in content if t["token"].startswith("token_id:")]
+        return Generation([], ids, choice["message"]["content"] or "", [float(t["logprob"]) for t in content])

@@ -1,0 +1,188 @@
+"""Lockstep MARS² tree search over many problems at once.
+
+Every search step picks one expansion per tree in flight (AB-MCTS-A), then makes ONE batched generation call
+per distinct model across all those trees; each batch's code goes to the sandbox asynchronously as soon as
+it is generated, so scoring one model's batch overlaps with generating the next one's. The search state
+(trees, posteriors, RNG, step counter) serialises to JSON and restores exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trl_mars.rewards.code_extraction import extract_code
+from trl_mars.search.backends import GenerationBackend, Messages
+from trl_mars.search.prompts import PromptConfig, first_prompt, refinement_prompt
+from trl_mars.search.selection import DepthSchedule, Order, select_expansion
+from trl_mars.search.tree import ROOT, SearchTree
+from trl_mars.search.verify import Verdict, Verifier, no_code_verdict
+
+
+@dataclass(frozen=True)
+class SearchProblem:
+    """A problem as the search sees it; ``public_tests`` score nodes, ``private_tests`` grade final answers.
+
+    Tests are anything ``trl_mars.sandbox`` accepts (assert lines, HumanEval ``check`` code, stdin/stdout
+    cases); ``entry_point`` and ``setup`` are passed to the sandbox with them."""
+
+    problem_id: str
+    question: str
+    public_tests: Any
+    private_tests: Any = None
+    entry_point: str | None = None
+    setup: str = ""
+    preamble: str = ""
+
+    def verify(self, verifier: Verifier, code: str, tests: Any) -> Future[Verdict]:
+        """Check ``preamble + code`` (e.g. the prompt's imports before the model's function) against ``tests``."""
+        program = f"{self.preamble}\n{code}" if self.preamble else code
+        return verifier.submit(program, tests, self.entry_point, self.setup)
+
+    @property
+    def grading_tests(self) -> Any:
+        return self.public_tests if self.private_tests is None else self.private_tests
+
+
+@dataclass
+class SearchConfig:
+    """Budget and policy of the search. ``tplus`` turns on MARS²-T+ (detailed feedback on refinements + depth
+    schedule); ``stop_on_pass`` ends a tree at its first passing node (inference only; training never stops);
+    ``max_depth=1`` turns the tree into plain parallel sampling (GEN at the root only)."""
+
+    max_nodes: int = 8
+    dist: str = "beta"
+    order: Order = "node_then_agent"
+    tplus: bool = False
+    depth_schedule: DepthSchedule = field(default_factory=DepthSchedule)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    stop_on_pass: bool = False
+    max_depth: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_depth is not None and self.max_depth < 1:
+            raise ValueError(f"max_depth must be >= 1 or None, got {self.max_depth}")
+        if self.max_nodes < 1:
+            raise ValueError(f"max_nodes must be >= 1, got {self.max_nodes}")
+        if self.dist not in ("beta", "gaussian"):
+            raise ValueError(f"dist must be 'beta' or 'gaussian', got {self.dist!r}")
+        if self.order not in ("node_then_agent", "agent_then_node"):
+            raise ValueError(f"order must be 'node_then_agent' or 'agent_then_node', got {self.order!r}")
+        if self.tplus and self.prompt.feedback != "detailed":
+            self.prompt = PromptConfig(**{**self.prompt.__dict__, "feedback": "detailed"})
+
+
+@dataclass
+class _Request:
+    tree: int
+    parent: int
+    agent: str
+    prompt: Messages
+
+
+class TreeSearch:
+    """Grow MARS² trees with ``agents`` (name -> generation backend) scored by ``verifier``."""
+
+    def __init__(
+        self,
+        agents: Mapping[str, GenerationBackend],
+        verifier: Verifier,
+        config: SearchConfig | None = None,
+        seed: int = 0,
+        system_prompts: Mapping[str, str | None] | None = None,
+    ) -> None:
+        if not agents:
+            raise ValueError("agents must name at least one generation backend")
+        self.agents = dict(agents)
+        self.system_prompts = {name: (system_prompts or {}).get(name) for name in self.agents}
+        self.verifier = verifier
+        self.config = config or SearchConfig()
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0
+
+    def new_trees(self, problems: Sequence[SearchProblem], prefix: str = "") -> list[SearchTree]:
+        return [
+            SearchTree(f"{prefix}{i}-{p.problem_id}", p.problem_id, dist=self.config.dist)
+            for i, p in enumerate(problems)
+        ]
+
+    def done(self, tree: SearchTree) -> bool:
+        solved = self.config.stop_on_pass and any(n.score >= 1.0 for n in tree.solutions)
+        return len(tree) >= self.config.max_nodes or solved
+
+    def run(self, problems: Sequence[SearchProblem], trees: list[SearchTree] | None = None) -> list[SearchTree]:
+        """Search every problem until its budget is spent; pass ``trees`` to continue earlier ones."""
+        trees = trees if trees is not None else self.new_trees(problems)
+        if len(trees) != len(problems):
+            raise ValueError(f"got {len(trees)} trees for {len(problems)} problems")
+        while active := [i for i, t in enumerate(trees) if not self.done(t)]:
+            self.step(problems, trees, active)
+        return trees
+
+    def step(self, problems: Sequence[SearchProblem], trees: list[SearchTree], active: Sequence[int]) -> None:
+        """Add one node to each tree in ``active``."""
+        cfg = self.config
+        schedule = cfg.depth_schedule if cfg.tplus else None
+        names = list(self.agents)
+        by_backend: dict[int, list[_Request]] = {}
+        for i in active:
+            parent, agent = select_expansion(trees[i], names, self.rng, cfg.order, schedule, cfg.max_depth)
+            question = problems[i].question
+            prompt = (
+                first_prompt(question, cfg.prompt)
+                if parent == ROOT
+                else refinement_prompt(question, trees[i].nodes[parent], cfg.prompt)
+            )
+            if self.system_prompts[agent]:
+                prompt = [{"role": "system", "content": self.system_prompts[agent]}, *prompt]
+            by_backend.setdefault(id(self.agents[agent]), []).append(_Request(i, parent, agent, prompt))
+        scored: list[tuple[_Request, Any, str | None, Future[Verdict] | Verdict]] = []
+        for requests in by_backend.values():
+            generations = self.agents[requests[0].agent].generate([r.prompt for r in requests])
+            for request, gen in zip(requests, generations, strict=True):
+                code = extract_code(gen.text)
+                problem = problems[request.tree]
+                pending = (
+                    no_code_verdict() if code is None else problem.verify(self.verifier, code, problem.public_tests)
+                )
+                scored.append((request, gen, code, pending))
+        for request, gen, code, pending in scored:
+            verdict = pending if isinstance(pending, Verdict) else pending.result()
+            trees[request.tree].add(
+                request.parent,
+                request.agent,
+                self.steps,
+                prompt=request.prompt,
+                prompt_ids=list(gen.prompt_ids),
+                completion=gen.text,
+                completion_ids=list(gen.completion_ids),
+                logprobs=list(gen.logprobs),
+                code=code,
+                score=verdict.score,
+                pass_fraction=verdict.pass_fraction,
+                feedback=verdict.feedback,
+            )
+        self.steps += 1
+
+    def grade(self, problems: Sequence[SearchProblem], trees: Sequence[SearchTree]) -> None:
+        """Fill ``private_score`` of every node from the problems' grading (private) tests."""
+        jobs = []
+        for problem, tree in zip(problems, trees, strict=True):
+            for node in tree.solutions:
+                if node.code is None:
+                    node.private_score = 0.0
+                else:
+                    jobs.append((node, problem.verify(self.verifier, node.code, problem.grading_tests)))
+        for node, future in jobs:
+            node.private_score = future.result().score
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.steps = state["steps"]

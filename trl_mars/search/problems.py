@@ -1,0 +1,58 @@
+"""Turning benchmark problems and dataset rows into ``SearchProblem``s (with a public/private test split)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from trl_mars.eval.loaders import CodeProblem
+from trl_mars.search.engine import SearchProblem
+
+_IMPORT = re.compile(r"^(from\s+\S+\s+)?import\s")
+INSTRUCTION = "Complete the following Python function. Answer with the full function in one ```python block."
+
+
+def question_of(prompt: Any) -> str:
+    """The problem text of a dataset ``prompt``: a string, or the last user turn of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    if not users:
+        raise ValueError("prompt: a conversational prompt needs a user message")
+    return users[-1]
+
+
+def from_code_problem(problem: CodeProblem, public: float | int = 0.5) -> SearchProblem:
+    """A benchmark problem with the first ``public`` tests (count or fraction) visible to the search and the
+    rest held back for grading (the dataset's own split when it has one, as in LiveCodeBench).
+
+    With no test left for grading, the public tests grade too (HumanEval/MBPP treated as all-private
+    otherwise would leave the search blind)."""
+    public_tests, private_tests = problem.split(public)
+    if problem.entry_point is not None and not problem.stdio:
+        question = f"{INSTRUCTION}\n\n```python\n{problem.prompt.rstrip()}\n```"
+        imports = [line for line in problem.prompt.splitlines() if _IMPORT.match(line)]
+    else:
+        question, imports = problem.prompt, []
+    return SearchProblem(
+        problem_id=problem.task_id,
+        question=question,
+        public_tests=public_tests,
+        private_tests=problem.all_tests if not private_tests else private_tests,
+        entry_point=problem.entry_point,
+        setup=problem.setup,
+        preamble="\n".join(imports),
+    )
+
+
+def from_row(row: Mapping, index: int, tests_column: str = "tests") -> SearchProblem:
+    """A dataset row (``prompt`` + tests column, optional ``private_tests``, ``entry_point``, ``setup``)."""
+    return SearchProblem(
+        problem_id=str(row.get("task_id", index)),
+        question=question_of(row["prompt"]),
+        public_tests=row[tests_column],
+        private_tests=row.get("private_tests"),
+        entry_point=row.get("entry_point"),
+        setup=row.get("setup") or "",
+    )

@@ -1,0 +1,189 @@
+"""Configuration of ``MultiAgentTreeTrainer`` (MARS²): GRPOConfig plus agents, tree search and credit options."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl import GRPOConfig
+
+from trl_mars.utils.recipes import TINY_MODEL_IDS
+
+AGENT_KEYS = {
+    "name": "agent name (unique; used for logs and output_dir/agents/<name>)",
+    "model": "model id or local path (required for every agent in heterogeneous mode, the first in homogeneous)",
+    "system_prompt": "system prompt of this agent (optional)",
+    "learning_rate": "learning rate of this agent's optimizer (defaults to learning_rate)",
+    "trainable": "whether this agent is optimised (default true)",
+    "loss_weight": "scale of this agent's loss (default 1.0, >= 0)",
+    "lora": "LoRA kwargs for peft.LoraConfig, e.g. {r: 16, lora_alpha: 32}; null for full fine-tuning",
+    "load_in_4bit": "QLoRA: load the base model in 4-bit (needs bitsandbytes and a GPU)",
+}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    model: str | None = None
+    system_prompt: str | None = None
+    learning_rate: float | None = None
+    trainable: bool = True
+    loss_weight: float = 1.0
+    lora: dict[str, Any] | None = None
+    load_in_4bit: bool = False
+
+
+def check_model_reference(model: str, where: str) -> None:
+    """Fail early (before any weight is read) on a model reference that cannot resolve."""
+    if model in TINY_MODEL_IDS:
+        return
+    path = Path(os.path.expanduser(model))
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{where}: local model folder {model!r} has no config.json")
+        return
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        raise ValueError(f"{where}: unknown model {model!r}: not a local folder and not a hub id like 'org/name'")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ValueError(f"{where}: model {model!r} is not in the local cache and HF_HUB_OFFLINE=1")
+
+
+@dataclass
+class MultiAgentTreeConfig(GRPOConfig):
+    r"""
+    Configuration for [`MultiAgentTreeTrainer`]. Extends [`~trl.GRPOConfig`]; its optimisation fields
+    (`learning_rate`, `beta`, `epsilon`, `epsilon_high`, `loss_type`, `importance_sampling_level`,
+    `max_completion_length`, `temperature`, ...) apply to every agent.
+
+    One training step = one search round: each process takes `trees_per_step` problems, grows one MARS² tree
+    per problem with all agents (`max_nodes` nodes each), credits every node, and files it in the buffer of the
+    agent that wrote it. An agent takes an optimizer step whenever its buffer holds
+    `per_device_train_batch_size * gradient_accumulation_steps` nodes (on every process).
+    """
+
+    num_generations: int | None = field(
+        default=2, metadata={"help": "Unused by MARS² (the tree budget is max_nodes); kept for GRPOConfig checks."}
+    )
+    beta: float = field(default=1e-3, metadata={"help": "k3 KL coefficient against each agent's reference."})
+    importance_sampling_level: str = field(
+        default="sequence", metadata={"help": "'sequence' (GSPO, MARS²+) or 'token' (GRPO/DAPO) ratios."}
+    )
+    loss_type: str = field(default="grpo", metadata={"help": "Aggregation: 'grpo', 'bnpo', 'dapo' or 'dr_grpo'."})
+    agents: list[dict] | str | None = field(
+        default=None,
+        metadata={"help": "Agents as a list of dicts (YAML) or a JSON string; keys: " + ", ".join(AGENT_KEYS)},
+    )
+    agent_mode: str = field(
+        default="heterogeneous",
+        metadata={"help": "'heterogeneous': each agent has its own weights; 'homogeneous': all share the first's."},
+    )
+    max_nodes: int = field(default=8, metadata={"help": "Nodes per tree (the search budget)."})
+    trees_per_step: int = field(default=4, metadata={"help": "Problems (trees) per process per training step."})
+    posterior: str = field(default="beta", metadata={"help": "Thompson posterior: 'beta' (paper) or 'gaussian'."})
+    selection_order: str = field(
+        default="node_then_agent",
+        metadata={"help": "'node_then_agent' (authors' code) or 'agent_then_node' (paper)."},
+    )
+    max_depth: int | None = field(default=None, metadata={"help": "Maximum tree depth; 1 = GEN only (no refinement)."})
+    feedback: str = field(default="summary", metadata={"help": "Refinement feedback: 'summary' or 'detailed'."})
+    include_problem_in_refinement: bool = field(
+        default=True, metadata={"help": "Show the problem in refinement prompts (the authors' code does not)."}
+    )
+    reward_shaping: str = field(
+        default="tree_consistent", metadata={"help": "'tree_consistent' or 'none' (what the released code trains on)."}
+    )
+    shaping_gamma: float = field(default=0.5, metadata={"help": "gamma of r̂ = r + gamma (r - b)."})
+    shaping_lambda: float = field(
+        default=0.5, metadata={"help": "lambda of b = (1 - lambda) r_parent + lambda mu_sib."}
+    )
+    advantage_epsilon: float = field(default=1e-4, metadata={"help": "eps of A = (r̂ - mean) / (std + eps)."})
+    filter_uniform_trees: bool = field(
+        default=False, metadata={"help": "Drop nodes of trees whose rewards are all equal (zero advantage)."}
+    )
+    overlong_buffer: int | None = field(
+        default=None, metadata={"help": "DAPO overlong penalty buffer (tokens); None disables the penalty."}
+    )
+    overlong_penalty_factor: float = field(default=1.0, metadata={"help": "DAPO overlong penalty factor."})
+    tis_cap: float | None = field(
+        default=2.0, metadata={"help": "Truncated importance sampling cap against sampling log-probs; None: off."}
+    )
+    tests_column: str = field(default="tests", metadata={"help": "Dataset column holding each problem's tests."})
+    sandbox_timeout: float = field(default=5.0, metadata={"help": "Seconds a program may run against its tests."})
+    sandbox_workers: int | None = field(default=None, metadata={"help": "Concurrent sandbox checks (default: CPUs)."})
+    save_trees: bool = field(default=True, metadata={"help": "Keep the last round's trees in checkpoints (viewer)."})
+
+    def __post_init__(self) -> None:
+        self.agent_gradient_accumulation_steps = self.gradient_accumulation_steps
+        self.gradient_accumulation_steps = 1  # one Trainer step = one search round; agents accumulate themselves
+        # GRPO's generation batching is not used; keep its divisibility checks satisfied
+        self.num_generations = 2
+        if self.steps_per_generation is None and self.generation_batch_size is None:
+            self.steps_per_generation = 2
+        super().__post_init__()
+        self.agent_specs = parse_agents(self.agents, self.agent_mode)
+        checks = {
+            "max_nodes": self.max_nodes >= 1,
+            "trees_per_step": self.trees_per_step >= 1,
+            "posterior": self.posterior in ("beta", "gaussian"),
+            "selection_order": self.selection_order in ("node_then_agent", "agent_then_node"),
+            "max_depth": self.max_depth is None or self.max_depth >= 1,
+            "feedback": self.feedback in ("summary", "detailed"),
+            "reward_shaping": self.reward_shaping in ("tree_consistent", "none"),
+            "shaping_gamma": self.shaping_gamma >= 0,
+            "shaping_lambda": 0 <= self.shaping_lambda <= 1,
+            "advantage_epsilon": self.advantage_epsilon >= 0,
+            "overlong_buffer": self.overlong_buffer is None or 0 < self.overlong_buffer <= self.max_completion_length,
+            "tis_cap": self.tis_cap is None or self.tis_cap > 0,
+            "sandbox_timeout": self.sandbox_timeout > 0,
+            "learning_rate": self.learning_rate >= 0,
+            "loss_type": self.loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"),
+            "reward_weights": not self.reward_weights or all(w >= 0 for w in self.reward_weights),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"MultiAgentTreeConfig.{name} has an invalid value: {getattr(self, name)!r}")
+
+
+def parse_agents(agents: list[dict] | str | None, mode: str) -> list[AgentSpec]:
+    """Validate the ``agents`` field (list of dicts or JSON) into specs; errors name the offending field."""
+    if mode not in ("heterogeneous", "homogeneous"):
+        raise ValueError(f"agent_mode must be 'heterogeneous' or 'homogeneous', got {mode!r}")
+    if agents is None:
+        return []
+    if isinstance(agents, str):
+        try:
+            agents = json.loads(agents)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"agents: not valid JSON ({e})") from e
+    if not isinstance(agents, list) or not all(isinstance(a, dict) for a in agents):
+        raise ValueError("agents must be a list of dicts (one per agent)")
+    specs, names = [], set()
+    for i, raw in enumerate(agents):
+        unknown = sorted(set(raw) - set(AGENT_KEYS))
+        if unknown:
+            raise ValueError(f"agents[{i}].{unknown[0]}: unknown key; allowed: {sorted(AGENT_KEYS)}")
+        spec = AgentSpec(**{"name": f"agent{i}", **raw})
+        if spec.name in names:
+            raise ValueError(f"agents[{i}].name: duplicate agent name {spec.name!r}")
+        names.add(spec.name)
+        needs_model = mode == "heterogeneous" or i == 0
+        if needs_model and not spec.model:
+            raise ValueError(f"agents[{i}].model is required in {mode} mode")
+        if spec.model:
+            check_model_reference(spec.model, f"agents[{i}].model")
+        if spec.loss_weight < 0:
+            raise ValueError(f"agents[{i}].loss_weight must be >= 0, got {spec.loss_weight}")
+        if spec.learning_rate is not None and spec.learning_rate < 0:
+            raise ValueError(f"agents[{i}].learning_rate must be >= 0, got {spec.learning_rate}")
+        if spec.lora is not None and not isinstance(spec.lora, dict):
+            raise ValueError(f"agents[{i}].lora must be a dict of LoraConfig kwargs or null")
+        specs.append(spec)
+    return specs

@@ -1,0 +1,623 @@
+"""``MultiAgentTreeTrainer``: MARS² multi-agent RL on a shared search tree, as a TRL trainer.
+
+One training step is one search round. Each process takes ``trees_per_step`` problems; all agents grow one
+AB-MCTS tree per problem together (``trl_mars.search``), every node is scored by the sandbox, credited with
+tree-consistent reward shaping and the path-level group advantage (``trl_mars.rewards.tree_credit``), and filed
+in the buffer of the policy that wrote it. A policy takes an optimizer step when, on every process, its buffer
+holds ``per_device_train_batch_size * gradient_accumulation_steps`` nodes. Agent 0 is ``self.model``, so the
+Trainer's logging, evaluation hooks and model card keep working; every policy (agent 0 included) owns its
+optimizer, scheduler, reference model and update counter.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from torch.utils.data import RandomSampler, SequentialSampler
+from transformers import get_scheduler
+from trl import GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import add_fused_lm_head, create_model_from_path, disable_dropout_in_model, pad, use_adapter
+
+from trl_mars.losses.policy import PolicyLossConfig, policy_loss
+from trl_mars.rewards.code import make_code_reward
+from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewards, tree_group_advantages
+from trl_mars.sandbox import Sandbox, SandboxConfig
+from trl_mars.search import SandboxVerifier, SearchConfig, SearchProblem, TreeSearch
+from trl_mars.search.backends import SamplingConfig, TransformersBackend
+from trl_mars.search.metrics import agent_shares, mean_metrics, tree_metrics
+from trl_mars.search.problems import from_row
+from trl_mars.search.prompts import PromptConfig
+from trl_mars.search.tree import ROOT, SearchTree
+from trl_mars.trainers.mars2_agents import (
+    Policy,
+    load_policy_weights,
+    load_tokenizer,
+    lora_config,
+    model_init_kwargs,
+    save_policy,
+    unwrap,
+)
+from trl_mars.trainers.mars2_config import AgentSpec, MultiAgentTreeConfig
+from trl_mars.utils.checkpoint import MethodStateMixin
+from trl_mars.utils.model_card import write_model_card
+from trl_mars.utils.recipes import resolve_model_path
+
+_LOGPS_PARAMS = {"model", "input_ids", "attention_mask", "logits_to_keep", "compute_entropy"}
+
+
+def _check_trl_api() -> None:
+    """The one private TRL method we call must still take the arguments we pass."""
+    params = set(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
+    if not _LOGPS_PARAMS <= params:
+        raise ImportError(
+            f"trl {__import__('trl').__version__}: GRPOTrainer._get_per_token_logps_and_entropies lacks "
+            f"{sorted(_LOGPS_PARAMS - params)}; trl-mars supports trl>=1.16,<1.17"
+        )
+
+
+def check_dataset(dataset: Dataset | None, tests_column: str, name: str) -> None:
+    """Fail before any model is loaded when the dataset lacks what the search needs."""
+    if dataset is None:
+        return
+    columns = set(dataset.column_names or [])
+    for column in ("prompt", tests_column):
+        if column not in columns:
+            raise ValueError(f"{name} is missing the column {column!r} (columns: {sorted(columns)})")
+    if len(dataset) and not dataset[0][tests_column]:
+        raise ValueError(f"{name}[0].{tests_column} is empty: every problem needs tests")
+
+
+class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
+    """Train several LLM agents on a shared MARS² search tree of code solutions.
+
+    Args:
+        model: one model id/path/instance per agent (a list), or None when ``args.agents`` names them.
+        args: [`MultiAgentTreeConfig`].
+        train_dataset: rows with a ``prompt`` (text or conversation) and ``args.tests_column`` (assert lines,
+            HumanEval ``check`` code, or stdin/stdout cases: whatever ``trl_mars.sandbox`` accepts).
+        processing_class: tokenizer(s) matching ``model`` when instances are passed.
+        sandbox: a running [`~trl_mars.sandbox.Sandbox`] to share; by default one is started from ``args``.
+    """
+
+    _tag_names = ["trl", "trl-mars", "mars2", "multi-agent", "tree-search", "code"]
+    _name = "MARS²"
+    _paper = {
+        "title": "MARS²: Scaling Multi-Agent Tree Search via Reinforcement Learning for Code Generation",
+        "id": "2604.14564",
+        "citation": (
+            "@article{mars2_2026,\n  title={{MARS$^2$: Scaling Multi-Agent Tree Search via Reinforcement Learning "
+            "for Code Generation}},\n  journal={arXiv preprint arXiv:2604.14564},\n  year={2026}\n}"
+        ),
+    }
+
+    def __init__(
+        self,
+        model: Any = None,
+        args: MultiAgentTreeConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: Any = None,
+        callbacks: list | None = None,
+        sandbox: Sandbox | None = None,
+    ) -> None:
+        _check_trl_api()
+        args = args or MultiAgentTreeConfig(output_dir="mars2-output")
+        specs, models, tokenizers = self._resolve_agents(model, processing_class, args)
+        check_dataset(train_dataset, args.tests_column, "train_dataset")
+        check_dataset(eval_dataset, args.tests_column, "eval_dataset")
+        tokenizers = [
+            tok if tok is not None else load_tokenizer(s, i) for i, (s, tok) in enumerate(zip(specs, tokenizers))
+        ]
+        homogeneous = args.agent_mode == "homogeneous"
+        owners = specs[:1] if homogeneous else specs
+        first = models[0] or create_model_from_path(
+            resolve_model_path(owners[0].model), **model_init_kwargs(owners[0], args.model_init_kwargs)
+        )
+        workers = {"concurrency": args.sandbox_workers} if args.sandbox_workers else {}
+        self.sandbox = sandbox or Sandbox(SandboxConfig(timeout_s=args.sandbox_timeout, **workers))
+        super().__init__(
+            model=first,
+            reward_funcs=make_code_reward("binary", self.sandbox, args.tests_column),  # GRPO-style eval of agent 0
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizers[0],
+            callbacks=callbacks,
+            peft_config=lora_config(owners[0]),
+        )
+        agent_names = [s.name for s in specs]
+        self.policies = [
+            Policy(
+                owners[0].name,
+                agent_names if homogeneous else [owners[0].name],
+                owners[0],
+                self.model,
+                tokenizers[0],
+                self.ref_model,
+            )
+        ]
+        for i, spec in enumerate(owners[1:], start=1):
+            self.policies.append(self._load_policy(spec, models[i], tokenizers[i]))
+        self.policy_of = {name: p for p in self.policies for name in p.agents}
+        self.specs = specs
+        self.loss_config = PolicyLossConfig(
+            loss_type=args.loss_type,
+            importance_sampling_level=args.importance_sampling_level,
+            epsilon_low=args.epsilon,
+            epsilon_high=args.epsilon_high if args.epsilon_high is not None else args.epsilon,
+            beta=args.beta,
+            tis_cap=args.tis_cap,
+            max_completion_length=args.max_completion_length,
+        )
+        self.search = TreeSearch(
+            {name: None for name in agent_names},  # backends are bound to the live models every round
+            SandboxVerifier(self.sandbox),
+            self.search_config(),
+            seed=args.seed + self.accelerator.process_index,
+            system_prompts={s.name: s.system_prompt for s in specs},
+        )
+        self.last_trees: list[SearchTree] = []
+        self._optimizers_ready = False
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _resolve_agents(model: Any, processing_class: Any, args: MultiAgentTreeConfig):
+        """(specs, model instances or None, tokenizers or None), one entry per agent, validated."""
+        if args.agent_specs and model is not None:
+            raise ValueError("pass the agents' models either as `model` or in `args.agents`, not both")
+        if args.agent_specs:
+            n = len(args.agent_specs)
+            return list(args.agent_specs), [None] * n, [None] * n
+        if model is None:
+            raise ValueError("no agent: pass `model` (one per agent) or set `args.agents`")
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        tokenizers = list(processing_class) if isinstance(processing_class, (list, tuple)) else [processing_class]
+        tokenizers += [None] * (len(models) - len(tokenizers))
+        specs = []
+        for i, m in enumerate(models):
+            ref = m if isinstance(m, str) else unwrap(m).config._name_or_path
+            specs.append(AgentSpec(name=f"agent{i}", model=ref))
+            if not isinstance(m, str) and tokenizers[i] is None:
+                raise ValueError(f"model[{i}] is an instance: pass its tokenizer in processing_class[{i}]")
+            if tokenizers[i] is not None and not tokenizers[i].chat_template:
+                raise ValueError(f"processing_class[{i}] has no chat template")
+        return specs, [None if isinstance(m, str) else m for m in models], tokenizers
+
+    def _load_policy(self, spec: AgentSpec, model: Any, tokenizer: Any) -> Policy:
+        """Load an extra agent the way GRPOTrainer loads ``self.model``: fused LM head, PEFT, reference model."""
+        args = self.args
+        path = resolve_model_path(spec.model)
+        model = model or create_model_from_path(path, **model_init_kwargs(spec, args.model_init_kwargs))
+        add_fused_lm_head(model, temperature=self.temperature, outputs=("log_probs", "entropy"))
+        peft = lora_config(spec)
+        if peft is not None:
+            from peft import get_peft_model, prepare_model_for_kbit_training
+
+            if spec.load_in_4bit:
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+            model = get_peft_model(model, peft)
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+        if args.gradient_checkpointing:
+            unwrap(model).gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs
+            )
+        ref = None
+        if self.beta != 0.0 and peft is None:
+            ref = create_model_from_path(path, **model_init_kwargs(spec, args.model_init_kwargs))
+            add_fused_lm_head(ref, temperature=self.temperature)
+            disable_dropout_in_model(ref)
+            ref = self.accelerator.prepare_model(ref, evaluation_mode=True)
+        model = model.to(self.accelerator.device)
+        return Policy(spec.name, [spec.name], spec, model, tokenizer, ref)
+
+    def search_config(self, **overrides: Any) -> SearchConfig:
+        args = self.args
+        prompt = PromptConfig(feedback=args.feedback, include_problem=args.include_problem_in_refinement)
+        fields = dict(
+            max_nodes=args.max_nodes,
+            dist=args.posterior,
+            order=args.selection_order,
+            prompt=prompt,
+            max_depth=args.max_depth,
+        )
+        return SearchConfig(**{**fields, **overrides})
+
+    def create_optimizer(self, model=None):  # noqa: ANN001 - transformers' signature
+        """The Trainer's own optimizer is a no-op: each policy steps its own optimizer in ``training_step``."""
+        if self.optimizer is None:
+            self.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=self.args.learning_rate)
+        return self.optimizer
+
+    def _ensure_policy_optimizers(self) -> None:
+        """Create, prepare and (on resume) restore every trainable policy's optimizer and scheduler."""
+        if self._optimizers_ready:
+            return
+        args = self.args
+        total = self.state.max_steps
+        for i, policy in enumerate(self.policies):
+            if not policy.trainable:
+                unwrap(policy.model).requires_grad_(False)
+                continue
+            lr = policy.spec.learning_rate if policy.spec.learning_rate is not None else args.learning_rate
+            params = [p for p in policy.model.parameters() if p.requires_grad]
+            policy.optimizer = torch.optim.AdamW(
+                params,
+                lr=lr,
+                betas=(args.adam_beta1, args.adam_beta2),
+                eps=args.adam_epsilon,
+                weight_decay=args.weight_decay,
+            )
+            policy.scheduler = get_scheduler(
+                args.lr_scheduler_type,
+                policy.optimizer,
+                args.get_warmup_steps(total),
+                total,
+                scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
+            )
+            if i == 0:
+                policy.model = self.model_wrapped
+                policy.optimizer = self.accelerator.prepare_optimizer(policy.optimizer)
+            else:
+                policy.model, policy.optimizer = self.accelerator.prepare(policy.model, policy.optimizer)
+            if self.resumed_from:
+                folder = Path(self.resumed_from) / "agents" / policy.name
+                policy.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+                policy.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        self._optimizers_ready = True
+
+    # ------------------------------------------------------------------ data
+    def _get_train_sampler(self, dataset: Dataset | None = None):
+        dataset = dataset if dataset is not None else self.train_dataset
+        if not self.shuffle_dataset:
+            return SequentialSampler(dataset)
+        return RandomSampler(dataset, generator=torch.Generator().manual_seed(self.args.seed))
+
+    def get_train_dataloader(self):
+        return self._get_dataloader(
+            dataset=self.train_dataset,
+            description="Training",
+            batch_size=self.args.trees_per_step,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+
+    def problems(self, rows: Sequence[dict]) -> list[SearchProblem]:
+        return [from_row(row, i, self.args.tests_column) for i, row in enumerate(rows)]
+
+    # ------------------------------------------------------------------ rollout
+    def run_search(
+        self, problems: list[SearchProblem], config: SearchConfig | None = None, agents: Sequence[str] | None = None
+    ) -> list[SearchTree]:
+        """Grow trees for ``problems`` with the live models of ``agents`` (default: all)."""
+        names = list(agents or self.policy_of)
+        sampling = SamplingConfig(
+            max_new_tokens=self.args.max_completion_length,
+            temperature=self.args.temperature,
+            top_p=self.args.top_p,
+            top_k=self.args.top_k or 0,
+        )
+        with ExitStack() as stack:
+            backends = {}
+            for policy in {id(self.policy_of[n]): self.policy_of[n] for n in names}.values():
+                live = stack.enter_context(
+                    unwrap_model_for_generation(
+                        policy.model,
+                        self.accelerator,
+                        gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                        gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                    )
+                )
+                backends[id(policy)] = TransformersBackend(
+                    live, policy.tokenizer, sampling, self.chat_template_kwargs or {}
+                )
+            self.search.agents = {n: backends[id(self.policy_of[n])] for n in names}
+            self.search.system_prompts = {n: self.search.system_prompts.get(n) for n in names}
+            if config is not None:
+                saved, self.search.config = self.search.config, config
+            try:
+                trees = self.search.run(
+                    problems, self.search.new_trees(problems, prefix=f"s{self.state.global_step}-")
+                )
+            finally:
+                if config is not None:
+                    self.search.config = saved
+        return trees
+
+    def credit(self, trees: Sequence[SearchTree]) -> list[dict]:
+        """One sample per node: its shaped reward and tree-normalised advantage (pure tree_credit functions)."""
+        args = self.args
+        nodes, tree_ids, rewards = [], [], []
+        for tree in trees:
+            sols = tree.solutions
+            raw = [n.score for n in sols]
+            if args.reward_shaping == "tree_consistent":
+                raw = tree_consistent_rewards(
+                    [n.node_id for n in sols],
+                    [n.parent_id for n in sols],
+                    raw,
+                    args.shaping_gamma,
+                    args.shaping_lambda,
+                    ROOT,
+                )
+            if args.overlong_buffer:
+                pen = overlong_penalty(
+                    [len(n.completion_ids) for n in sols],
+                    args.max_completion_length,
+                    args.overlong_buffer,
+                    args.overlong_penalty_factor,
+                )
+                raw = [r + p for r, p in zip(raw, pen)]
+            nodes += sols
+            tree_ids += [tree.tree_id] * len(sols)
+            rewards += raw
+        advantages, informative = tree_group_advantages(tree_ids, rewards, args.advantage_epsilon)
+        samples = []
+        for node, tree_id, reward, adv, keep in zip(
+            nodes, tree_ids, rewards, advantages.tolist(), informative.tolist()
+        ):
+            if args.filter_uniform_trees and not keep:
+                continue
+            samples.append(
+                {
+                    "agent": node.agent,
+                    "tree_id": tree_id,
+                    "prompt_ids": node.prompt_ids,
+                    "completion_ids": node.completion_ids,
+                    "logprobs": node.logprobs,
+                    "reward": node.score,
+                    "shaped_reward": reward,
+                    "advantage": adv,
+                }
+            )
+        return samples
+
+    def _log_round(self, trees: Sequence[SearchTree], samples: Sequence[dict]) -> None:
+        for tree in trees:
+            for node in tree.solutions:
+                node.private_score = node.score  # training problems: the search sees every test
+        metrics = mean_metrics([tree_metrics(t) for t in trees])
+        shares = agent_shares(trees)
+        local = {
+            **{f"search/{k}": v for k, v in metrics.items()},
+            **{f"agents/{a}/share": s for a, s in shares.items()},
+        }
+        local["reward"] = sum(n.score for t in trees for n in t.solutions) / max(1, sum(len(t) for t in trees))
+        for name in self.policy_of:
+            own = [s["reward"] for s in samples if s["agent"] == name]
+            if own:
+                local[f"agents/{name}/reward"] = sum(own) / len(own)
+        for entries in gather_object([local]):
+            for key, value in entries.items():
+                self._metrics["train"][key].append(value)
+
+    # ------------------------------------------------------------------ optimisation
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001 - transformers' signature
+        self._ensure_policy_optimizers()
+        for policy in self.policies:
+            policy.model.train()
+        trees = self.run_search(self.problems(inputs))
+        samples = self.credit(trees)
+        for sample in samples:
+            self.policy_of[sample["agent"]].buffer.append(sample)
+        self._log_round(trees, samples)
+        self.last_trees = list(trees) if self.args.save_trees else []
+        losses = []
+        batch = self.args.per_device_train_batch_size * self.args.agent_gradient_accumulation_steps
+        for policy in self.policies:
+            while policy.trainable and self._ready(policy, batch):
+                chunk, policy.buffer = policy.buffer[:batch], policy.buffer[batch:]
+                losses.append(self._update(policy, chunk))
+        self._step += 1
+        return torch.tensor(sum(losses) / len(losses) if losses else 0.0, device=self.accelerator.device)
+
+    def _ready(self, policy: Policy, batch: int) -> bool:
+        """True when every process holds a full batch for ``policy`` (so all ranks update it together)."""
+        size = torch.tensor(len(policy.buffer), device=self.accelerator.device)
+        return (
+            int(self.accelerator.reduce(size, reduction="min" if self.accelerator.num_processes > 1 else "sum"))
+            >= batch
+        )
+
+    def collate(self, policy: Policy, samples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts and right-padded completions, as GRPOTrainer lays them out."""
+        device = self.accelerator.device
+        pad_id = policy.tokenizer.pad_token_id
+        prompt = [torch.tensor(s["prompt_ids"]) for s in samples]
+        completion = [torch.tensor(s["completion_ids"]) for s in samples]
+        sampling = [torch.tensor(s["logprobs"], dtype=torch.float32) for s in samples]
+        out = {
+            "prompt_ids": pad(prompt, pad_id, "left"),
+            "prompt_mask": pad([torch.ones_like(p) for p in prompt], 0, "left"),
+            "completion_ids": pad(completion, pad_id, "right"),
+            "completion_mask": pad([torch.ones_like(c) for c in completion], 0, "right"),
+            "advantages": torch.tensor([s["advantage"] for s in samples], dtype=torch.float32),
+        }
+        if all(len(s) == len(c) for s, c in zip(sampling, completion)):
+            out["sampling_per_token_logps"] = pad(sampling, 0.0, "right")
+        return {k: v.to(device) for k, v in out.items()}
+
+    def _logps(self, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            model, ids, mask, inputs["completion_ids"].size(1), compute_entropy=False
+        )
+        return logps
+
+    def _reference_logps(self, policy: Policy, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.beta == 0.0:
+            return None
+        with torch.no_grad():
+            if policy.ref_model is not None:
+                return self._logps(policy.ref_model, inputs)
+            base = self.accelerator.unwrap_model(policy.model)
+            with use_adapter(base, adapter_name="ref" if "ref" in base.peft_config else None):
+                return self._logps(policy.model, inputs)
+
+    def policy_micro_loss(
+        self, policy: Policy, inputs: dict[str, torch.Tensor], num_items: float
+    ) -> tuple[torch.Tensor, dict]:
+        """The loss of one micro-batch of ``policy`` (also used by the equivalence tests against GRPOTrainer)."""
+        logps = self._logps(policy.model, inputs)
+        return policy_loss(
+            logps,
+            inputs["advantages"],
+            inputs["completion_mask"],
+            self.loss_config,
+            ref_per_token_logps=self._reference_logps(policy, inputs),
+            sampling_per_token_logps=inputs.get("sampling_per_token_logps"),
+            num_items=num_items,
+        )
+
+    def _update(self, policy: Policy, samples: list[dict]) -> float:
+        """One optimizer step of ``policy`` on ``samples`` (micro-batches of per_device_train_batch_size)."""
+        micro = self.args.per_device_train_batch_size
+        chunks = [samples[i : i + micro] for i in range(0, len(samples), micro)]
+        tokens = torch.tensor(float(sum(len(s["completion_ids"]) for s in samples)), device=self.accelerator.device)
+        num_items = float(self.accelerator.reduce(tokens, reduction="sum")) / self.accelerator.num_processes
+        total, stats_sum = 0.0, {}
+        for chunk in chunks:
+            loss, stats = self.policy_micro_loss(policy, self.collate(policy, chunk), num_items)
+            if self.loss_config.loss_type != "dapo":
+                loss = loss / len(chunks)
+            loss = loss * policy.spec.loss_weight
+            self.accelerator.backward(loss)
+            total += float(loss.detach())
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) / len(chunks)
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(policy.model.parameters(), self.args.max_grad_norm)
+            stats_sum["grad_norm"] = float(norm)
+        policy.optimizer.step()
+        policy.scheduler.step()
+        policy.optimizer.zero_grad(set_to_none=True)
+        policy.updates += 1
+        prefix = f"agents/{policy.name}"
+        for k, v in {
+            **stats_sum,
+            "loss": total,
+            "updates": policy.updates,
+            "learning_rate": policy.scheduler.get_last_lr()[0],
+        }.items():
+            self._metrics["train"][f"{prefix}/{k}"].append(v)
+        return total
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_search(
+        self, dataset: Dataset, max_nodes: int | None = None, mode: str = "system", tplus: bool = False
+    ) -> dict[str, float]:
+        """Held-out Pass@1 / Pass@1(MCTS) / Pass@N with the current agents (``system``: one joint tree per
+        problem; ``agent``: one tree per agent, metrics per agent). Tests in ``private_tests`` grade, when present."""
+        check_dataset(dataset, self.args.tests_column, "dataset")
+        problems = self.problems(list(dataset))
+        config = self.search_config(max_nodes=max_nodes or self.args.max_nodes, tplus=tplus)
+        groups = {"system": list(self.policy_of)} if mode == "system" else {a: [a] for a in self.policy_of}
+        if mode not in ("system", "agent"):
+            raise ValueError(f"mode must be 'system' or 'agent', got {mode!r}")
+        out = {}
+        for label, agents in groups.items():
+            trees = self.run_search(problems, config, agents)
+            self.search.grade(problems, trees)
+            metrics = mean_metrics([tree_metrics(t) for t in trees])
+            prefix = "" if mode == "system" else f"{label}/"
+            out.update({f"{prefix}{k}": v for k, v in metrics.items()})
+        return out
+
+    # ------------------------------------------------------------------ saving / resuming
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Each policy to ``output_dir/agents/<name>/`` (weights or adapter + tokenizer), plus our model card."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        for policy in self.policies:
+            folder = output_dir / "agents" / policy.name
+            state = self.accelerator.get_state_dict(policy.model) if self.is_fsdp_enabled else None
+            save_policy(policy, folder, state, self.args.should_save)
+        if self.args.should_save:
+            torch.save(self.args, output_dir / "training_args.bin")
+            if not _internal_call:
+                self.create_model_card()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:  # noqa: ANN001
+        for policy in self.policies:
+            load_policy_weights(policy, Path(resume_from_checkpoint) / "agents" / policy.name)
+
+    def save_method_files(self, checkpoint_dir: Path) -> None:
+        if not self.args.should_save:
+            return
+        for policy in self.policies:
+            if policy.optimizer is not None:
+                folder = checkpoint_dir / "agents" / policy.name
+                torch.save(policy.optimizer.state_dict(), folder / "optimizer.pt")
+                torch.save(policy.scheduler.state_dict(), folder / "scheduler.pt")
+
+    def method_state(self) -> dict[str, Any]:
+        return {
+            "search": self.search.state_dict(),
+            "policies": {p.name: {"buffer": p.buffer, "updates": p.updates} for p in self.policies},
+            "trees": [t.to_dict() for t in self.last_trees],
+        }
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        self.search.load_state_dict(state["search"])
+        for policy in self.policies:
+            saved = state["policies"][policy.name]
+            policy.buffer, policy.updates = saved["buffer"], saved["updates"]
+        self.last_trees = [SearchTree.from_dict(t) for t in state["trees"]]
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs
+    ) -> None:  # noqa: ANN001
+        """Our card in every agent folder (base model, method, citation, config, latest metrics)."""
+        if not self.is_world_process_zero():
+            return
+        metrics = {
+            k: v
+            for k, v in (self.state.log_history[-1] if self.state.log_history else {}).items()
+            if isinstance(v, (int, float))
+        }
+        for policy in self.policies:
+            folder = Path(self.args.output_dir) / "agents" / policy.name
+            write_model_card(
+                folder,
+                base_model=policy.spec.model,
+                method=self._name,
+                paper=self._paper,
+                tags=self._tag_names,
+                config={k: v for k, v in self.args.to_dict().items() if not str(k).startswith("_")},
+                metrics=metrics,
+                extra=f"Agent `{policy.name}` of a {len(self.policy_of)}-agent {self.args.agent_mode} MARS² system "
+                f"(agents: {', '.join(self.policy_of)}).",
+                dataset_name=dataset_name,
+            )
+
+    def push_to_hub(
+        self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs
+    ) -> list[str]:
+        """Push each agent to its own repo ``<hub_model_id>-<agent>`` with our model card; returns the repo ids."""
+        from huggingface_hub import HfApi
+
+        self.save_model()
+        if not self.is_world_process_zero():
+            return []
+        api = HfApi(token=self.args.hub_token)
+        base = self.args.hub_model_id or Path(self.args.output_dir).name
+        repos = []
+        for policy in self.policies:
+            repo_id = f"{base}-{policy.name}"
+            api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(Path(self.args.output_dir) / "agents" / policy.name),
+                commit_message=commit_message,
+                run_as_future=not blocking,
+            )
+            repos.append(repo_id)
+        return repos

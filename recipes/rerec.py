@@ -1,0 +1,169 @@
+"""ReRec: GRPO with dual-graph rewards, reasoning-aware advantages and an online curriculum on MovieLens tasks.
+
+Tiny CPU demo (default config recipes/configs/rerec.yaml: builds a movie-vocabulary tiny model, SFT warm-up on
+templated reasoning, then ReRec; prints accuracy / NDCG@K on held-out queries before and after):
+
+    accelerate launch --config_file recipes/accelerate_configs/single_cpu.yaml recipes/rerec.py
+
+Qwen2.5-7B-Instruct with vLLM (colocate) on 8 GPUs, LoRA optional (--use_peft --lora_r 64):
+
+    accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml recipes/rerec.py \
+        --config recipes/configs/rerec_qwen2.5_7b.yaml
+
+Resume the newest complete checkpoint: add --resume_from_checkpoint true. Your own MovieLens release:
+--movielens_path /path/to/ml-1m-csv. A prepared ReRec dataset (prompt + ground_truth columns, e.g. RecBench+
+converted with trl_mars.rec.recbench): --dataset_name /path/or/hub-id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
+
+from trl_mars.data.movielens import load_movielens
+from trl_mars.rec import ItemAttributeGraph, ItemEmbeddings, UserItemGraph, build_rerec_dataset, train_lightgcn
+from trl_mars.rec.evaluation import evaluate_recommender
+from trl_mars.rec.tasks import DEFAULT_SYSTEM_PROMPT, most_rated_titles, templated_reasoning
+from trl_mars.testing import build_tiny_tokenizer, save_tiny_model
+from trl_mars.trainers.rerec_config import ReRecConfig
+from trl_mars.trainers.rerec_trainer import ReasoningRecTrainer
+from trl_mars.utils.recipes import TINY_MODEL_IDS, parse_recipe_args
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rerec.yaml"
+
+
+@dataclass
+class ReRecScriptArguments(ScriptArguments):
+    movielens_path: str | None = field(default=None, metadata={"help": "MovieLens CSV folder (default: shared copy)."})
+    num_items: int | None = field(default=None, metadata={"help": "Build tasks from the N most-rated movies only."})
+    num_train_queries: int = field(default=2000, metadata={"help": "Training queries built from MovieLens."})
+    num_eval_queries: int = field(default=200, metadata={"help": "Held-out queries for the before/after evaluation."})
+    num_candidates: int = field(default=20, metadata={"help": "Candidates per query (1 positive + N-1 negatives)."})
+    num_attributes: int = field(default=2, metadata={"help": "Attributes per condition-based query."})
+    query_types: list[str] = field(default_factory=lambda: ["attribute", "interest"])
+    attribute_kinds: list[str] = field(default_factory=lambda: ["genre", "tag", "decade"])
+    show_attributes: bool = field(default=False, metadata={"help": "List candidate attributes in the prompt."})
+    system_prompt: bool = field(default=True, metadata={"help": "Prepend the ReRec system prompt."})
+    lightgcn_epochs: int = field(default=20, metadata={"help": "LightGCN epochs for the PAS embeddings."})
+    lightgcn_dim: int = field(default=64, metadata={"help": "LightGCN embedding size."})
+    sft_warmup_steps: int = field(default=0, metadata={"help": "SFT steps on templated reasoning before RL."})
+    sft_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the SFT warm-up."})
+    tiny_hidden_size: int = field(default=128, metadata={"help": "Hidden size of the tiny model (trl-mars/tiny-*)."})
+    tiny_num_layers: int = field(default=2, metadata={"help": "Layers of the tiny model (trl-mars/tiny-*)."})
+    eval_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of the evaluation."})
+
+
+def build_data(script_args: ReRecScriptArguments, seed: int):
+    """Item-attribute graph, LightGCN item embeddings and (train, eval) datasets."""
+    movielens = load_movielens(script_args.movielens_path)
+    graph = ItemAttributeGraph.from_movielens(movielens)
+    embeddings: ItemEmbeddings = train_lightgcn(
+        UserItemGraph.from_movielens(movielens),
+        dim=script_args.lightgcn_dim,
+        epochs=script_args.lightgcn_epochs,
+        seed=seed,
+    )[0]
+    if script_args.dataset_name:
+        data = load_dataset(script_args.dataset_name, script_args.dataset_config)
+        return graph, embeddings, data[script_args.dataset_train_split], data[script_args.dataset_test_split]
+    task_graph = graph.subset(most_rated_titles(movielens, script_args.num_items)) if script_args.num_items else graph
+    tasks = build_rerec_dataset(
+        movielens,
+        task_graph,
+        num_queries=script_args.num_train_queries + script_args.num_eval_queries,
+        query_types=script_args.query_types,
+        num_candidates=script_args.num_candidates,
+        num_attributes=script_args.num_attributes,
+        attribute_kinds=script_args.attribute_kinds,
+        show_attributes=script_args.show_attributes,
+        system_prompt=DEFAULT_SYSTEM_PROMPT if script_args.system_prompt else None,
+        seed=seed,
+    )
+    split = tasks.train_test_split(test_size=script_args.num_eval_queries, seed=seed)
+    return task_graph, embeddings, split["train"], split["test"]
+
+
+def build_tiny_model(arch: str, train_dataset, graph, script_args: ReRecScriptArguments, path: Path) -> str:
+    """A tiny model whose tokenizer is trained on the task text (prompts and reference reasoning)."""
+    corpus = [m["content"] for row in train_dataset for m in row["prompt"]]
+    corpus += [templated_reasoning(row, graph) for row in train_dataset]
+    tokenizer = build_tiny_tokenizer(corpus=corpus)
+    overrides = dict(hidden_size=script_args.tiny_hidden_size, intermediate_size=2 * script_args.tiny_hidden_size)
+    save_tiny_model(arch, path, tokenizer=tokenizer, num_hidden_layers=script_args.tiny_num_layers, **overrides)
+    return str(path)
+
+
+def sft_warmup(model_path: str, train_dataset, graph, script_args, training_args: ReRecConfig, path: Path) -> str:
+    """Short supervised warm-up on templated reasoning + boxed answers, so a small model can be rewarded."""
+    sft_data = train_dataset.map(
+        lambda row: {"completion": [{"role": "assistant", "content": templated_reasoning(row, graph)}]},
+        remove_columns=[c for c in train_dataset.column_names if c != "prompt"],
+    )
+    args = SFTConfig(
+        output_dir=str(path),
+        max_steps=script_args.sft_warmup_steps,
+        learning_rate=script_args.sft_learning_rate,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        lr_scheduler_type="cosine",
+        gradient_checkpointing=training_args.gradient_checkpointing,
+        logging_steps=max(1, script_args.sft_warmup_steps // 5),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=training_args.use_cpu,
+        bf16=training_args.bf16,
+        seed=training_args.seed,
+    )
+    trainer = SFTTrainer(model_path, args=args, train_dataset=sft_data)
+    trainer.train()
+    trainer.save_model(str(path))
+    return str(path)
+
+
+def report(name: str, model_path_or_model, tokenizer, eval_dataset, script_args, k: int) -> None:
+    model = model_path_or_model
+    if isinstance(model, str):
+        model = AutoModelForCausalLM.from_pretrained(model)
+    result = evaluate_recommender(model, tokenizer, eval_dataset, k=k, max_new_tokens=script_args.eval_max_new_tokens)
+    print(
+        f"[rerec eval] {name}: accuracy={result.accuracy:.3f} ndcg@{k}={result.ndcg:.3f} "
+        f"format={result.format_rate:.3f} (n={result.num_queries})",
+        flush=True,
+    )
+
+
+def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_args: ModelConfig) -> None:
+    graph, embeddings, train_dataset, eval_dataset = build_data(script_args, training_args.seed)
+    model_path = model_args.model_name_or_path
+    work = Path(training_args.output_dir)
+    if model_path in TINY_MODEL_IDS and not Path(model_path).exists():
+        model_path = build_tiny_model(TINY_MODEL_IDS[model_path], train_dataset, graph, script_args, work / "base")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if script_args.sft_warmup_steps > 0:
+        model_path = sft_warmup(model_path, train_dataset, graph, script_args, training_args, work / "sft")
+    training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
+    trainer = ReasoningRecTrainer(
+        model_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        item_graph=graph,
+        item_embeddings=embeddings,
+    )
+    if trainer.accelerator.is_main_process:
+        report("before RL", trainer.model, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
+    if trainer.accelerator.is_main_process:
+        report("after RL", trainer.model, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name or "movielens")
+
+
+if __name__ == "__main__":
+    main(*parse_recipe_args((ReRecScriptArguments, ReRecConfig, ModelConfig), default_config=DEFAULT_CONFIG))

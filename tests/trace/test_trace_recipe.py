@@ -1,0 +1,40 @@
+"""End-to-end: recipes/trace.py trains the tiny model on the MovieLens retrieval task (slow, still run in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "trace.py"
+
+
+@pytest.mark.slow
+def test_recipe_improves_retrieval_and_routes_complex_queries(tmp_path, tiny_cache):
+    env = {**os.environ, "TRL_MARS_CACHE": str(tiny_cache), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "trace-tiny"
+    cmd = [sys.executable, str(RECIPE), "--output_dir", str(out), "--num_movies", "200", "--num_train_epochs", "6"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "[trace eval] after training" in result.stdout
+
+    report = json.loads((out / "retrieval_eval.json").read_text())
+    before, after = report["before"], report["after"]
+    for mode in ("direct", "routed"):
+        assert after[mode]["recall@10"] > before[mode]["recall@10"] + 0.1, (mode, before[mode], after[mode])
+        assert after[mode]["ndcg@10"] > before[mode]["ndcg@10"], mode
+    routed = after["routed"]
+    assert routed["reasoning_rate_complex"] > routed["reasoning_rate_simple"], routed
+    assert after["direct"]["reasoning_rate"] == 0.0 and after["cot"]["reasoning_rate"] == 1.0
+
+    # the saved model is a working encoder: tokenizer with <|emb|>, settings, weights
+    from trl_mars.embed.encoder import TraceEncoder
+
+    encoder = TraceEncoder.from_pretrained(out)
+    assert encoder.tokenizer.convert_tokens_to_ids("<|emb|>") == encoder.emb_token_id
+    assert encoder.encode(["movies tagged pixar"]).shape[0] == 1
+    assert "trl-mars" in (out / "README.md").read_text()

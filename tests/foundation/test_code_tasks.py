@@ -35,8 +35,10 @@ def test_reference_solutions_pass_and_wrong_ones_fail():
     tasks = generate_tasks(60, seed=7)
     with Sandbox() as sandbox:
         good = sandbox.run_batch([(t.canonical_solution, t.tests) for t in tasks])
-        wrong = sandbox.run_batch(
-            [(t.canonical_solution.replace("    return ", "    return None and "), t.tests) for t in tasks]
+        wrong = sandbox.run_batch([(f"{t.signature}\n    return None\n", t.tests) for t in tasks])
+        equivalent = sandbox.run_batch(
+            [(t.canonical_solution.replace("    return ", "    return [] if 0 else "), t.tests) for t in tasks[:3]]
         )
     assert all(r.passed for r in good), [r for r in good if not r.passed][:1]
     assert not any(r.passed for r in wrong)
+    assert all(r.passed for r in equivalent)  # an equivalent rewrite still passes: the tests check behaviour

@@ -8,7 +8,7 @@ deterministic from a seed, so a user with no internet gets the same train and he
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from datasets import Dataset
@@ -38,22 +38,23 @@ class CodeTask:
         return f"```python\n{self.canonical_solution}```"
 
     def to_row(self) -> dict:
-        """A dataset row: conversational ``prompt`` (what TRL trainers consume) plus every task field."""
+        """A dataset row: conversational ``prompt`` (what TRL trainers consume), the reference ``completion``
+        (for SFT warm-ups) and every task field."""
         row = asdict(self)
-        row.update(prompt=[{"role": "user", "content": self.question}], test=self.test)
+        row.update(prompt=[{"role": "user", "content": self.question}], test=self.test, completion=self.completion)
         return row
 
 
-Spec = tuple[str, str, str, str, list[tuple]]
-"""(function name, argument list, what it returns, reference expression, test inputs)."""
+def _ints(rng: random.Random, plant: int | None, n: int = 4) -> list[tuple]:
+    """Integers; with ``plant`` the first one is a multiple of it, so both branches of a condition are tested."""
+    values = [rng.randint(-9, 30) for _ in range(n)]
+    if plant:
+        values[0] = plant * rng.randint(0, 3)
+    return [(v,) for v in values]
 
 
-def _ints(rng: random.Random, n: int = 4, lo: int = -9, hi: int = 30) -> list[tuple]:
-    return [(rng.randint(lo, hi),) for _ in range(n)]
-
-
-def _lists(rng: random.Random, n: int = 4, plant: int | None = None) -> list[tuple]:
-    """Short integer lists; with ``plant``, about half of them contain that value."""
+def _lists(rng: random.Random, plant: int | None, n: int = 4) -> list[tuple]:
+    """Short integer lists; about half of them contain ``plant`` when it is given."""
     out = []
     for _ in range(n):
         lst = [rng.randint(0, 9) for _ in range(rng.randint(0, 6))]
@@ -63,169 +64,171 @@ def _lists(rng: random.Random, n: int = 4, plant: int | None = None) -> list[tup
     return out
 
 
-def _words(rng: random.Random, n: int = 4) -> list[tuple]:
+def _words(rng: random.Random, plant: int | None, n: int = 4) -> list[tuple]:
     return [("".join(rng.choice("abcde") for _ in range(rng.randint(1, 5))),) for _ in range(n)]
 
 
 _NUM_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TEMPLATES: dict[int, list[Callable[[random.Random], Spec]]] = {1: [], 2: [], 3: []}
+_INPUTS = {"x: int": _ints, "lst: list": _lists, "s: str": _words}
 
 
-def _template(difficulty: int):
-    def register(make: Callable[[random.Random], Spec]) -> Callable[[random.Random], Spec]:
-        TEMPLATES[difficulty].append(make)
-        return make
+@dataclass(frozen=True)
+class _Template:
+    """A task family. ``name``, ``returns`` and ``expr`` are format strings over ``k`` (drawn from ``k_range``),
+    ``w`` (the number word of k), ``k2`` (drawn from ``k2_range``) and ``c`` (the letter ``"abcde"[k]``)."""
 
-    return register
+    difficulty: int
+    name: str
+    args: str
+    returns: str
+    expr: str
+    k_range: tuple[int, int]
+    k2_range: tuple[int, int] = (0, 0)
+    plant: bool = False  # inputs hit k: lists often contain it, integers include a multiple of it
 
-
-@_template(1)
-def _add(r: random.Random) -> Spec:
-    k = r.randint(1, 30)
-    return f"add_{k}", "x: int", f"returns x plus {k}", f"x + {k}", _ints(r)
-
-
-@_template(1)
-def _times(r: random.Random) -> Spec:
-    k = r.randint(2, 12)
-    return f"times_{k}", "x: int", f"returns x times {k}", f"x * {k}", _ints(r)
-
-
-@_template(1)
-def _minus(r: random.Random) -> Spec:
-    k = r.randint(1, 30)
-    return f"minus_{k}", "x: int", f"returns x minus {k}", f"x - {k}", _ints(r)
+    def make(self, rng: random.Random) -> tuple[str, str, str, list[tuple]]:
+        k, k2 = rng.randint(*self.k_range), rng.randint(*self.k2_range)
+        values = {"k": k, "k2": k2, "w": _NUM_WORDS[k % 10], "c": "abcde"[k % 5]}
+        inputs = _INPUTS[self.args](rng, k if self.plant else None)
+        return self.name.format(**values), self.returns.format(**values), self.expr.format(**values), inputs
 
 
-@_template(1)
-def _is_multiple(r: random.Random) -> Spec:
-    k = r.randint(2, 12)
-    return f"is_multiple_of_{k}", "x: int", f"returns True if x is a multiple of {k}", f"x % {k} == 0", _ints(r)
-
-
-@_template(1)
-def _greater(r: random.Random) -> Spec:
-    k = r.randint(0, 20)
-    return f"greater_than_{k}", "x: int", f"returns True if x is greater than {k}", f"x > {k}", _ints(r)
-
-
-@_template(2)
-def _count(r: random.Random) -> Spec:
-    k = r.randint(0, 9)
-    return (
-        f"count_{_NUM_WORDS[k]}",
-        "lst: list",
-        f"returns how many times {k} occurs in lst",
-        f"lst.count({k})",
-        _lists(r, k),
-    )
-
-
-@_template(2)
-def _sum_above(r: random.Random) -> Spec:
-    k = r.randint(0, 8)
-    desc = f"returns the sum of the elements of lst greater than {k}"
-    return f"sum_above_{k}", "lst: list", desc, f"sum(v for v in lst if v > {k})", _lists(r)
-
-
-@_template(2)
-def _repeat(r: random.Random) -> Spec:
-    k = r.randint(2, 6)
-    return f"repeat_{k}", "s: str", f"returns the string s repeated {k} times", f"s * {k}", _words(r)
-
-
-@_template(2)
-def _multiples(r: random.Random) -> Spec:
-    k = r.randint(2, 6)
-    desc = f"returns the elements of lst that are multiples of {k}, in order"
-    return f"multiples_of_{k}", "lst: list", desc, f"[v for v in lst if v % {k} == 0]", _lists(r)
-
-
-@_template(2)
-def _max_plus(r: random.Random) -> Spec:
-    k = r.randint(1, 20)
-    desc = f"returns the largest element of lst plus {k}, or {k} if lst is empty"
-    return f"max_plus_{k}", "lst: list", desc, f"max(lst, default=0) + {k}", _lists(r)
-
-
-@_template(2)
-def _remove(r: random.Random) -> Spec:
-    k = r.randint(0, 9)
-    desc = f"returns lst without any occurrence of {k}"
-    return f"remove_{_NUM_WORDS[k]}", "lst: list", desc, f"[v for v in lst if v != {k}]", _lists(r, k)
-
-
-@_template(2)
-def _starts_with(r: random.Random) -> Spec:
-    c = r.choice("abcde")
-    desc = f"returns True if the string s starts with the letter {c}"
-    return f"starts_with_{c}", "s: str", desc, f"s.startswith({c!r})", _words(r)
-
-
-@_template(3)
-def _buzz(r: random.Random) -> Spec:
-    k = r.randint(2, 12)
-    desc = f"returns 'buzz' if x is a multiple of {k}, else x as a string"
-    return f"buzz_{k}", "x: int", desc, f"'buzz' if x % {k} == 0 else str(x)", _ints(r)
-
-
-@_template(3)
-def _clamp(r: random.Random) -> Spec:
-    lo, hi = r.randint(0, 9), r.randint(10, 19)
-    return (
-        f"clamp_{lo}_{hi}",
+TEMPLATES: tuple[_Template, ...] = (
+    # difficulty 1: one arithmetic or comparison on an integer
+    _Template(1, "add_{k}", "x: int", "returns x plus {k}", "x + {k}", (1, 30)),
+    _Template(1, "times_{k}", "x: int", "returns x times {k}", "x * {k}", (2, 12)),
+    _Template(1, "minus_{k}", "x: int", "returns x minus {k}", "x - {k}", (1, 30)),
+    _Template(
+        1,
+        "is_multiple_of_{k}",
         "x: int",
-        f"returns x limited to the range {lo} to {hi}",
-        f"min(max(x, {lo}), {hi})",
-        _ints(r),
-    )
-
-
-@_template(3)
-def _power_sum(r: random.Random) -> Spec:
-    k = r.randint(2, 3)
-    desc = f"returns the sum of the elements of lst raised to the power {k}"
-    return f"power_sum_{k}", "lst: list", desc, f"sum(v ** {k} for v in lst)", _lists(r)
-
-
-@_template(3)
-def _shift_reverse(r: random.Random) -> Spec:
-    k = r.randint(1, 20)
-    desc = f"returns lst reversed with {k} added to every element"
-    return f"shift_reverse_{k}", "lst: list", desc, f"[v + {k} for v in reversed(lst)]", _lists(r)
-
+        "returns True if x is a multiple of {k}",
+        "x % {k} == 0",
+        (2, 12),
+        plant=True,
+    ),
+    _Template(1, "greater_than_{k}", "x: int", "returns True if x is greater than {k}", "x > {k}", (0, 20)),
+    # difficulty 2: one pass over a list or a string
+    _Template(
+        2, "count_{w}", "lst: list", "returns how many times {k} occurs in lst", "lst.count({k})", (0, 9), plant=True
+    ),
+    _Template(
+        2,
+        "sum_above_{k}",
+        "lst: list",
+        "returns the sum of the elements of lst greater than {k}",
+        "sum(v for v in lst if v > {k})",
+        (0, 8),
+    ),
+    _Template(2, "repeat_{k}", "s: str", "returns the string s repeated {k} times", "s * {k}", (2, 6)),
+    _Template(
+        2,
+        "multiples_of_{k}",
+        "lst: list",
+        "returns the elements of lst that are multiples of {k}, in order",
+        "[v for v in lst if v % {k} == 0]",
+        (2, 6),
+    ),
+    _Template(
+        2,
+        "max_plus_{k}",
+        "lst: list",
+        "returns the largest element of lst plus {k}, or {k} if lst is empty",
+        "max(lst, default=0) + {k}",
+        (1, 20),
+    ),
+    _Template(
+        2,
+        "remove_{w}",
+        "lst: list",
+        "returns lst without any occurrence of {k}",
+        "[v for v in lst if v != {k}]",
+        (0, 9),
+        plant=True,
+    ),
+    _Template(
+        2,
+        "starts_with_{c}",
+        "s: str",
+        "returns True if the string s starts with the letter {c}",
+        "s.startswith('{c}')",
+        (0, 4),
+    ),
+    # difficulty 3: two operations combined
+    _Template(
+        3,
+        "buzz_{k}",
+        "x: int",
+        "returns 'buzz' if x is a multiple of {k}, else x as a string",
+        "'buzz' if x % {k} == 0 else str(x)",
+        (2, 12),
+    ),
+    _Template(
+        3,
+        "clamp_{k}_{k2}",
+        "x: int",
+        "returns x limited to the range {k} to {k2}",
+        "min(max(x, {k}), {k2})",
+        (0, 9),
+        (10, 19),
+    ),
+    _Template(
+        3,
+        "power_sum_{k}",
+        "lst: list",
+        "returns the sum of the elements of lst raised to the power {k}",
+        "sum(v ** {k} for v in lst)",
+        (2, 3),
+    ),
+    _Template(
+        3,
+        "shift_reverse_{k}",
+        "lst: list",
+        "returns lst reversed with {k} added to every element",
+        "[v + {k} for v in reversed(lst)]",
+        (1, 20),
+    ),
+)
 
 DIFFICULTIES = (1, 2, 3)
 
 
-def _build(make: Callable[[random.Random], Spec], difficulty: int, rng: random.Random, index: int) -> CodeTask:
-    name, args, description, expr, inputs = make(rng)
+def _build(template: _Template, rng: random.Random, index: int) -> CodeTask:
+    name, description, expr, inputs = template.make(rng)
     returns = " -> bool" if "returns True" in description else ""
-    signature = f"def {name}({args}){returns}:"
+    signature = f"def {name}({template.args}){returns}:"
     solution = f"{signature}\n    return {expr}\n"
     namespace: dict = {}
     exec(solution, namespace)  # our own generated reference, never model output
     fn = namespace[name]
     tests = list(dict.fromkeys(f"assert {name}({', '.join(map(repr, a))}) == {fn(*a)!r}" for a in inputs))
     question = f"Write a Python function `{name}` that {description}.\n\n```python\n{signature}\n```"
-    return CodeTask(f"mars/{index}", difficulty, question, name, signature, solution, tests)
+    return CodeTask(f"mars/{index}", template.difficulty, question, name, signature, solution, tests)
 
 
 def generate_tasks(num_tasks: int, seed: int = 0, difficulties: Iterable[int] = DIFFICULTIES) -> list[CodeTask]:
-    """``num_tasks`` distinct tasks (by question text), deterministic in ``seed``, cycling over ``difficulties``."""
+    """``num_tasks`` distinct tasks (by question text), deterministic in ``seed``, cycling over ``difficulties``.
+
+    A level whose distinct questions run out (50 misses in a row) drops out of the cycle; asking for more
+    tasks than all levels hold raises."""
     levels = sorted(set(difficulties))
     if not levels or any(d not in DIFFICULTIES for d in levels):
         raise ValueError(f"difficulties must be a non-empty subset of {DIFFICULTIES}, got {levels}")
     rng = random.Random(seed)
     tasks: dict[str, CodeTask] = {}
-    attempts = 0
+    misses = dict.fromkeys(levels, 0)
+    turn = 0
     while len(tasks) < num_tasks:
-        attempts += 1
-        if attempts > 50 * num_tasks + 100:
+        open_levels = [lvl for lvl in levels if misses[lvl] < 50]
+        if not open_levels:
             raise ValueError(f"only {len(tasks)} distinct tasks exist for difficulties {levels}; asked {num_tasks}")
-        level = levels[len(tasks) % len(levels)]
-        task = _build(rng.choice(TEMPLATES[level]), level, rng, len(tasks))
-        tasks.setdefault(task.question, task)
+        level = open_levels[turn % len(open_levels)]
+        task = _build(rng.choice([t for t in TEMPLATES if t.difficulty == level]), rng, len(tasks))
+        if task.question in tasks:
+            misses[level] += 1
+            continue
+        tasks[task.question], misses[level] = task, 0
+        turn += 1
     return list(tasks.values())
 
 

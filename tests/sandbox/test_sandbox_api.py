@@ -59,6 +59,19 @@ def test_syntax_error_and_missing_entry_point(sandbox):
     assert result.program_status is Status.ERROR and "KeyError" in result.program_error
 
 
+def test_tracebacks_show_the_code_not_the_harness(sandbox):
+    program = "def f(x):\n    return g(x)\n\ndef g(x):\n    return 1 / x\n"
+    result = sandbox.run(program, ["assert f(0) == 1", "assert f(1) == 2"])
+    error, failed = result.verdicts
+    assert error.status is Status.ERROR and failed.status is Status.FAILED
+    for verdict in (error, failed):
+        assert "harness" not in verdict.traceback and "trl_mars" not in verdict.traceback
+    assert error.traceback.startswith("Traceback") and '"<test 0>", line 1' in error.traceback
+    assert '"<program>", line 5, in g' in error.traceback and "ZeroDivisionError" in error.traceback
+    stdio = sandbox.run("print(1 / int(input()))\n", [{"input": "0\n", "output": "1"}]).verdicts[0]
+    assert "trl_mars" not in stdio.traceback and '"<program>", line 1' in stdio.traceback
+
+
 def test_program_output_is_captured(sandbox):
     result = sandbox.run("print('hello')\nimport sys\nprint('oops', file=sys.stderr)\n", ["assert True"])
     assert result.stdout == "hello\n" and result.stderr == "oops\n" and not result.output_truncated

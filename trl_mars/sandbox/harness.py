@@ -59,6 +59,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
     from time import perf_counter as clock
 
     str_concat, format_exc = str.__add__, traceback.format_exception
+    harness_file = run_check.__code__.co_filename
     clean_builtins = dict(builtins.__dict__)
     tests, stdio = check["tests"], check["stdio"]
 
@@ -83,7 +84,10 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
     def classify(exc):
         status = "failed" if isinstance_(exc, assertion) else "memory" if isinstance_(exc, memory) else "error"
         try:
-            tb = "".join(format_exc(type_(exc), exc, exc.__traceback__))
+            frames = exc.__traceback__
+            while frames is not None and frames.tb_frame.f_code.co_filename == harness_file:
+                frames = frames.tb_next  # agents see their code's frames, never the sandbox's own
+            tb = "".join(format_exc(type_(exc), exc, frames))
         except base_exc:
             tb = ""
         return status, text(type_(exc).__name__), text(exc), text(tb[-FIELD_CAP:])

@@ -66,16 +66,23 @@ class PlantedCode:
         self.backend, self.tasks, self.rng, self.plant = backend, tasks, random.Random(seed), plant
         self.generate_s = 0.0
 
-    def generate(self, prompts):
+    def program(self, prompt) -> str:
+        if not self.plant:
+            return ""
+        task = next(t for t in self.tasks if t.question in prompt[-1]["content"])
+        code = task.canonical_solution
+        if self.rng.random() < 0.5:
+            code = code.replace("return ", "return 1 + ", 1)  # wrong: fails asserts or raises TypeError
+        return f"\n```python\n{code}```"
+
+    def generate(self, prompts, on_text=None):
         start = time.perf_counter()
-        out = self.backend.generate(prompts)
+        planted = [self.program(p) for p in prompts]
+        stream = None if on_text is None else (lambda i, text: on_text(i, text + planted[i]))
+        out = self.backend.generate(prompts, on_text=stream)
         self.generate_s += time.perf_counter() - start
-        for prompt, gen in zip(prompts, out if self.plant else [], strict=False):
-            task = next(t for t in self.tasks if t.question in prompt[-1]["content"])
-            code = task.canonical_solution
-            if self.rng.random() < 0.5:
-                code = code.replace("return ", "return 1 + ", 1)  # wrong: fails asserts or raises TypeError
-            gen.text += f"\n```python\n{code}```"
+        for gen, extra in zip(out, planted, strict=True):
+            gen.text += extra
         return out
 
 

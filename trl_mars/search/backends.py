@@ -26,8 +26,12 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
 
 
+OnText = Callable[[int, str], None]
+"""Called as ``on_text(i, text)`` as soon as completion ``i`` of a batch is final (e.g. to start scoring it)."""
+
+
 class GenerationBackend(Protocol):
-    def generate(self, prompts: Sequence[Messages]) -> list[Generation]: ...
+    def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]: ...
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,26 @@ class _SampleAndRecord(LogitsProcessor):
     """Applies temperature, top-k and top-p itself (so it is the last processor) and records log-probs.
 
     At step t it sees the token chosen at step t-1 in ``input_ids`` and gathers its log-prob from the
-    distribution it kept; only one (batch, vocab) distribution is ever held.
+    distribution it kept; only one (batch, vocab) distribution is ever held. Rows that just emitted EOS are
+    handed to ``on_finished(row, completion_ids)`` while the rest of the batch keeps generating.
     """
 
-    def __init__(self, sampling: SamplingConfig, prompt_len: int) -> None:
+    def __init__(
+        self, sampling: SamplingConfig, prompt_len: int, eos_id: int, on_finished: Callable[[int, list[int]], None]
+    ) -> None:
         self.sampling = sampling
         self.prompt_len = prompt_len
+        self.eos_id = eos_id
+        self.on_finished = on_finished
+        self.finished: set[int] = set()
         self.previous: torch.Tensor | None = None
         self.logprobs: list[torch.Tensor] = []
+
+    def report_finished(self, input_ids: torch.Tensor) -> None:
+        for row in (input_ids[:, -1] == self.eos_id).nonzero().flatten().tolist():
+            if row not in self.finished:
+                self.finished.add(row)
+                self.on_finished(row, input_ids[row, self.prompt_len :].tolist())
 
     def gather_previous(self, chosen: torch.Tensor) -> None:
         if self.previous is not None:
@@ -70,6 +86,7 @@ class _SampleAndRecord(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] > self.prompt_len:
             self.gather_previous(input_ids[:, -1])
+            self.report_finished(input_ids)
         s = self.sampling
         scores = scores.float()
         if s.temperature > 0 and s.temperature != 1.0:
@@ -111,22 +128,32 @@ class TransformersBackend:
         )
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def generate(self, prompts: Sequence[Messages]) -> list[Generation]:
+    def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]:
         if not prompts:
             return []
         size = self.max_batch_size or len(prompts)
         out: list[Generation] = []
         for i in range(0, len(prompts), size):
-            out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]])
+            out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]], i, on_text)
         return out
 
+    def _truncate(self, ids: list[int]) -> list[int]:
+        """Completion ids up to and including the first EOS."""
+        eos = self.tokenizer.eos_token_id
+        return ids[: ids.index(eos) + 1] if eos in ids else ids
+
     @torch.no_grad()
-    def _generate_batch(self, prompt_ids: list[list[int]]) -> list[Generation]:
+    def _generate_batch(self, prompt_ids: list[list[int]], offset: int, on_text: OnText | None) -> list[Generation]:
         tok = self.tokenizer
+
+        def finished(row: int, ids: list[int]) -> None:
+            if on_text is not None:
+                on_text(offset + row, tok.decode(self._truncate(ids), skip_special_tokens=True))
+
         batch = tok.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt", padding_side="left")
         device = next(self.model.parameters()).device
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        recorder = _SampleAndRecord(self.sampling, input_ids.shape[1])
+        recorder = _SampleAndRecord(self.sampling, input_ids.shape[1], tok.eos_token_id, finished)
         greedy = self.sampling.temperature == 0
         min_length = {"min_new_tokens": self.sampling.min_new_tokens} if self.sampling.min_new_tokens else {}
         sequences = self.model.generate(
@@ -148,10 +175,11 @@ class TransformersBackend:
         logprobs = torch.stack(recorder.logprobs, 1) if recorder.logprobs else completions.float()
         results = []
         for row, ids in enumerate(completions.tolist()):
-            end = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
-            ids = ids[:end]
+            ids = self._truncate(ids)
             text = tok.decode(ids, skip_special_tokens=True)
-            results.append(Generation(prompt_ids[row], ids, text, logprobs[row, :end].tolist()))
+            if on_text is not None and row not in recorder.finished:  # ran out of tokens, or EOS on the last step
+                on_text(offset + row, text)
+            results.append(Generation(prompt_ids[row], ids, text, logprobs[row, : len(ids)].tolist()))
         return results
 
 
@@ -162,9 +190,14 @@ class ScriptedBackend:
         self.respond = respond
         self.calls: list[int] = []
 
-    def generate(self, prompts: Sequence[Messages]) -> list[Generation]:
+    def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]:
         self.calls.append(len(prompts))
-        return [Generation([], [], self.respond(p)) for p in prompts]
+        out = []
+        for i, prompt in enumerate(prompts):
+            out.append(Generation([], [], self.respond(prompt)))
+            if on_text is not None:
+                on_text(i, out[-1].text)
+        return out
 
 
 class VLLMServerBackend:
@@ -182,11 +215,17 @@ class VLLMServerBackend:
         self.sampling = sampling or SamplingConfig()
         self.timeout = timeout
 
-    def generate(self, prompts: Sequence[Messages]) -> list[Generation]:
+    def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]:
         import concurrent.futures
 
+        def one(i: int) -> Generation:
+            gen = self._one(prompts[i])
+            if on_text is not None:
+                on_text(i, gen.text)
+            return gen
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, max(1, len(prompts)))) as pool:
-            return list(pool.map(self._one, prompts))
+            return list(pool.map(one, range(len(prompts))))
 
     def _one(self, prompt: Messages) -> Generation:
         import json

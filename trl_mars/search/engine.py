@@ -142,14 +142,22 @@ class TreeSearch:
             by_backend.setdefault(id(self.agents[agent]), []).append(_Request(i, parent, agent, prompt))
         scored: list[tuple[_Request, Any, str | None, Future[Verdict] | Verdict]] = []
         for requests in by_backend.values():
-            generations = self.agents[requests[0].agent].generate([r.prompt for r in requests])
-            for request, gen in zip(requests, generations, strict=True):
-                code = extract_code(gen.text)
-                problem = problems[request.tree]
-                pending = (
-                    no_code_verdict() if code is None else problem.verify(self.verifier, code, problem.public_tests)
+            checks: dict[int, tuple[str | None, Future[Verdict] | Verdict]] = {}
+
+            def check(i: int, text: str, requests: list[_Request] = requests, checks: dict = checks) -> None:
+                """Start scoring a completion as soon as it is final, while the batch is still generating."""
+                code = extract_code(text)
+                problem = problems[requests[i].tree]
+                checks[i] = (
+                    code,
+                    no_code_verdict() if code is None else problem.verify(self.verifier, code, problem.public_tests),
                 )
-                scored.append((request, gen, code, pending))
+
+            generations = self.agents[requests[0].agent].generate([r.prompt for r in requests], on_text=check)
+            for i, (request, gen) in enumerate(zip(requests, generations, strict=True)):
+                if i not in checks:  # a backend that does not stream
+                    check(i, gen.text)
+                scored.append((request, gen, *checks[i]))
         for request, gen, code, pending in scored:
             verdict = pending if isinstance(pending, Verdict) else pending.result()
             trees[request.tree].add(

@@ -1,0 +1,42 @@
+"""The transformers backend: sampling log-probs equal a forward pass, finished rows stream out exactly once."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trl_mars.search import SamplingConfig, TransformersBackend
+
+PROMPTS = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "Write add_3 please, in Python."}]]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_qwen2_path):
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen2_path), AutoTokenizer.from_pretrained(tiny_qwen2_path)
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(0.7, 0), (1.0, 50), (0.0, 0)])
+def test_logprobs_are_those_of_the_sampling_distribution(model_and_tokenizer, temperature, top_k):
+    model, tok = model_and_tokenizer
+    backend = TransformersBackend(model, tok, SamplingConfig(max_new_tokens=12, temperature=temperature, top_k=top_k))
+    torch.manual_seed(0)
+    for gen in backend.generate(PROMPTS):
+        assert len(gen.logprobs) == len(gen.completion_ids) > 0
+        ids = torch.tensor([gen.prompt_ids + gen.completion_ids])
+        logits = model(ids).logits[0, len(gen.prompt_ids) - 1 : -1].float() / (temperature or 1.0)
+        if top_k:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(gen.completion_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(gen.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_finished_rows_stream_once_with_their_final_text(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    backend = TransformersBackend(model, tok, SamplingConfig(max_new_tokens=20), max_batch_size=3)
+    seen: list[tuple[int, str]] = []
+    torch.manual_seed(1)
+    gens = backend.generate(PROMPTS * 3, on_text=lambda i, text: seen.append((i, text)))
+    assert sorted(i for i, _ in seen) == list(range(6))  # every row exactly once, across micro-batches
+    assert dict(seen) == {i: g.text for i, g in enumerate(gens)}
+    for gen in gens:
+        assert tok.eos_token_id not in gen.completion_ids[:-1]  # cut at the first EOS

@@ -120,11 +120,21 @@ class TreeSearch:
         if len(trees) != len(problems):
             raise ValueError(f"got {len(trees)} trees for {len(problems)} problems")
         while active := [i for i, t in enumerate(trees) if not self.done(t)]:
+            if self.independent_nodes:
+                # no expansion depends on an earlier score: the whole remaining budget is one batched call
+                active = [i for i in active for _ in range(self.config.max_nodes - len(trees[i]))]
             self.step(problems, trees, active)
         return trees
 
+    @property
+    def independent_nodes(self) -> bool:
+        """GEN only (``max_depth=1``), one agent, no early stop: every node is a root child of that agent, as in
+        GRPO's parallel sampling, so nodes need not wait for each other's scores."""
+        cfg = self.config
+        return cfg.max_depth == 1 and len(self.agents) == 1 and not cfg.stop_on_pass
+
     def step(self, problems: Sequence[SearchProblem], trees: list[SearchTree], active: Sequence[int]) -> None:
-        """Add one node to each tree in ``active``."""
+        """Add one node to each tree in ``active`` (a tree listed k times gets k nodes, selected together)."""
         cfg = self.config
         schedule = cfg.depth_schedule if cfg.tplus else None
         names = list(self.agents)

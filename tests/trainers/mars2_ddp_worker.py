@@ -1,0 +1,86 @@
+"""One rank of the 2-process CPU DDP run of ``MultiAgentTreeTrainer`` (launched by ``test_mars2_distributed.py``).
+
+    torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH
+
+Trains two tiny agents (qwen2 + llama) for 2 steps and writes ``OUT_DIR/rank<r>.json``: world size, whether
+each agent's model is DDP-wrapped, its update count, a checksum of its parameters after training, and the
+problems this rank searched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+
+from trl_mars.data.code_tasks import code_task_splits  # noqa: E402
+from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mars2_helpers import force_advantages, tiny_mars2_config  # noqa: E402
+
+
+def checksum(model: torch.nn.Module) -> float:
+    """Order-sensitive float64 sum of every parameter (equal across ranks iff the replicas agree)."""
+    total = 0.0
+    for i, (_, p) in enumerate(sorted(model.named_parameters())):
+        total += float(p.detach().double().sum()) * (1 + i % 7) + float(p.detach().double().abs().sum())
+    return total
+
+
+def main(out_dir: str, qwen2: str, llama: str) -> None:
+    train, _ = code_task_splits(8, 0, seed=0)
+    args = tiny_mars2_config(
+        Path(out_dir) / "run",
+        [{"name": "qwen", "model": qwen2}, {"name": "llama", "model": llama}],
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        shuffle_dataset=False,
+    )
+    trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
+    searched: list[str] = []
+    run_search = trainer.run_search
+
+    def recording_run_search(problems, *a, **kw):
+        searched.extend(p.question for p in problems)
+        return run_search(problems, *a, **kw)
+
+    trainer.run_search = recording_run_search
+    # each rank gets different non-zero advantages: only DDP's gradient averaging keeps the replicas equal
+    rank = trainer.accelerator.process_index
+    force_advantages(trainer, lambda i: (1.0 if (i + rank) % 2 else -1.0) * (1 + rank))
+    acc = trainer.accelerator
+    before = {p.name: checksum(acc.unwrap_model(p.model)) for p in trainer.policies}
+    trainer.train()
+    result = {
+        "rank": acc.process_index,
+        "world_size": acc.num_processes,
+        "trees": len(searched),
+        "problems": searched,
+        "agents": {
+            p.name: {
+                "ddp": isinstance(p.model, torch.nn.parallel.DistributedDataParallel),
+                "updates": p.updates,
+                "checksum_before": before[p.name],
+                "checksum": checksum(acc.unwrap_model(p.model)),
+            }
+            for p in trainer.policies
+        },
+    }
+    trainer.sandbox.close()
+    path = Path(out_dir) / f"rank{acc.process_index}.json"
+    path.write_text(json.dumps(result, indent=1))
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,101 @@
+"""``MultiAgentTreeTrainer`` under 2-process CPU DDP (torchrun, gloo): replicas stay in sync, ranks split the data.
+
+``accelerate launch --cpu --num_processes 2`` silently runs one process on CPU, so the test launches
+``torchrun --nproc_per_node 2`` on ``mars2_ddp_worker.py`` and checks the JSON each rank writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).with_name("mars2_ddp_worker.py")
+TIMEOUT_S = 180
+
+
+def _torchrun() -> list[str]:
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, tiny_qwen2_path, tiny_llama_path) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+    }
+    cmd = [
+        *_torchrun(),
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        str(out),
+        tiny_qwen2_path,
+        tiny_llama_path,
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # the ranks run in sessions of their own: SIGTERM lets torchrun stop them (a SIGKILL would orphan them)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {TIMEOUT_S}s (hang?); output tail:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    files = sorted(out.glob("rank*.json"))
+    assert [f.name for f in files] == ["rank0.json", "rank1.json"], "a rank did not finish"
+    return [json.loads(f.read_text()) for f in files]
+
+
+pytestmark = pytest.mark.distributed
+
+
+def test_two_ranks_ddp_wrapped(ranks):
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 for r in ranks)
+    for r in ranks:
+        assert set(r["agents"]) == {"qwen", "llama"}
+        assert all(a["ddp"] for a in r["agents"].values()), r["agents"]
+
+
+def test_replicas_stay_in_sync(ranks):
+    """Each rank trains on different nodes with different advantages; DDP's all-reduce keeps weights equal."""
+    for name in ("qwen", "llama"):
+        first, second = (r["agents"][name] for r in ranks)
+        assert first["updates"] == second["updates"] == 2, (name, first, second)
+        assert first["checksum_before"] == second["checksum_before"]
+        assert first["checksum"] != pytest.approx(first["checksum_before"], rel=1e-9), f"{name} did not train"
+        assert first["checksum"] == pytest.approx(second["checksum"], rel=1e-12, abs=0.0), name
+
+
+def test_ranks_search_different_problems(ranks):
+    first, second = ranks
+    assert first["trees"] == second["trees"] == 2  # trees_per_step=1, 2 steps
+    assert len(set(first["problems"])) == 2
+    assert not set(first["problems"]) & set(second["problems"])

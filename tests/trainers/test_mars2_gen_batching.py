@@ -1,0 +1,65 @@
+"""GEN-only search with one agent (the degenerate, GRPO-like MARS²) generates each round in ONE batched call."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from trl_mars.data.code_tasks import code_task_splits
+from trl_mars.search import TransformersBackend
+from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
+from mars2_helpers import tiny_mars2_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory, tiny_qwen2_path):
+    train, _ = code_task_splits(3, 0, seed=0)
+    trainer = MultiAgentTreeTrainer(
+        args=tiny_mars2_config(
+            tmp_path_factory.mktemp("batching"),
+            [{"name": "solo", "model": tiny_qwen2_path}],
+            max_nodes=3,
+            max_depth=1,
+            reward_shaping="none",
+            trees_per_step=3,
+            max_completion_length=8,
+        ),
+        train_dataset=train,
+    )
+    yield trainer
+    trainer.sandbox.close()
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    generate = TransformersBackend.generate
+
+    def recording(self, prompts, *args, **kwargs):
+        sizes.append(len(prompts))
+        return generate(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersBackend, "generate", recording)
+    return sizes
+
+
+def test_gen_only_single_agent_is_one_call(trainer, batch_sizes):
+    problems = trainer.problems(list(trainer.train_dataset))
+    trees = trainer.run_search(problems)
+    assert batch_sizes == [3 * 3]
+    assert [len(t) for t in trees] == [3, 3, 3]
+    assert all(n.parent_id == 0 and n.agent == "solo" and n.completion_ids for t in trees for n in t.solutions)
+    assert len({t.tree_id for t in trees}) == 3
+    samples = trainer.credit(trees)
+    assert len(samples) == 9
+
+
+def test_deeper_search_stays_lockstep(trainer, batch_sizes):
+    problems = trainer.problems(list(trainer.train_dataset))
+    trees = trainer.run_search(problems, trainer.search_config(max_depth=None))
+    assert batch_sizes == [3, 3, 3]  # one node per tree per step: later expansions depend on earlier scores
+    assert [len(t) for t in trees] == [3, 3, 3]

@@ -1,0 +1,131 @@
+# /// script
+# dependencies = ["trl-mars"]
+# ///
+"""MARS²: several LLM agents grow shared search trees of code solutions and learn from them.
+
+Tiny default (two offline tiny agents of different architectures on the embedded code task, CPU, minutes):
+
+    accelerate launch recipes/mars2.py
+
+Real models (Qwen3-8B + AReaL-boba-2-8B, FSDP2 on 8 GPUs; see docs/mars2.md for vLLM servers per agent):
+
+    accelerate launch --config_file recipes/accelerate_configs/fsdp2.yaml recipes/mars2.py \\
+        --config recipes/configs/mars2_qwen3_8b_heter.yaml --dataset_name <hub id with prompt + tests columns>
+
+Any field of MultiAgentTreeConfig can be overridden on the command line, e.g. ``--max_nodes 16 --tplus``.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import load_dataset
+from trl import ScriptArguments
+
+from trl_mars.data.code_tasks import code_task_splits
+from trl_mars.sandbox import Sandbox
+from trl_mars.search.prompts import PromptConfig, refinement_prompt
+from trl_mars.search.tree import Node
+from trl_mars.search.verify import verdict_of
+from trl_mars.trainers.mars2_config import MultiAgentTreeConfig, parse_agents
+from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
+from trl_mars.utils.recipes import TINY_MODEL_IDS, parse_recipe_args, resolve_model_path
+from trl_mars.utils.warmup import sft_warmup
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "mars2_tiny.yaml"
+
+
+@dataclass
+class Mars2RecipeArguments:
+    num_train_problems: int = field(default=208, metadata={"help": "Embedded task: training problems."})
+    num_eval_problems: int = field(default=32, metadata={"help": "Embedded task: held-out problems."})
+    task_seed: int = field(default=0, metadata={"help": "Embedded task: generator seed."})
+    warmup_steps_sft: int = field(default=0, metadata={"help": "SFT steps on reference solutions before RL."})
+    warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the SFT warm-up."})
+    tiny_hidden_size: int | None = field(default=None, metadata={"help": "Width of the offline tiny models."})
+    eval_max_nodes: int = field(default=4, metadata={"help": "Search budget of the held-out evaluation."})
+
+
+def datasets(script_args: ScriptArguments, recipe: Mars2RecipeArguments):
+    """(train, held-out): the embedded task by default (disjoint by question), else a hub dataset."""
+    if script_args.dataset_name:
+        data = load_dataset(script_args.dataset_name, script_args.dataset_config)
+        return data[script_args.dataset_train_split], data.get(script_args.dataset_test_split)
+    return code_task_splits(recipe.num_train_problems, recipe.num_eval_problems, seed=recipe.task_seed)
+
+
+def warmup_chats(rows, sandbox: Sandbox) -> list[list[dict]]:
+    """First answers, plus refinements: a buggy version (one constant off by one) with its real sandbox feedback
+    followed by the fix, so the agents learn to use the feedback MARS² shows them."""
+    chats = [[*row["prompt"], {"role": "assistant", "content": row["completion"]}] for row in rows]
+    buggy = [
+        re.sub(r"(\d+)", lambda m: str(int(m.group(1)) + 1), row["canonical_solution"].split("\n", 1)[1], count=1)
+        for row in rows
+    ]
+    programs = [f"{row['signature']}\n{body}" for row, body in zip(rows, buggy)]
+    verdicts = sandbox.run_batch([(program, row["tests"]) for program, row in zip(programs, rows)])
+    for row, program, result in zip(rows, programs, verdicts):
+        verdict = verdict_of(result)
+        parent = Node(node_id=1, parent_id=0, depth=1, code=program, score=verdict.score, feedback=verdict.feedback)
+        prompt = refinement_prompt(row["question"], parent, PromptConfig())
+        chats.append([*prompt, {"role": "assistant", "content": row["completion"]}])
+    return chats
+
+
+def prepare_agents(args: MultiAgentTreeConfig, recipe: Mars2RecipeArguments, warmup) -> None:
+    """Resolve tiny model ids (at the requested width) and, if asked, warm every agent up with SFT."""
+    agents = [dict(a) for a in args.agents]
+    if recipe.warmup_steps_sft:
+        with Sandbox(concurrency=args.sandbox_workers or 2, timeout_s=args.sandbox_timeout) as sandbox:
+            chats = warmup_chats(list(warmup), sandbox)
+    for agent in agents:
+        if not agent.get("model"):
+            continue
+        if agent["model"] in TINY_MODEL_IDS and recipe.tiny_hidden_size:
+            from trl_mars.testing import tiny_model_path
+
+            h = recipe.tiny_hidden_size
+            agent["model"] = tiny_model_path(TINY_MODEL_IDS[agent["model"]], hidden_size=h, intermediate_size=2 * h)
+        agent["model"] = resolve_model_path(agent["model"])
+        if recipe.warmup_steps_sft:
+            folder = Path(args.output_dir) / "warmup" / agent["name"]
+            agent["model"] = sft_warmup(
+                agent["model"],
+                chats,
+                folder,
+                recipe.warmup_steps_sft,
+                recipe.warmup_learning_rate,
+                seed=args.seed,
+                use_cpu=args.use_cpu,
+            )
+    args.agents, args.agent_specs = agents, parse_agents(agents, args.agent_mode)
+
+
+def main() -> None:
+    script_args, args, recipe = parse_recipe_args(
+        (ScriptArguments, MultiAgentTreeConfig, Mars2RecipeArguments), DEFAULT_CONFIG
+    )
+    if args.use_cpu:
+        torch.set_num_threads(1)  # tiny models gain nothing from more threads; the sandbox uses the other cores
+    train, test = datasets(script_args, recipe)
+    prepare_agents(args, recipe, train)
+    trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
+    before = trainer.evaluate_search(test, max_nodes=recipe.eval_max_nodes) if test is not None else {}
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    after = trainer.evaluate_search(test, max_nodes=recipe.eval_max_nodes) if test is not None else {}
+    trainer.save_model()
+    if trainer.accelerator.is_main_process and before:
+        print(f"\nHeld-out problems: {len(test)}, search budget {recipe.eval_max_nodes} nodes")
+        print(f"{'metric':<16}{'before':>10}{'after':>10}")
+        for key in ("pass@1", "pass@1(mcts)", "pass@n"):
+            print(f"{key:<16}{before[key]:>10.3f}{after[key]:>10.3f}")
+        rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+        if rewards:
+            print(f"training reward: first log {rewards[0]:.3f} -> last log {rewards[-1]:.3f}")
+    if args.push_to_hub:
+        trainer.push_to_hub()
+
+
+if __name__ == "__main__":
+    main()

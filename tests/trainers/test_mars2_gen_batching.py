@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from trl_mars.data.code_tasks import code_task_splits
 from trl_mars.search import TransformersBackend
@@ -63,3 +64,16 @@ def test_deeper_search_stays_lockstep(trainer, batch_sizes):
     trees = trainer.run_search(problems, trainer.search_config(max_depth=None))
     assert batch_sizes == [3, 3, 3]  # one node per tree per step: later expansions depend on earlier scores
     assert [len(t) for t in trees] == [3, 3, 3]
+
+
+def test_policy_updates_only_when_every_rank_holds_a_batch(trainer, monkeypatch):
+    """The decision is the MINIMUM buffer size over ranks (a sum would let a rank with no nodes update)."""
+    policy = trainer.policies[0]
+    policy.buffer = [{}] * 4
+    monkeypatch.setattr(trainer.accelerator, "gather", lambda t: torch.tensor([4, 1]))  # another rank holds 1
+    assert not trainer._ready(policy, batch=4)
+    monkeypatch.setattr(trainer.accelerator, "gather", lambda t: torch.tensor([4, 6]))
+    assert trainer._ready(policy, batch=4)
+    monkeypatch.undo()
+    assert trainer._ready(policy, batch=4) and not trainer._ready(policy, batch=5)
+    policy.buffer = []

@@ -421,11 +421,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
 
     def _ready(self, policy: Policy, batch: int) -> bool:
         """True when every process holds a full batch for ``policy`` (so all ranks update it together)."""
-        size = torch.tensor(len(policy.buffer), device=self.accelerator.device)
-        return (
-            int(self.accelerator.reduce(size, reduction="min" if self.accelerator.num_processes > 1 else "sum"))
-            >= batch
-        )
+        size = torch.tensor([len(policy.buffer)], device=self.accelerator.device)
+        return int(self.accelerator.gather(size).min()) >= batch
 
     def collate(self, policy: Policy, samples: Sequence[dict]) -> dict[str, torch.Tensor]:
         """Left-padded prompts and right-padded completions, as GRPOTrainer lays them out."""

@@ -15,6 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Triton kernels run in the interpreter on CPU-only machines. This must be set before any @triton.jit kernel is
+# imported (tests/models imports them at collection time), so it lives here and not in tests/ops/conftest.py.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# compare fp32 kernels against references without TF32 rounding on GPUs
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TRL_MARS_DATA", REPO_ROOT.parent / "shared" / "data"))

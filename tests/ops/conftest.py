@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
 
-# must precede the first import of any @triton.jit kernel; on a GPU the kernels run compiled
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-# compare fp32 kernels against the reference without TF32 rounding on GPUs
-os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
-
-import pytest  # noqa: E402
+# TRITON_INTERPRET=1 (CPU-only machines) is set in tests/conftest.py: it must precede the first import of any
+# @triton.jit kernel, and other test folders (tests/models) import the kernels before this file is read.
 
 
 def _poisoned(factory):

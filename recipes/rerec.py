@@ -1,7 +1,8 @@
 """ReRec: GRPO with dual-graph rewards, reasoning-aware advantages and an online curriculum on MovieLens tasks.
 
 Tiny CPU demo (default config recipes/configs/rerec.yaml: builds a movie-vocabulary tiny model, SFT warm-up on
-templated reasoning, then ReRec; prints accuracy / NDCG@K on held-out queries before and after):
+templated reasoning, then ReRec; prints accuracy / NDCG@K on held-out queries before the warm-up, before RL and
+after RL):
 
     accelerate launch --config_file recipes/accelerate_configs/single_cpu.yaml recipes/rerec.py
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
@@ -27,7 +29,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_co
 from trl_mars.data.movielens import load_movielens
 from trl_mars.rec import ItemAttributeGraph, ItemEmbeddings, UserItemGraph, build_rerec_dataset, train_lightgcn
 from trl_mars.rec.evaluation import evaluate_recommender
-from trl_mars.rec.tasks import DEFAULT_SYSTEM_PROMPT, most_rated_titles, templated_reasoning
+from trl_mars.rec.tasks import DEFAULT_SYSTEM_PROMPT, most_rated_titles, templated_reasoning, with_short_titles
 from trl_mars.testing import build_tiny_tokenizer, save_tiny_model
 from trl_mars.trainers.rerec_config import ReRecConfig
 from trl_mars.trainers.rerec_trainer import ReasoningRecTrainer
@@ -47,6 +49,7 @@ class ReRecScriptArguments(ScriptArguments):
     query_types: list[str] = field(default_factory=lambda: ["attribute", "interest"])
     attribute_kinds: list[str] = field(default_factory=lambda: ["genre", "tag", "decade"])
     show_attributes: bool = field(default=False, metadata={"help": "List candidate attributes in the prompt."})
+    short_titles: bool = field(default=False, metadata={"help": "Titles without year, article first (fewer tokens)."})
     system_prompt: bool = field(default=True, metadata={"help": "Prepend the ReRec system prompt."})
     lightgcn_epochs: int = field(default=20, metadata={"help": "LightGCN epochs for the PAS embeddings."})
     lightgcn_dim: int = field(default=64, metadata={"help": "LightGCN embedding size."})
@@ -71,6 +74,8 @@ def build_data(script_args: ReRecScriptArguments, seed: int):
         data = load_dataset(script_args.dataset_name, script_args.dataset_config)
         return graph, embeddings, data[script_args.dataset_train_split], data[script_args.dataset_test_split]
     task_graph = graph.subset(most_rated_titles(movielens, script_args.num_items)) if script_args.num_items else graph
+    if script_args.short_titles:
+        task_graph = with_short_titles(task_graph)
     tasks = build_rerec_dataset(
         movielens,
         task_graph,
@@ -143,6 +148,8 @@ def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_ar
         model_path = build_tiny_model(TINY_MODEL_IDS[model_path], train_dataset, graph, script_args, work / "base")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if script_args.sft_warmup_steps > 0:
+        if PartialState().is_main_process:
+            report("before warm-up", model_path, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
         model_path = sft_warmup(model_path, train_dataset, graph, script_args, training_args, work / "sft")
     training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     trainer = ReasoningRecTrainer(

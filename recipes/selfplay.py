@@ -9,8 +9,9 @@ Tiny CPU demos (a tiny Qwen2, a few steps; WIST grows a domain tree over a Movie
     accelerate launch --config_file recipes/accelerate_configs/single_cpu.yaml recipes/selfplay.py \
         --config recipes/configs/rdiverse.yaml
 
-``--sft_warmup_steps N`` first fits the tiny model on scripted MovieLens questions/answers so that it emits parseable
-questions some of the time. Real models (Qwen3-4B-Base, 8 GPUs, vLLM colocate; LoRA adapters for the two roles):
+``--sft_warmup_steps N`` first fits the tiny model (re-initialised with a tokenizer fitted to the self-play text) on
+scripted MovieLens questions/answers so that it emits parseable questions most of the time; the rdiverse and wist
+configs set it. Real models (Qwen3-4B-Base, 8 GPUs, vLLM colocate; LoRA adapters for the two roles):
 
     accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero2.yaml recipes/selfplay.py \
         --config recipes/configs/wist_qwen3.yaml
@@ -30,10 +31,10 @@ from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_mars.data.movielens import load_movielens
 from trl_mars.selfplay.movielens_corpus import build_movielens_documents
-from trl_mars.selfplay.warmup import warmup_examples
+from trl_mars.selfplay.warmup import tiny_model_for_warmup, warmup_examples
 from trl_mars.trainers.selfplay_config import SelfPlayConfig
 from trl_mars.trainers.selfplay_trainer import SelfPlayTrainer
-from trl_mars.utils.recipes import parse_recipe_args, resolve_model_path
+from trl_mars.utils.recipes import TINY_MODEL_IDS, parse_recipe_args, resolve_model_path
 from trl_mars.utils.warmup import sft_warmup
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "wist.yaml"
@@ -54,6 +55,10 @@ def main() -> None:
     if script_args.sft_warmup_steps > 0:
         docs = build_movielens_documents(load_movielens(args.corpus_path), max_movies=args.corpus_max_documents)
         chats = warmup_examples(docs, args.task_source, n=20 * script_args.sft_warmup_steps, seed=args.seed)
+        if model_args.model_name_or_path in TINY_MODEL_IDS and not Path(model_args.model_name_or_path).exists():
+            # the random tiny model, with a tokenizer fitted to the self-play text (see tiny_model_for_warmup)
+            arch = TINY_MODEL_IDS[model_args.model_name_or_path]
+            model_path = tiny_model_for_warmup(arch, chats, Path(args.output_dir) / "warmup-base", seed=args.seed)
         model_path = sft_warmup(
             model_path,
             chats,

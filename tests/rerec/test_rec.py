@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_mars.data.movielens import load_movielens
+from trl_mars.data.movielens import load_movielens, short_title
 from trl_mars.rec import (
     ItemAttributeGraph,
     OnlineCurriculum,
@@ -16,7 +16,7 @@ from trl_mars.rec import (
 )
 from trl_mars.rec.evaluation import score_completions
 from trl_mars.rec.reward_funcs import rerec_reward_funcs
-from trl_mars.rec.tasks import most_rated_titles
+from trl_mars.rec.tasks import most_rated_titles, with_short_titles
 from trl_mars.rewards.rerec import extract_boxed, same_title
 
 
@@ -87,6 +87,17 @@ def test_most_rated_subset(movielens, graph):
     titles = most_rated_titles(movielens, 5)
     assert titles[0] == "Forrest Gump (1994)"
     assert len(graph.subset(titles)) == 5
+
+
+def test_short_titles_keep_tasks_checkable(movielens, graph):
+    assert short_title("Matrix, The (1999)") == "The Matrix" and short_title("Toy Story (1995)") == "Toy Story"
+    clash = with_short_titles(ItemAttributeGraph(["Heat (1995)", "Heat (1986)", "Up (2009)"], [frozenset()] * 3))
+    assert clash.titles == ["Heat (1995)", "Heat (1986)", "Up"]  # a shared name keeps its years
+    short = with_short_titles(graph.subset(most_rated_titles(movielens, 12)))
+    assert "The Matrix" in short.titles and short.lookup("Matrix, The (1999)") is not None
+    data = build_rerec_dataset(movielens, short, num_queries=8, query_types=["attribute"], num_candidates=4)
+    check_rerec_dataset(data)
+    assert all("(19" not in c for row in data for c in row["candidates"])
 
 
 def test_bad_datasets_fail_naming_the_field():

@@ -15,17 +15,21 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rerec.py"
 @pytest.mark.slow
 def test_rerec_recipe_trains_and_evaluates_on_cpu(tmp_path, shared_data, tiny_cache):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_MARS_MOVIELENS": str(shared_data / "movielens")}
-    short = ["--num_train_queries", "32", "--num_eval_queries", "8", "--sft_warmup_steps", "10"]
-    short += ["--max_steps", "4", "--logging_steps", "1", "--lightgcn_epochs", "1", "--save_strategy", "steps"]
-    short += ["--save_steps", "4"]
+    short = ["--num_train_queries", "64", "--num_eval_queries", "8", "--sft_warmup_steps", "60"]
+    short += ["--max_steps", "4", "--per_device_train_batch_size", "16", "--num_generations", "4"]
+    short += ["--logging_steps", "1", "--lightgcn_epochs", "1", "--save_strategy", "steps", "--save_steps", "4"]
     cmd = [sys.executable, str(RECIPE), "--output_dir", str(tmp_path / "run"), *short]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = re.findall(
-        r"\[rerec eval\] (before|after) RL: accuracy=([\d.]+) ndcg@1=([\d.]+) format=([\d.]+)", proc.stdout
+        r"\[rerec eval\] (before warm-up|before RL|after RL): accuracy=([\d.]+) ndcg@1=([\d.]+) format=([\d.]+)",
+        proc.stdout,
     )
-    assert [e[0] for e in evals] == ["before", "after"]
+    assert [e[0] for e in evals] == ["before warm-up", "before RL", "after RL"]
     assert all(0.0 <= float(x) <= 1.0 for e in evals for x in e[1:])
+    # what this short run reliably shows: the randomly initialised model never boxes an answer, the short SFT
+    # warm-up (60 steps) teaches the format; accuracy gains need the full default run (docs/rerec.md)
+    assert float(evals[0][3]) == 0.0 and float(evals[1][3]) >= 0.5
     run = tmp_path / "run"
     assert (run / "model.safetensors").exists() and (
         run / "checkpoint-4" / "trl_mars_state" / "complete.json"

@@ -192,3 +192,23 @@ def test_movielens_documents_hold_checkable_facts():
     for doc in (d for d in docs if d.level == 4):
         for _, answer in movie_questions(doc):
             assert answer.casefold() in doc.text.casefold()
+
+
+def test_warmup_chats_and_fitted_tiny_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from trl_mars.data.movielens import load_movielens
+    from trl_mars.selfplay.movielens_corpus import build_movielens_documents
+    from trl_mars.selfplay.warmup import tiny_model_for_warmup, warmup_examples
+    from trl_mars.testing import tiny_model_path
+
+    docs = build_movielens_documents(load_movielens(), max_movies=40)
+    chats = warmup_examples(docs, "prompt", n=200, seed=0)
+    replies = [chat[-1]["content"] for chat in chats]
+    assert all(r.startswith(("<question>", "\\boxed{")) for r in replies)  # no tree proposals without a tree
+    assert all(parse_tagged_question(r).valid for r in replies if r.startswith("<question>"))
+    assert any("[Proposition Start]" in r for r in (c[-1]["content"] for c in warmup_examples(docs, "tree", 30)))
+    fitted = AutoTokenizer.from_pretrained(tiny_model_for_warmup("qwen2", chats, tmp_path / "tiny"))
+    stock = AutoTokenizer.from_pretrained(tiny_model_path("qwen2"))
+    tagged = next(r for r in replies if r.startswith("<question>"))
+    assert len(fitted(tagged)["input_ids"]) * 2 < len(stock(tagged)["input_ids"])  # ~32 vs ~80 tokens

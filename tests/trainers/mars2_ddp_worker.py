@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH
 
 Trains two tiny agents (qwen2 + llama) for 2 steps and writes ``OUT_DIR/rank<r>.json``: world size, whether
-each agent's model is DDP-wrapped, its update count, a checksum of its parameters after training, and the
+each agent's model is DDP-wrapped, its update count and credited samples, a checksum of its parameters after training, and the
 problems this rank searched.
 """
 
@@ -58,6 +58,16 @@ def main(out_dir: str, qwen2: str, llama: str) -> None:
     # each rank gets different non-zero advantages: only DDP's gradient averaging keeps the replicas equal
     rank = trainer.accelerator.process_index
     force_advantages(trainer, lambda i: (1.0 if (i + rank) % 2 else -1.0) * (1 + rank))
+    credited: dict[str, int] = {p.name: 0 for p in trainer.policies}
+    credit = trainer.credit
+
+    def counting_credit(trees):
+        samples = credit(trees)
+        for sample in samples:
+            credited[sample["agent"]] += 1
+        return samples
+
+    trainer.credit = counting_credit
     acc = trainer.accelerator
     before = {p.name: checksum(acc.unwrap_model(p.model)) for p in trainer.policies}
     trainer.train()
@@ -70,6 +80,8 @@ def main(out_dir: str, qwen2: str, llama: str) -> None:
             p.name: {
                 "ddp": isinstance(p.model, torch.nn.parallel.DistributedDataParallel),
                 "updates": p.updates,
+                "samples": credited[p.name],
+                "batch": args.per_device_train_batch_size * args.agent_gradient_accumulation_steps,
                 "checksum_before": before[p.name],
                 "checksum": checksum(acc.unwrap_model(p.model)),
             }

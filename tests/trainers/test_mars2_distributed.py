@@ -85,10 +85,14 @@ def test_two_ranks_ddp_wrapped(ranks):
 
 
 def test_replicas_stay_in_sync(ranks):
-    """Each rank trains on different nodes with different advantages; DDP's all-reduce keeps weights equal."""
+    """Each rank trains on different nodes with different advantages; DDP's all-reduce keeps weights equal.
+
+    A policy steps only when every rank holds a full batch, so both ranks make floor(min samples / batch) updates
+    (ranks draw agents with different seeds, so their sample counts differ)."""
     for name in ("qwen", "llama"):
         first, second = (r["agents"][name] for r in ranks)
-        assert first["updates"] == second["updates"] == 2, (name, first, second)
+        expected = min(first["samples"], second["samples"]) // first["batch"]
+        assert first["updates"] == second["updates"] == expected >= 1, (name, first, second)
         assert first["checksum_before"] == second["checksum_before"]
         assert first["checksum"] != pytest.approx(first["checksum_before"], rel=1e-9), f"{name} did not train"
         assert first["checksum"] == pytest.approx(second["checksum"], rel=1e-12, abs=0.0), name

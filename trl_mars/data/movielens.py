@@ -58,16 +58,18 @@ def split_year(title: str) -> tuple[str, int | None]:
     return (title[: match.start()].strip(), int(match.group(1))) if match else (title.strip(), None)
 
 
-def normalize_title(title: str) -> str:
-    """Canonical form for matching model output to catalogue titles.
+def short_title(title: str) -> str:
+    """``"Matrix, The (1999)"`` -> ``"The Matrix"``: year suffix dropped, MovieLens' trailing article moved first."""
+    name, _ = split_year(title)
+    article = _ARTICLE_RE.match(name)
+    return f"{article.group(2)} {article.group(1)}" if article else name
 
-    Case-folded, year suffix dropped, MovieLens' trailing articles moved to the front
+
+def normalize_title(title: str) -> str:
+    """Canonical form for matching model output to catalogue titles: the case-folded ``short_title``
     (``"Matrix, The (1999)"`` and ``"the matrix"`` match), quotes and repeated spaces removed.
     """
-    name, _ = split_year(title.strip().strip("\"'`*"))
-    article = _ARTICLE_RE.match(name)
-    if article:
-        name = f"{article.group(2)} {article.group(1)}"
+    name = short_title(title.strip().strip("\"'`*"))
     return " ".join(name.casefold().replace('"', "").split())
 
 

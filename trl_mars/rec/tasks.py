@@ -23,7 +23,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from trl_mars.data.movielens import MovieLens
+from trl_mars.data.movielens import MovieLens, normalize_title, short_title
 from trl_mars.rec.graphs import ItemAttributeGraph
 from trl_mars.rewards.rerec import parse_ground_truth, same_title
 
@@ -77,6 +77,16 @@ def task_prompt(
     lines = "\n".join(candidate_line(t, graph.lookup(t), show_attributes, kinds) for t in candidates)
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": f"{query}\nCandidates:\n{lines}\n{INSTRUCTION}"}]
+
+
+def with_short_titles(graph: ItemAttributeGraph) -> ItemAttributeGraph:
+    """The same graph with ``short_title`` names (fewer tokens for tiny models); a name shared by several items
+    keeps its full titles. Title matching makes the year optional, so rewards and item embeddings keyed on full
+    titles still find every item.
+    """
+    counts = Counter(normalize_title(t) for t in graph.titles)
+    titles = [short_title(t) if counts[normalize_title(t)] == 1 else t for t in graph.titles]
+    return ItemAttributeGraph(titles, list(graph.attributes))
 
 
 def most_rated_titles(movielens: MovieLens, n: int) -> list[str]:

@@ -2,12 +2,16 @@
 
 ``warmup_examples`` writes role-formatted (prompt, completion) chats from MovieLens movie documents: Challenger
 questions in the tags or JSON format, Solver answers in ``\\boxed{}``, and tree proposals, for
-``trl_mars.utils.warmup.sft_warmup``. It is a recipe-level convenience for CPU demos, not part of the methods.
+``trl_mars.utils.warmup.sft_warmup``. ``tiny_model_for_warmup`` re-initialises the offline tiny model with a
+tokenizer fitted to those chats: the stock tiny tokenizer is fitted to code tasks and spends ~80 tokens on one tagged
+question (``<question>`` alone is 5), too many for a 2-layer model to learn to close the tags in a short warm-up; the
+fitted one spends ~32. It is a recipe-level convenience for CPU demos, not part of the methods.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +19,7 @@ import numpy as np
 from trl_mars.selfplay.corpus import Document
 from trl_mars.selfplay.movielens_corpus import movie_questions
 from trl_mars.selfplay.questions import challenger_messages, expansion_messages, solver_messages
+from trl_mars.testing import build_tiny_tokenizer, save_tiny_model
 
 
 def warmup_examples(documents: Sequence[Document], task_source: str, n: int, seed: int = 0) -> list[list[dict]]:
@@ -28,7 +33,7 @@ def warmup_examples(documents: Sequence[Document], task_source: str, n: int, see
         doc = movies[int(rng.integers(len(movies)))]
         qa = movie_questions(doc)
         question, answer = qa[int(rng.integers(len(qa)))]
-        kind = int(rng.integers(3))
+        kind = int(rng.integers(3 if task_source == "tree" else 2))  # tree proposals only where a tree grows
         if kind == 0 and task_source == "tree":
             prompt = challenger_messages("json", f"Movies > {doc.facts['genres'][0]} > {doc.title}", doc.text)
             reply = json.dumps({"question": question, "correct_answer": answer})
@@ -41,3 +46,11 @@ def warmup_examples(documents: Sequence[Document], task_source: str, n: int, see
             reply = f"[Proposition Start]{doc.title}[Proposition End]"
         chats.append([*prompt, {"role": "assistant", "content": reply}])
     return chats
+
+
+def tiny_model_for_warmup(
+    arch: str, chats: Sequence[list[dict]], output_dir: str | os.PathLike, seed: int = 0, vocab_size: int = 1024
+) -> str:
+    """A randomly initialised tiny ``arch`` model whose byte-level BPE tokenizer is fitted to the chats' text."""
+    tokenizer = build_tiny_tokenizer(corpus=[m["content"] for chat in chats for m in chat], vocab_size=vocab_size)
+    return str(save_tiny_model(arch, output_dir, tokenizer=tokenizer, seed=seed))

@@ -237,6 +237,19 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             self.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=self.args.learning_rate)
         return self.optimizer
 
+    def policy_optimizer(self, policy: Policy) -> torch.optim.Optimizer:
+        """``policy``'s optimizer as ``Trainer.create_optimizer`` builds one (``optim``, ``optim_args``, no weight decay
+        on biases and norms), at the agent's own learning rate when its spec sets one."""
+        trainer_optimizer, self.optimizer = self.optimizer, None
+        try:
+            optimizer = super().create_optimizer(unwrap(policy.model))
+        finally:
+            self.optimizer = trainer_optimizer
+        if policy.spec.learning_rate is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = policy.spec.learning_rate
+        return optimizer
+
     def _ensure_policy_optimizers(self) -> None:
         """Create, prepare and (on resume) restore every trainable policy's optimizer and scheduler."""
         if self._optimizers_ready:
@@ -247,15 +260,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             if not policy.trainable:
                 unwrap(policy.model).requires_grad_(False)
                 continue
-            lr = policy.spec.learning_rate if policy.spec.learning_rate is not None else args.learning_rate
-            params = [p for p in policy.model.parameters() if p.requires_grad]
-            policy.optimizer = torch.optim.AdamW(
-                params,
-                lr=lr,
-                betas=(args.adam_beta1, args.adam_beta2),
-                eps=args.adam_epsilon,
-                weight_decay=args.weight_decay,
-            )
+            policy.optimizer = self.policy_optimizer(policy)
             policy.scheduler = get_scheduler(
                 args.lr_scheduler_type,
                 policy.optimizer,

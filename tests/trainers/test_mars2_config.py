@@ -30,6 +30,28 @@ def config(tmp_path, **kw):
         ({"agents": [{"name": "a", "model": "trl-mars/tiny-qwen2"}, {"name": "b"}]}, r"agents\[1\].model is required"),
         ({"agents": "[{broken json"}, "agents: not valid JSON"),
         ({"reward_weights": [-1.0]}, "reward_weights"),
+        (
+            {"use_vllm": True, "agents": [{"name": "a", "model": "trl-mars/tiny-qwen2"}]},
+            r"agents\[0\].vllm_server_base_url is required",
+        ),
+        (
+            {
+                "use_vllm": True,
+                "agents": [
+                    {"name": "a", "model": "trl-mars/tiny-qwen2", "vllm_server_base_url": "http://h:8000"},
+                    {"name": "b", "model": "trl-mars/tiny-llama", "vllm_server_base_url": "http://h:8000"},
+                ],
+            },
+            r"agents\[1\].vllm_server_base_url: .* already serves agents\[0\]",
+        ),
+        (
+            {
+                "use_vllm": True,
+                "vllm_mode": "colocate",
+                "agents": [{"name": "a", "model": "trl-mars/tiny-qwen2", "vllm_server_base_url": "http://h:8000"}],
+            },
+            "vllm_mode='colocate': only 'server'",
+        ),
     ],
 )
 def test_bad_config_values_name_the_field(tmp_path, kwargs, message):

@@ -2,7 +2,8 @@
 
 ``TransformersBackend`` wraps any causal LM (PEFT models included) and records the log-probability of every
 sampled token under the *sampling* distribution (after temperature / top-k / top-p), in O(batch x vocab)
-memory. ``VLLMServerBackend`` talks to a running ``trl vllm-serve`` / ``vllm serve`` (one server per agent).
+memory. ``VLLMServerBackend`` generates on a running ``trl vllm-serve`` (one server per agent) and pushes
+weights to it.
 """
 
 from __future__ import annotations
@@ -201,55 +202,76 @@ class ScriptedBackend:
 
 
 class VLLMServerBackend:
-    """Generation from a running OpenAI-compatible vLLM server (``trl vllm-serve`` or ``vllm serve``).
+    """Generation on a running ``trl vllm-serve`` server through TRL's ``VLLMClient`` (one server per agent).
 
-    One server per agent: start each on its own port (and NCCL group port when it is trained, so the trainer
-    can push weights), then pass ``base_url``. Requires the ``vllm`` extra on the server side only.
+    Returns prompt and completion token ids with each sampled token's log-prob, so the nodes it writes can be
+    trained on; ``push_weights`` sends updated weights to the server (``MultiAgentTreeTrainer`` does so after each
+    update of the agent). The client side needs the ``vllm`` extra.
     """
 
     def __init__(
-        self, base_url: str, model: str, sampling: SamplingConfig | None = None, timeout: float = 600
+        self,
+        client: Any,
+        tokenizer: Any,
+        sampling: SamplingConfig | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.model = model
+        self.client = client
+        self.tokenizer = tokenizer
         self.sampling = sampling or SamplingConfig()
-        self.timeout = timeout
+        self.chat_template_kwargs = chat_template_kwargs or {}
+
+    @classmethod
+    def connect(
+        cls, base_url: str, tokenizer: Any, group_port: int = 51216, timeout: float = 0.0, **kwargs: Any
+    ) -> VLLMServerBackend:
+        """Connect to the server at ``base_url`` (waiting up to ``timeout`` seconds for it to come up)."""
+        from trl.generation.vllm_client import VLLMClient
+
+        return cls(
+            VLLMClient(base_url=base_url, group_port=group_port, connection_timeout=timeout), tokenizer, **kwargs
+        )
 
     def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]:
-        import concurrent.futures
-
-        def one(i: int) -> Generation:
-            gen = self._one(prompts[i])
-            if on_text is not None:
-                on_text(i, gen.text)
-            return gen
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, max(1, len(prompts)))) as pool:
-            return list(pool.map(one, range(len(prompts))))
-
-    def _one(self, prompt: Messages) -> Generation:
-        import json
-        import urllib.request
-
+        if not prompts:
+            return []
         s = self.sampling
-        body = {
-            "model": self.model,
-            "messages": prompt,
-            "max_tokens": s.max_new_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "logprobs": True,
-            "return_tokens_as_token_ids": True,
-        }
-        if s.top_k > 0:
-            body["top_k"] = s.top_k
-        if s.min_new_tokens:
-            body["min_tokens"] = s.min_new_tokens
-        request = urllib.request.Request(
-            f"{self.base_url}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        out = self.client.chat(
+            list(prompts),
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_tokens=s.max_new_tokens,
+            logprobs=0,  # the sampled token's own log-prob
+            generation_kwargs={"min_tokens": s.min_new_tokens} if s.min_new_tokens else None,
+            chat_template_kwargs=self.chat_template_kwargs or None,
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - user-given server
-            choice = json.load(response)["choices"][0]
-        content = (choice.get("logprobs") or {}).get("content") or []
-        ids = [int(t["token"].removeprefix("token_id:")) for t in content if t["token"].startswith("token_id:")]
-        return Generation([], ids, choice["message"]["content"] or "", [float(t["logprob"]) for t in content])
+        results = []
+        rows = zip(out["prompt_ids"], out["completion_ids"], out["logprobs"], strict=True)
+        for i, (prompt_ids, completion_ids, logprobs) in enumerate(rows):
+            text = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
+            results.append(Generation(list(prompt_ids), list(completion_ids), text, [float(t[0]) for t in logprobs]))
+            if on_text is not None:
+                on_text(i, text)
+        return results
+
+    @torch.no_grad()
+    def push_weights(self, model: Any) -> None:
+        """Send every weight of ``model`` to the server under the base model's names, then drop the server's
+        prefix cache. Call on one process only. A LoRA layer is sent as W + ΔW of its active adapters, computed
+        aside: the training model is never merged and unmerged, so its base weights do not drift by round-off."""
+        modules = dict(model.named_modules())
+        for name, param in model.named_parameters():
+            if "lora_" in name or "original_module" in name:
+                continue  # adapter factors travel inside ΔW; modules_to_save replace their originals
+            weight = param.data
+            owner, _, leaf = name.rpartition(".")
+            if owner.endswith(".base_layer") and leaf == "weight":
+                layer = modules[owner.removesuffix(".base_layer")]
+                for adapter in (a for a in layer.active_adapters if a in layer.lora_A):
+                    if layer.use_dora.get(adapter):
+                        raise ValueError(f"{owner}: DoRA adapters cannot be pushed to vLLM yet")
+                    weight = weight + layer.get_delta_weight(adapter)
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            self.client.update_named_param(name.replace("modules_to_save.default.", ""), weight)
+        self.client.reset_prefix_cache()

@@ -22,6 +22,8 @@ AGENT_KEYS = {
     "loss_weight": "scale of this agent's loss (default 1.0, >= 0)",
     "lora": "LoRA kwargs for peft.LoraConfig, e.g. {r: 16, lora_alpha: 32}; null for full fine-tuning",
     "load_in_4bit": "QLoRA: load the base model in 4-bit (needs bitsandbytes and a GPU)",
+    "vllm_server_base_url": "with use_vllm: URL of this agent's `trl vllm-serve` (generation, weight pushes)",
+    "vllm_group_port": "with use_vllm: weight-transfer group port of this agent's server (default 51216 + index)",
 }
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -36,6 +38,8 @@ class AgentSpec:
     loss_weight: float = 1.0
     lora: dict[str, Any] | None = None
     load_in_4bit: bool = False
+    vllm_server_base_url: str | None = None
+    vllm_group_port: int | None = None
 
 
 def check_model_reference(model: str, where: str) -> None:
@@ -84,6 +88,10 @@ class MultiAgentTreeConfig(GRPOConfig):
     agent_mode: str = field(
         default="heterogeneous",
         metadata={"help": "'heterogeneous': each agent has its own weights; 'homogeneous': all share the first's."},
+    )
+    vllm_mode: str = field(
+        default="server",
+        metadata={"help": "With use_vllm: 'server' (one `trl vllm-serve` per agent, the only mode supported)."},
     )
     max_nodes: int = field(default=8, metadata={"help": "Nodes per tree (the search budget)."})
     trees_per_step: int = field(default=4, metadata={"help": "Problems (trees) per process per training step."})
@@ -150,6 +158,29 @@ class MultiAgentTreeConfig(GRPOConfig):
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"MultiAgentTreeConfig.{name} has an invalid value: {getattr(self, name)!r}")
+        if self.use_vllm:
+            check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
+
+
+def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:
+    """``use_vllm``: one ``trl vllm-serve`` per trained set of weights, named in the agents."""
+    if vllm_mode != "server":
+        raise ValueError(
+            f"MultiAgentTreeConfig.vllm_mode={vllm_mode!r}: only 'server' is supported (one `trl vllm-serve` per "
+            "agent; colocating one vLLM engine per agent in the training processes is not)"
+        )
+    if not specs:
+        raise ValueError("use_vllm needs `agents` (each with its vllm_server_base_url)")
+    urls: dict[str, int] = {}
+    for i, spec in enumerate(specs[:1] if mode == "homogeneous" else specs):
+        if not spec.vllm_server_base_url:
+            raise ValueError(f"agents[{i}].vllm_server_base_url is required with use_vllm (one server per agent)")
+        if spec.vllm_server_base_url in urls:
+            raise ValueError(
+                f"agents[{i}].vllm_server_base_url: {spec.vllm_server_base_url!r} already serves "
+                f"agents[{urls[spec.vllm_server_base_url]}]; each agent needs its own server"
+            )
+        urls[spec.vllm_server_base_url] = i
 
 
 def parse_agents(agents: list[dict] | str | None, mode: str) -> list[AgentSpec]:

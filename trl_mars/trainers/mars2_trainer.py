@@ -31,7 +31,7 @@ from trl_mars.rewards.code import make_code_reward
 from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewards, tree_group_advantages
 from trl_mars.sandbox import Sandbox, SandboxConfig
 from trl_mars.search import SandboxVerifier, SearchConfig, SearchProblem, TreeSearch
-from trl_mars.search.backends import SamplingConfig, TransformersBackend
+from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMServerBackend
 from trl_mars.search.metrics import agent_shares, mean_metrics, tree_metrics
 from trl_mars.search.problems import from_row
 from trl_mars.search.prompts import PromptConfig
@@ -123,16 +123,20 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         )
         workers = {"concurrency": args.sandbox_workers} if args.sandbox_workers else {}
         self.sandbox = sandbox or Sandbox(SandboxConfig(timeout_s=args.sandbox_timeout, **workers))
-        super().__init__(
-            model=first,
-            reward_funcs=make_code_reward("binary", self.sandbox, args.tests_column),  # GRPO-style eval of agent 0
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizers[0],
-            callbacks=callbacks,
-            peft_config=lora_config(owners[0]),
-        )
+        use_vllm, args.use_vllm = args.use_vllm, False  # GRPOTrainer would connect agent 0 only; we connect each
+        try:
+            super().__init__(
+                model=first,
+                reward_funcs=make_code_reward("binary", self.sandbox, args.tests_column),  # GRPO-style eval, agent 0
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=tokenizers[0],
+                callbacks=callbacks,
+                peft_config=lora_config(owners[0]),
+            )
+        finally:
+            args.use_vllm = use_vllm
         agent_names = [s.name for s in specs]
         self.policies = [
             Policy(
@@ -166,6 +170,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         )
         self.last_trees: list[SearchTree] = []
         self._optimizers_ready = False
+        self.vllm_backends = self._connect_vllm() if args.use_vllm else {}
+        self._vllm_stale = set(self.vllm_backends)  # the servers hold the base weights until the first push
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -218,6 +224,34 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             ref = self.accelerator.prepare_model(ref, evaluation_mode=True)
         model = model.to(self.accelerator.device)
         return Policy(spec.name, [spec.name], spec, model, tokenizer, ref)
+
+    def _connect_vllm(self) -> dict[str, VLLMServerBackend]:
+        """One ``trl vllm-serve`` client per policy; the main process opens the weight-transfer group."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ValueError("use_vllm: pushing sharded (FSDP/DeepSpeed) weights to the servers is not supported yet")
+        backends = {}
+        for i, policy in enumerate(self.policies):
+            spec = policy.spec
+            backends[policy.name] = VLLMServerBackend.connect(
+                spec.vllm_server_base_url,
+                policy.tokenizer,
+                group_port=spec.vllm_group_port or 51216 + i,
+                timeout=self.args.vllm_server_timeout,
+                chat_template_kwargs=self.chat_template_kwargs or {},
+            )
+            if self.accelerator.is_main_process:
+                backends[policy.name].client.init_communicator(device=self.accelerator.device)
+        return backends
+
+    def _push_stale_weights(self, policies: Sequence[Policy]) -> None:
+        """Send the weights of every policy updated since its last push to its server, before it generates."""
+        stale = [p for p in policies if p.name in self._vllm_stale]
+        for policy in stale:
+            if self.accelerator.is_main_process:
+                self.vllm_backends[policy.name].push_weights(self.accelerator.unwrap_model(policy.model))
+            self._vllm_stale.discard(policy.name)
+        if stale:
+            self.accelerator.wait_for_everyone()  # no rank generates from the old weights
 
     def search_config(self, **overrides: Any) -> SearchConfig:
         args = self.args
@@ -310,9 +344,15 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             top_p=self.args.top_p,
             top_k=self.args.top_k or 0,
         )
+        policies = list({id(self.policy_of[n]): self.policy_of[n] for n in names}.values())
+        self._push_stale_weights(policies)
         with ExitStack() as stack:
             backends = {}
-            for policy in {id(self.policy_of[n]): self.policy_of[n] for n in names}.values():
+            for policy in policies:
+                if policy.name in self.vllm_backends:
+                    backends[id(policy)] = self.vllm_backends[policy.name]
+                    backends[id(policy)].sampling = sampling
+                    continue
                 live = stack.enter_context(
                     unwrap_model_for_generation(
                         policy.model,
@@ -503,6 +543,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         policy.scheduler.step()
         policy.optimizer.zero_grad(set_to_none=True)
         policy.updates += 1
+        if policy.name in self.vllm_backends:
+            self._vllm_stale.add(policy.name)
         prefix = f"agents/{policy.name}"
         for k, v in {
             **stats_sum,

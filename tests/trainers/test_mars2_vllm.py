@@ -1,0 +1,120 @@
+"""``use_vllm``: each agent generates on its own ``trl vllm-serve`` (TRL's ``VLLMClient``) and its updated weights are
+pushed there before it generates again. The servers are replaced by an in-process fake of ``VLLMClient`` (no vLLM
+or GPU here) that records what the trainer sends."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trl_mars.data.code_tasks import code_task_splits
+from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
+from mars2_helpers import force_advantages, tiny_mars2_config  # noqa: E402
+
+ANSWER = "```python\ndef f(x):\n    return x\n```"
+
+
+class FakeServers:
+    """Stands in for ``trl.generation.vllm_client.VLLMClient``: one instance per base_url."""
+
+    def __init__(self, tokenizers: dict[str, AutoTokenizer]) -> None:
+        self.tokenizers = tokenizers
+        self.clients: dict[str, FakeServers.Client] = {}
+
+    def __call__(self, base_url: str, group_port: int, connection_timeout: float):
+        client = self.Client(self.tokenizers[base_url], group_port)
+        self.clients[base_url] = client
+        return client
+
+    class Client:
+        def __init__(self, tokenizer, group_port: int) -> None:
+            self.tokenizer, self.group_port = tokenizer, group_port
+            self.communicator = False
+            self.conversations: list = []
+            self.weights: dict[str, torch.Tensor] = {}
+            self.pushes: list[dict[str, torch.Tensor]] = []
+
+        def init_communicator(self, device) -> None:
+            self.communicator = True
+
+        def chat(self, messages, temperature, top_p, top_k, max_tokens, logprobs, **kwargs) -> dict:
+            assert logprobs == 0 and max_tokens == 16
+            self.conversations += messages
+            tok = self.tokenizer
+            texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+            completion = tok(ANSWER, add_special_tokens=False).input_ids[: max_tokens - 1] + [tok.eos_token_id]
+            return {
+                "prompt_ids": [tok(t, add_special_tokens=False).input_ids for t in texts],
+                "completion_ids": [completion] * len(messages),
+                "logprobs": [[[-0.5]] * len(completion)] * len(messages),
+            }
+
+        def update_named_param(self, name: str, weights: torch.Tensor) -> None:
+            assert self.communicator, "weights pushed before init_communicator"
+            self.weights[name] = weights.detach().clone()
+
+        def reset_prefix_cache(self) -> None:
+            self.pushes.append(dict(self.weights))
+
+
+@pytest.fixture
+def run(tmp_path, tiny_qwen2_path, tiny_llama_path, monkeypatch):
+    urls = {"qwen": "http://127.0.0.1:8000", "llama": "http://127.0.0.1:8001"}
+    paths = {"qwen": tiny_qwen2_path, "llama": tiny_llama_path}
+    servers = FakeServers({urls[a]: AutoTokenizer.from_pretrained(paths[a]) for a in urls})
+    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", servers)
+    agents = [
+        {"name": "qwen", "model": tiny_qwen2_path, "vllm_server_base_url": urls["qwen"], "lora": {"r": 4}},
+        {"name": "llama", "model": tiny_llama_path, "vllm_server_base_url": urls["llama"]},
+    ]
+    args = tiny_mars2_config(tmp_path, agents, use_vllm=True, max_steps=2, beta=0.0)
+    train, _ = code_task_splits(2, 0, seed=0)
+    trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
+    force_advantages(trainer, lambda i: 1.0 if i % 2 else -1.0)  # a fake server's answers all score the same
+    original_q = trainer.accelerator.unwrap_model(trainer.policies[0].model).base_model.model.model.layers[0]
+    original_q = original_q.self_attn.q_proj.base_layer.weight.detach().clone()
+    trainer.train()
+    trainer.run_search(trainer.problems([train[0]]))  # generating again pushes the last update first
+    yield trainer, servers, urls, original_q, paths
+    trainer.sandbox.close()
+
+
+def test_generation_goes_to_each_agents_server(run):
+    trainer, servers, urls, _, _ = run
+    assert set(servers.clients) == set(urls.values())
+    assert [servers.clients[urls[a]].group_port for a in ("qwen", "llama")] == [51216, 51217]
+    nodes = [n for t in trainer.last_trees for n in t.solutions]
+    assert nodes and all(n.completion == ANSWER for n in nodes)  # what the servers answered
+    for client in servers.clients.values():
+        assert client.conversations and all(c[-1]["role"] == "user" for c in client.conversations)
+
+
+def test_full_weights_pushed_before_each_generation_after_an_update(run):
+    trainer, servers, urls, _, paths = run
+    llama = trainer.policies[1]
+    pushes = servers.clients[urls["llama"]].pushes
+    assert llama.updates >= 1 and len(pushes) >= 2  # the base weights (start), then after updates
+    live = dict(trainer.accelerator.unwrap_model(llama.model).named_parameters())
+    assert set(pushes[-1]) == set(live)
+    assert all(torch.equal(pushes[-1][n], p.detach()) for n, p in live.items())  # the server has the latest
+    assert any(not torch.equal(pushes[0][n], pushes[-1][n]) for n in live)  # and they did change
+
+
+def test_lora_weights_pushed_merged_under_base_names(run):
+    trainer, servers, urls, original_q, paths = run
+    qwen = trainer.policies[0]
+    pushed = servers.clients[urls["qwen"]].pushes[-1]
+    base_names = {n for n, _ in AutoModelForCausalLM.from_pretrained(paths["qwen"]).named_parameters()}
+    assert set(pushed) == base_names
+    peft_model = trainer.accelerator.unwrap_model(qwen.model)
+    q_proj = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert torch.equal(q_proj.base_layer.weight, original_q)  # never merged into: no round-off drift
+    delta = q_proj.get_delta_weight("default")
+    assert delta.abs().max() > 0, "the adapter did not train"
+    torch.testing.assert_close(pushed["model.layers.0.self_attn.q_proj.weight"], original_q + delta)

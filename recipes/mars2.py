@@ -45,6 +45,7 @@ class Mars2RecipeArguments:
     warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the SFT warm-up."})
     tiny_hidden_size: int | None = field(default=None, metadata={"help": "Width of the offline tiny models."})
     eval_max_nodes: int = field(default=4, metadata={"help": "Search budget of the held-out evaluation."})
+    eval_repeats: int = field(default=1, metadata={"help": "Held-out searches averaged before and after training."})
 
 
 def datasets(script_args: ScriptArguments, recipe: Mars2RecipeArguments):
@@ -102,6 +103,13 @@ def prepare_agents(args: MultiAgentTreeConfig, recipe: Mars2RecipeArguments, war
     args.agents, args.agent_specs = agents, parse_agents(agents, args.agent_mode)
 
 
+def held_out(trainer: MultiAgentTreeTrainer, test, recipe: Mars2RecipeArguments) -> list[dict[str, float]]:
+    """``eval_repeats`` held-out searches (each draws new samples); none without a test split."""
+    if test is None:
+        return []
+    return [trainer.evaluate_search(test, max_nodes=recipe.eval_max_nodes) for _ in range(recipe.eval_repeats)]
+
+
 def main() -> None:
     script_args, args, recipe = parse_recipe_args(
         (ScriptArguments, MultiAgentTreeConfig, Mars2RecipeArguments), DEFAULT_CONFIG
@@ -111,15 +119,18 @@ def main() -> None:
     train, test = datasets(script_args, recipe)
     prepare_agents(args, recipe, train)
     trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
-    before = trainer.evaluate_search(test, max_nodes=recipe.eval_max_nodes) if test is not None else {}
+    before = held_out(trainer, test, recipe)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    after = trainer.evaluate_search(test, max_nodes=recipe.eval_max_nodes) if test is not None else {}
+    after = held_out(trainer, test, recipe)
     trainer.save_model()
     if trainer.accelerator.is_main_process and before:
-        print(f"\nHeld-out problems: {len(test)}, search budget {recipe.eval_max_nodes} nodes")
-        print(f"{'metric':<16}{'before':>10}{'after':>10}")
+        print(f"\nHeld-out problems: {len(test)}, search budget {recipe.eval_max_nodes} nodes, ", end="")
+        print(f"mean (min-max) of {recipe.eval_repeats} searches")
+        print(f"{'metric':<16}{'before':>10}{'after':>10}{'before range':>16}{'after range':>16}")
         for key in ("pass@1", "pass@1(mcts)", "pass@n"):
-            print(f"{key:<16}{before[key]:>10.3f}{after[key]:>10.3f}")
+            runs = [[r[key] for r in before], [r[key] for r in after]]
+            means = "".join(f"{sum(v) / len(v):>10.3f}" for v in runs)
+            print(f"{key:<16}{means}" + "".join(f"{f'{min(v):.3f}-{max(v):.3f}':>16}" for v in runs))
         rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
         if rewards:
             print(f"training reward: first log {rewards[0]:.3f} -> last log {rewards[-1]:.3f}")

@@ -22,6 +22,7 @@ def test_mars2_recipe_runs_and_reports(tmp_path, tiny_cache):
         "trees_per_step": 2,
         "max_nodes": 3,
         "eval_max_nodes": 2,
+        "eval_repeats": 2,
         "per_device_train_batch_size": 2,
         "max_completion_length": 16,
         "save_steps": 2,
@@ -33,10 +34,13 @@ def test_mars2_recipe_runs_and_reports(tmp_path, tiny_cache):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_MARS_CACHE": str(tiny_cache)}
     done = subprocess.run([sys.executable, str(RECIPE), *argv], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = dict(re.findall(r"^(pass@1\(mcts\)|pass@1|pass@n)\s+([\d.]+\s+[\d.]+)$", done.stdout, re.MULTILINE))
+    number = r"([\d.]+)"
+    row = rf"^(pass@1\(mcts\)|pass@1|pass@n)\s+{number}\s+{number}\s+{number}-{number}\s+{number}-{number}$"
+    table = {m[0]: [float(x) for x in m[1:]] for m in re.findall(row, done.stdout, re.MULTILINE)}
     assert set(table) == {"pass@1", "pass@1(mcts)", "pass@n"}, done.stdout[-2000:]
-    for before_after in table.values():
-        assert all(0.0 <= float(x) <= 1.0 for x in before_after.split())
+    assert "mean (min-max) of 2 searches" in done.stdout
+    for before, after, low_before, high_before, low_after, high_after in table.values():
+        assert 0.0 <= low_before <= before <= high_before <= 1.0 and 0.0 <= low_after <= after <= high_after <= 1.0
     assert "training reward: first log" in done.stdout
     for agent in ("qwen", "llama"):
         folder = out / "agents" / agent

@@ -237,6 +237,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                 policy.tokenizer,
                 group_port=spec.vllm_group_port or 51216 + i,
                 timeout=self.args.vllm_server_timeout,
+                sampling=self.sampling_config(),
                 chat_template_kwargs=self.chat_template_kwargs or {},
             )
             if self.accelerator.is_main_process:
@@ -252,6 +253,16 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             self._vllm_stale.discard(policy.name)
         if stale:
             self.accelerator.wait_for_everyone()  # no rank generates from the old weights
+
+    def sampling_config(self) -> SamplingConfig:
+        """How every agent samples: ``max_completion_length``, ``temperature``, ``top_p``, ``top_k`` of the config."""
+        args = self.args
+        return SamplingConfig(
+            max_new_tokens=args.max_completion_length,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k or 0,
+        )
 
     def search_config(self, **overrides: Any) -> SearchConfig:
         args = self.args
@@ -338,12 +349,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
     ) -> list[SearchTree]:
         """Grow trees for ``problems`` with the live models of ``agents`` (default: all)."""
         names = list(agents or self.policy_of)
-        sampling = SamplingConfig(
-            max_new_tokens=self.args.max_completion_length,
-            temperature=self.args.temperature,
-            top_p=self.args.top_p,
-            top_k=self.args.top_k or 0,
-        )
+        sampling = self.sampling_config()
         policies = list({id(self.policy_of[n]): self.policy_of[n] for n in names}.values())
         self._push_stale_weights(policies)
         with ExitStack() as stack:
@@ -351,7 +357,6 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             for policy in policies:
                 if policy.name in self.vllm_backends:
                     backends[id(policy)] = self.vllm_backends[policy.name]
-                    backends[id(policy)].sampling = sampling
                     continue
                 live = stack.enter_context(
                     unwrap_model_for_generation(

@@ -163,8 +163,7 @@ def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_ar
     )
     if trainer.accelerator.is_main_process:
         report("before RL", trainer.model, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if trainer.accelerator.is_main_process:
         report("after RL", trainer.model, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
     trainer.save_model(training_args.output_dir)

@@ -98,8 +98,7 @@ def main(script_args: TraceScriptArguments, training_args: TraceConfig, model_ar
     )
     main_process = trainer.accelerator.is_main_process
     before = report(trainer, task, script_args, "before training") if task and main_process else None
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if task and main_process:
         after = report(trainer, task, script_args, "after training")
         out = Path(training_args.output_dir, "retrieval_eval.json")

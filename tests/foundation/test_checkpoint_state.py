@@ -1,10 +1,17 @@
 """Method state is written atomically and only complete checkpoints are resumed from."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from trl_mars.utils import atomic_write_json, last_complete_checkpoint, load_method_state, save_method_state
+from trl_mars.utils import (
+    MethodStateMixin,
+    atomic_write_json,
+    last_complete_checkpoint,
+    load_method_state,
+    save_method_state,
+)
 
 
 def test_atomic_write_leaves_no_temporaries(tmp_path):
@@ -26,3 +33,32 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     assert load_method_state(tmp_path / "checkpoint-10") == {"tree": [1, 2]}
     with pytest.raises(FileNotFoundError, match="complete"):
         load_method_state(tmp_path / "checkpoint-12")
+
+
+class _Base:
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        return resume_from_checkpoint
+
+
+class _Trainer(MethodStateMixin, _Base):
+    def __init__(self, output_dir):
+        self.args = SimpleNamespace(output_dir=str(output_dir))
+        self.loaded = None
+
+    def load_method_state(self, state):
+        self.loaded = state
+
+
+@pytest.mark.parametrize("flag", [True, "true", "True"])
+def test_resume_true_picks_the_newest_complete_checkpoint(tmp_path, flag):
+    """``train(resume_from_checkpoint=True)``, and the command line's ``--resume_from_checkpoint true``."""
+    trainer = _Trainer(tmp_path)
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        trainer.train(resume_from_checkpoint=flag)
+    save_method_state(tmp_path / "checkpoint-3", {"step": 3}, step=3)
+    save_method_state(tmp_path / "checkpoint-7", {"step": 7}, step=7)
+    assert trainer.train(resume_from_checkpoint=flag) == str(tmp_path / "checkpoint-7")
+    assert trainer.loaded == {"step": 7} and trainer.resumed_from == str(tmp_path / "checkpoint-7")
+    assert _Trainer(tmp_path).train(resume_from_checkpoint=str(tmp_path / "checkpoint-3")) == str(
+        tmp_path / "checkpoint-3"
+    )

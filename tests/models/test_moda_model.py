@@ -20,10 +20,10 @@ CONVERTER_KL_BOUND = 2e-3
 
 
 def tiny_moda(tokenizer, seed: int = 0, **overrides) -> MoDAForCausalLM:
-    """The shared tiny Llama architecture with 6 query / 2 KV heads (G = 3), as MoDA on the CPU path."""
+    """The shared tiny Llama architecture with 6 query / 2 KV heads (G = 3), as MoDA (on the CPU path by default)."""
     torch.manual_seed(seed)
     llama = tiny_config("llama", tokenizer, hidden_size=96, num_attention_heads=6, head_dim=16)
-    return MoDAForCausalLM(moda_config_from(llama, moda_backend="cpu", **overrides)).eval()
+    return MoDAForCausalLM(moda_config_from(llama, **{"moda_backend": "cpu", **overrides})).eval()
 
 
 def explicit_logits(model: MoDAForCausalLM, input_ids: torch.Tensor) -> torch.Tensor:
@@ -110,6 +110,33 @@ def test_gradient_checkpointing_keeps_gradients(tiny_tokenizer, use_reentrant):
     model.gradient_checkpointing_enable({"use_reentrant": use_reentrant})
     for g_ckpt, g in zip(loss_grads(model, input_ids), grads):
         torch.testing.assert_close(g_ckpt, g, rtol=1e-4, atol=1e-7)
+
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, the interpreter on CPU
+
+
+@pytest.mark.parametrize("layout", ["plain", "left_padded", "packed"])
+def test_triton_backend_matches_cpu_path(tiny_tokenizer, layout):
+    """The model on the Triton kernels gives the CPU path's logits and loss gradients (fp32), padded and packed."""
+    reference = tiny_moda(tiny_tokenizer)
+    on_kernels = tiny_moda(tiny_tokenizer, moda_backend="triton").to(KERNEL_DEVICE)
+    on_kernels.load_state_dict(reference.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(3, 200, (2, 12), generator=gen)
+    kwargs = {
+        "plain": {},
+        "left_padded": {"attention_mask": torch.tensor([[1] * 12, [0] * 5 + [1] * 7])},
+        "packed": {"position_ids": torch.cat([torch.arange(7), torch.arange(5)]).expand(2, -1)},
+    }[layout]
+    results = []
+    for model, device in ((reference, "cpu"), (on_kernels, KERNEL_DEVICE)):
+        model.zero_grad()
+        out = model(input_ids.to(device), labels=input_ids.to(device), **{k: v.to(device) for k, v in kwargs.items()})
+        out.loss.backward()
+        results.append([out.logits.detach().cpu()] + [p.grad.cpu() for p in model.parameters()])
+    names = ["logits"] + [name for name, _ in reference.named_parameters()]
+    for name, ref, got in zip(names, *results):
+        torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_generate_with_cache_matches_without(tiny_tokenizer):

@@ -49,6 +49,7 @@ def main(output_dir: str, resume: bool, result: str) -> None:
         "updates": {k: v["updates"] for k, v in state["policies"].items()},
         "weights": {p.name: checksum(p.model) for p in trainer.policies},
         "trees": state["trees"],
+        "learning_rates": [trainer.lr_scheduler.get_last_lr(), [p.scheduler.get_last_lr() for p in trainer.policies]],
     }
     with open(result, "w") as f:
         json.dump(out, f)

@@ -41,5 +41,15 @@ def test_agents_get_the_configured_optimizer(tmp_path, tiny_qwen2_path, tiny_lla
             skipped = [names[id(p)] for p in undecayed["params"]]
             assert skipped and all("norm" in n or n.endswith(".bias") for n in skipped), skipped
             assert len(decayed["params"]) + len(undecayed["params"]) == len(list(policy.model.parameters()))
+
+        # the Trainer's own optimizer holds a parameter of the first agent (FSDP2 prepares it with that model) and
+        # its step, which the Trainer calls every step, changes nothing
+        held = trainer.optimizer.param_groups[0]["params"]
+        first = next(trainer.model.parameters())
+        assert len(held) == 1 and held[0] is first
+        before = first.detach().clone()
+        first.grad = torch.ones_like(first)
+        trainer.optimizer.step()
+        assert torch.equal(first, before)
     finally:
         trainer.sandbox.close()

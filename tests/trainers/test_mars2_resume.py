@@ -48,6 +48,6 @@ def test_kill_and_resume_continues_identically(tmp_path, tiny_cache):
     resumed = run(crashed, "resume", tmp_path / "resumed.json")
     assert resumed["resumed_from"].endswith(("checkpoint-2", "checkpoint-4"))
     assert not resumed["resumed_from"].endswith("checkpoint-3")
-    for key in ("weights", "updates", "buffers", "search", "trees"):
+    for key in ("weights", "updates", "buffers", "search", "trees", "learning_rates"):
         assert resumed[key] == straight[key], key
     assert sum(straight["updates"].values()) > 0

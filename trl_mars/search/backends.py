@@ -105,7 +105,10 @@ class _SampleAndRecord(LogitsProcessor):
 
 
 class TransformersBackend:
-    """Batched ``model.generate`` over chat prompts with the model's chat template (left padding)."""
+    """Batched ``model.generate`` over chat prompts with the model's chat template (left padding).
+
+    ``synced_gpus``: the model is sharded across processes (FSDP): each ``generate`` keeps running forwards until
+    every process's batch is done, as all must take part in each forward (``transformers``' own flag)."""
 
     def __init__(
         self,
@@ -114,14 +117,19 @@ class TransformersBackend:
         sampling: SamplingConfig | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         max_batch_size: int | None = None,
+        synced_gpus: bool = False,
     ) -> None:
         if tokenizer.chat_template is None:
             raise ValueError("tokenizer has no chat_template; set one (see trl_mars.testing.CHAT_TEMPLATE)")
+        if synced_gpus and max_batch_size:
+            raise ValueError("max_batch_size: splitting batches makes the number of generate calls differ between "
+                             "processes, which synced_gpus (sharded models) cannot allow")  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer
         self.sampling = sampling or SamplingConfig()
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.max_batch_size = max_batch_size
+        self.synced_gpus = synced_gpus
 
     def encode(self, prompt: Messages) -> list[int]:
         text = self.tokenizer.apply_chat_template(
@@ -168,6 +176,7 @@ class TransformersBackend:
             logits_processor=LogitsProcessorList([recorder]),
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
+            synced_gpus=self.synced_gpus,
             **min_length,
         )
         completions = sequences[:, input_ids.shape[1] :]

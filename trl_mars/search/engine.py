@@ -4,11 +4,15 @@ Every search step picks one expansion per tree in flight (AB-MCTS-A), then makes
 per distinct model across all those trees; each batch's code goes to the sandbox asynchronously as soon as
 it is generated, so scoring one model's batch overlaps with generating the next one's. The search state
 (trees, posteriors, RNG, step counter) serialises to JSON and restores exactly.
+
+With ``sync`` set (models sharded across processes, e.g. FSDP, where every forward is a collective), all processes
+also step in lockstep with each other: they run as many steps as the busiest one and call every model once per
+step in the same order, with a throw-away prompt where they have nothing to generate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +80,10 @@ class SearchConfig:
             self.prompt = PromptConfig(**{**self.prompt.__dict__, "feedback": "detailed"})
 
 
+IDLE_PROMPT: Messages = [{"role": "user", "content": "pass"}]
+"""What a process generates (and discards) when a lockstep step gives one of its models nothing to do."""
+
+
 @dataclass
 class _Request:
     tree: int
@@ -94,7 +102,9 @@ class TreeSearch:
         config: SearchConfig | None = None,
         seed: int = 0,
         system_prompts: Mapping[str, str | None] | None = None,
+        sync: Callable[[int], int] | None = None,
     ) -> None:
+        """``sync(n)``: the maximum of ``n`` over all processes; set it only when generation is a collective."""
         if not agents:
             raise ValueError("agents must name at least one generation backend")
         self.agents = dict(agents)
@@ -103,6 +113,7 @@ class TreeSearch:
         self.config = config or SearchConfig()
         self.rng = np.random.default_rng(seed)
         self.steps = 0
+        self.sync = sync
 
     def new_trees(self, problems: Sequence[SearchProblem], prefix: str = "") -> list[SearchTree]:
         return [
@@ -119,7 +130,10 @@ class TreeSearch:
         trees = trees if trees is not None else self.new_trees(problems)
         if len(trees) != len(problems):
             raise ValueError(f"got {len(trees)} trees for {len(problems)} problems")
-        while active := [i for i, t in enumerate(trees) if not self.done(t)]:
+        while True:
+            active = [i for i, t in enumerate(trees) if not self.done(t)]
+            if not (self.sync(len(active)) if self.sync is not None else active):
+                break
             if self.independent_nodes:
                 # no expansion depends on an earlier score: the whole remaining budget is one batched call
                 active = [i for i in active for _ in range(self.config.max_nodes - len(trees[i]))]
@@ -151,7 +165,12 @@ class TreeSearch:
                 prompt = [{"role": "system", "content": self.system_prompts[agent]}, *prompt]
             by_backend.setdefault(id(self.agents[agent]), []).append(_Request(i, parent, agent, prompt))
         scored: list[tuple[_Request, Any, str | None, Future[Verdict] | Verdict]] = []
-        for requests in by_backend.values():
+        backends = {id(backend): backend for backend in self.agents.values()}
+        for key in backends if self.sync is not None else by_backend:
+            requests = by_backend.get(key)
+            if not requests:  # lockstep: this process still takes part in the model's collectives
+                backends[key].generate([IDLE_PROMPT])
+                continue
             checks: dict[int, tuple[str | None, Future[Verdict] | Verdict]] = {}
 
             def check(i: int, text: str, requests: list[_Request] = requests, checks: dict = checks) -> None:

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoTokenizer
 
 from trl_mars.trainers.mars2_config import AgentSpec
+from trl_mars.utils.fsdp import load_full_state_dict
 from trl_mars.utils.recipes import resolve_model_path
 
 
@@ -98,7 +99,7 @@ def load_policy_weights(policy: Policy, folder: Path) -> None:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_full_state_dict(model, state)
     tied = getattr(model.config, "tie_word_embeddings", False)
     untied_missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
     if unexpected or untied_missing:

@@ -22,6 +22,7 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from torch.utils.data import RandomSampler, SequentialSampler
 from transformers import get_scheduler
+from transformers.trainer import SCHEDULER_NAME
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, disable_dropout_in_model, pad, use_adapter
@@ -47,6 +48,7 @@ from trl_mars.trainers.mars2_agents import (
 )
 from trl_mars.trainers.mars2_config import AgentSpec, MultiAgentTreeConfig
 from trl_mars.utils.checkpoint import MethodStateMixin
+from trl_mars.utils.fsdp import load_optimizer, save_optimizer, wrap_own_layers
 from trl_mars.utils.model_card import write_model_card
 from trl_mars.utils.recipes import resolve_model_path
 
@@ -73,6 +75,16 @@ def check_dataset(dataset: Dataset | None, tests_column: str, name: str) -> None
             raise ValueError(f"{name} is missing the column {column!r} (columns: {sorted(columns)})")
     if len(dataset) and not dataset[0][tests_column]:
         raise ValueError(f"{name}[0].{tests_column} is empty: every problem needs tests")
+
+
+class NoOpOptimizer(torch.optim.Optimizer):
+    """An optimizer whose ``step`` changes nothing (the Trainer steps it; the agents' own optimizers do the work)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure: Any = None) -> Any:
+        return closure() if closure is not None else None
 
 
 class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
@@ -167,11 +179,22 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             self.search_config(),
             seed=args.seed + self.accelerator.process_index,
             system_prompts={s.name: s.system_prompt for s in specs},
+            sync=self._max_over_processes if self.lockstep else None,
         )
         self.last_trees: list[SearchTree] = []
         self._optimizers_ready = False
         self.vllm_backends = self._connect_vllm() if args.use_vllm else {}
         self._vllm_stale = set(self.vllm_backends)  # the servers hold the base weights until the first push
+        wrap_own_layers(self.accelerator, self.model)  # the Trainer prepares the first agent's model in train()
+
+    @property
+    def lockstep(self) -> bool:
+        """Whether generation is a collective: FSDP shards the agents across several processes, so each forward
+        all-gathers weights and every process must make the same generation calls (see ``TreeSearch(sync=...)``)."""
+        return self.is_fsdp_enabled and self.accelerator.num_processes > 1
+
+    def _max_over_processes(self, value: int) -> int:
+        return int(self.accelerator.gather(torch.tensor([value], device=self.accelerator.device)).max())
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -277,9 +300,11 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         return SearchConfig(**{**fields, **overrides})
 
     def create_optimizer(self, model=None):  # noqa: ANN001 - transformers' signature
-        """The Trainer's own optimizer is a no-op: each policy steps its own optimizer in ``training_step``."""
+        """The Trainer's own optimizer changes no weight: each policy steps its own optimizer in ``training_step``.
+        It holds one parameter of the first agent's model because accelerate prepares it together with that model,
+        and under FSDP2 maps each optimizer parameter to its shard."""
         if self.optimizer is None:
-            self.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=self.args.learning_rate)
+            self.optimizer = NoOpOptimizer([next(self.model.parameters())], lr=self.args.learning_rate)
         return self.optimizer
 
     def policy_optimizer(self, policy: Policy) -> torch.optim.Optimizer:
@@ -317,10 +342,11 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                 policy.model = self.model_wrapped
                 policy.optimizer = self.accelerator.prepare_optimizer(policy.optimizer)
             else:
+                wrap_own_layers(self.accelerator, policy.model)
                 policy.model, policy.optimizer = self.accelerator.prepare(policy.model, policy.optimizer)
             if self.resumed_from:
                 folder = Path(self.resumed_from) / "agents" / policy.name
-                policy.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+                load_optimizer(self.accelerator, policy.optimizer, policy.model, folder)
                 policy.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
         self._optimizers_ready = True
 
@@ -367,7 +393,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                     )
                 )
                 backends[id(policy)] = TransformersBackend(
-                    live, policy.tokenizer, sampling, self.chat_template_kwargs or {}
+                    live, policy.tokenizer, sampling, self.chat_template_kwargs or {}, synced_gpus=self.lockstep
                 )
             self.search.agents = {n: backends[id(self.policy_of[n])] for n in names}
             self.search.system_prompts = {n: self.search.system_prompts.get(n) for n in names}
@@ -598,14 +624,21 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         for policy in self.policies:
             load_policy_weights(policy, Path(resume_from_checkpoint) / "agents" / policy.name)
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The Trainer's own optimizer is a stateless no-op, so only its scheduler (the logged learning rate) is
+        restored; each agent restores its optimizer in ``_ensure_policy_optimizers``. (Under FSDP, loading the
+        no-op's empty optimizer checkpoint fails in torch's distributed checkpointing: seen on a GPU.)"""
+        path = Path(checkpoint) / SCHEDULER_NAME if checkpoint else None
+        if path is not None and path.is_file():
+            self.lr_scheduler.load_state_dict(torch.load(path, weights_only=True))
+
     def save_method_files(self, checkpoint_dir: Path) -> None:
-        if not self.args.should_save:
-            return
         for policy in self.policies:
             if policy.optimizer is not None:
                 folder = checkpoint_dir / "agents" / policy.name
-                torch.save(policy.optimizer.state_dict(), folder / "optimizer.pt")
-                torch.save(policy.scheduler.state_dict(), folder / "scheduler.pt")
+                save_optimizer(self.accelerator, policy.optimizer, policy.model, folder, self.args.should_save)
+                if self.args.should_save:
+                    torch.save(policy.scheduler.state_dict(), folder / "scheduler.pt")
 
     def method_state(self) -> dict[str, Any]:
         return {

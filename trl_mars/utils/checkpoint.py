@@ -99,6 +99,10 @@ class MethodStateMixin:
         save_method_state(checkpoint_dir, self.method_state(), self.state.global_step)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``resume_from_checkpoint``: a checkpoint folder, or True (also the command line's ``true``) for the newest
+        complete checkpoint in ``output_dir``."""
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() == "true":
+            resume_from_checkpoint = resume_from_checkpoint if os.path.isdir(resume_from_checkpoint) else True
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from trl_mars.utils.fsdp import wrap_own_layers
+
 
 def sft_warmup(
     model_path: str,
@@ -43,6 +45,7 @@ def sft_warmup(
         bf16=not use_cpu,
     )
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=data)
+    wrap_own_layers(trainer.accelerator, trainer.model)  # an earlier warm-up may have bound FSDP to its layers
     trainer.train()
     trainer.save_model(str(output_dir))
     return str(output_dir)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one run (results in BENCHMARKS.md):
+#   1. the Triton kernel tests compiled for the GPU (CI runs them in the Triton interpreter on CPU),
+#   2. the MARS² recipe on one GPU in bf16 (short run: warm-up, 4 RL steps, checkpoints, held-out eval),
+#   3. the same under FSDP2 (accelerate's fsdp2.yaml with one process), then resumed from its last checkpoint,
+#   4. benchmarks/moda_gpu.py (MoDA efficiency against the same attention without depth).
+# usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]   (CHECK: kernels mars2 fsdp2 moda; default all)
+# Each check has its own time limit; its log goes to LOG_DIR/<name>.log.
+set -uo pipefail
+LOG=${1:-gpu_logs}
+CHECKS=("${@:2}")
+[ ${#CHECKS[@]} -eq 0 ] && CHECKS=(kernels mars2 fsdp2 moda)
+mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOG/env.txt"
+$PY -c "import torch, triton, transformers, trl; print('torch', torch.__version__, 'triton', triton.__version__,
+'transformers', transformers.__version__, 'trl', trl.__version__)" | tee -a "$LOG/env.txt"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to LOG/NAME.log, print its tail
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: $*"
+    timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
+    echo "=== $name: exit $?"
+    grep -v '^\s*$' "$LOG/$name.log" | tail -n 12
+}
+
+SMOKE=(--max_steps 4 --warmup_steps_sft 300 --eval_repeats 1 --num_eval_problems 16 --save_steps 2
+       --logging_steps 1 --use_cpu false --bf16 true)
+FSDP2=(-m accelerate.commands.launch --config_file recipes/accelerate_configs/fsdp2.yaml --num_processes 1)
+for check in "${CHECKS[@]}"; do
+    case $check in
+    kernels) step kernels_gpu 180 $PY -m pytest -q -n 8 -p no:cacheprovider tests/ops tests/models ;;
+    mars2) step mars2_gpu 150 $PY recipes/mars2.py "${SMOKE[@]}" --output_dir /tmp/mars2-gpu ;;
+    fsdp2)
+        step mars2_fsdp2 150 $PY "${FSDP2[@]}" recipes/mars2.py "${SMOKE[@]}" --output_dir /tmp/mars2-fsdp2
+        step mars2_fsdp2_resume 150 $PY "${FSDP2[@]}" recipes/mars2.py "${SMOKE[@]}" --max_steps 6 \
+            --output_dir /tmp/mars2-fsdp2 --resume_from_checkpoint true ;;
+    moda) step moda_gpu 150 $PY benchmarks/moda_gpu.py ;;
+    *) echo "unknown check $check" && exit 2 ;;
+    esac
+done

@@ -19,6 +19,7 @@ def config(tmp_path, **kw):
         ({"trees_per_step": 0}, "trees_per_step"),
         ({"posterior": "uniform"}, "posterior"),
         ({"reward_shaping": "magic"}, "reward_shaping"),
+        ({"node_reward": "partial"}, "node_reward"),
         ({"agents": [{"name": "a", "model": "/no/such/model"}]}, r"agents\[0\].model"),
         ({"agents": [{"name": "a", "model": "not a model id"}]}, r"agents\[0\].model"),
         ({"agents": [{"name": "a", "model": "trl-mars/tiny-qwen2", "loss_weight": -1}]}, r"agents\[0\].loss_weight"),
@@ -66,6 +67,7 @@ def test_cli_json_agents_and_homogeneous_mode(tmp_path):
         agent_mode="homogeneous",
     )
     assert [s.name for s in c.agent_specs] == ["a", "b"] and c.agent_specs[1].system_prompt == "Be terse."
+    assert c.agents == [{"name": "a", "model": "trl-mars/tiny-qwen2"}, {"name": "b", "system_prompt": "Be terse."}]
     assert c.beta == 1e-3 and c.importance_sampling_level == "sequence"  # MARS²+ defaults
 
 

@@ -59,6 +59,23 @@ def test_gen_only_single_agent_is_one_call(trainer, batch_sizes):
     assert len(samples) == 9
 
 
+def test_node_reward_pass_or_pass_fraction(trainer, monkeypatch):
+    """The raw reward of each node (before tree-consistent shaping, here off) is its pass (1 iff every public test
+    passes) or its share of passed tests; advantages normalise it over the tree."""
+    problems = trainer.problems(list(trainer.train_dataset))[:1]
+    (tree,) = trainer.run_search(problems)
+    for node, (score, fraction) in zip(tree.solutions, [(1.0, 1.0), (0.0, 0.5), (0.0, 0.0)]):
+        node.score, node.pass_fraction = score, fraction
+    for mode, rewards, advantages in [
+        ("pass", [1.0, 0.0, 0.0], [2 / 3**0.5, -1 / 3**0.5, -1 / 3**0.5]),  # mean 1/3, unbiased std 1/sqrt(3)
+        ("pass_fraction", [1.0, 0.5, 0.0], [1.0, 0.0, -1.0]),  # mean 0.5, unbiased std 0.5
+    ]:
+        monkeypatch.setattr(trainer.args, "node_reward", mode)
+        samples = trainer.credit([tree])
+        assert [s["reward"] for s in samples] == rewards
+        assert [s["advantage"] for s in samples] == pytest.approx(advantages, abs=1e-3)
+
+
 def test_deeper_search_stays_lockstep(trainer, batch_sizes):
     problems = trainer.problems(list(trainer.train_dataset))
     trees = trainer.run_search(problems, trainer.search_config(max_depth=None))

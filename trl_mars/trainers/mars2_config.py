@@ -105,6 +105,13 @@ class MultiAgentTreeConfig(GRPOConfig):
     include_problem_in_refinement: bool = field(
         default=True, metadata={"help": "Show the problem in refinement prompts (the authors' code does not)."}
     )
+    node_reward: str = field(
+        default="pass",
+        metadata={
+            "help": "Raw node reward: 'pass' (1 iff every public test passes, the paper's) or "
+            "'pass_fraction' (share of public tests passed: partial credit)."
+        },  # fmt: skip
+    )
     reward_shaping: str = field(
         default="tree_consistent", metadata={"help": "'tree_consistent' or 'none' (what the released code trains on)."}
     )
@@ -137,6 +144,8 @@ class MultiAgentTreeConfig(GRPOConfig):
             self.steps_per_generation = 2
         super().__post_init__()
         self.agent_specs = parse_agents(self.agents, self.agent_mode)
+        if isinstance(self.agents, str):  # JSON from the command line, valid since parse_agents accepted it
+            self.agents = json.loads(self.agents)
         checks = {
             "max_nodes": self.max_nodes >= 1,
             "trees_per_step": self.trees_per_step >= 1,
@@ -144,6 +153,7 @@ class MultiAgentTreeConfig(GRPOConfig):
             "selection_order": self.selection_order in ("node_then_agent", "agent_then_node"),
             "max_depth": self.max_depth is None or self.max_depth >= 1,
             "feedback": self.feedback in ("summary", "detailed"),
+            "node_reward": self.node_reward in ("pass", "pass_fraction"),
             "reward_shaping": self.reward_shaping in ("tree_consistent", "none"),
             "shaping_gamma": self.shaping_gamma >= 0,
             "shaping_lambda": 0 <= self.shaping_lambda <= 1,

@@ -36,7 +36,7 @@ from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMSe
 from trl_mars.search.metrics import agent_shares, mean_metrics, tree_metrics
 from trl_mars.search.problems import from_row
 from trl_mars.search.prompts import PromptConfig
-from trl_mars.search.tree import ROOT, SearchTree
+from trl_mars.search.tree import ROOT, Node, SearchTree
 from trl_mars.trainers.mars2_agents import (
     Policy,
     load_policy_weights,
@@ -408,13 +408,19 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                     self.search.config = saved
         return trees
 
+    def node_reward(self, node: Node) -> float:
+        """Raw reward of a node: 1 iff every public test passes (``node_reward='pass'``), or the share of them
+        that pass (``'pass_fraction'``)."""
+        return node.score if self.args.node_reward == "pass" else node.pass_fraction
+
     def credit(self, trees: Sequence[SearchTree]) -> list[dict]:
         """One sample per node: its shaped reward and tree-normalised advantage (pure tree_credit functions)."""
         args = self.args
-        nodes, tree_ids, rewards = [], [], []
+        nodes, tree_ids, node_rewards, rewards = [], [], [], []
         for tree in trees:
             sols = tree.solutions
-            raw = [n.score for n in sols]
+            raw = [self.node_reward(n) for n in sols]
+            node_rewards += raw
             if args.reward_shaping == "tree_consistent":
                 raw = tree_consistent_rewards(
                     [n.node_id for n in sols],
@@ -437,8 +443,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             rewards += raw
         advantages, informative = tree_group_advantages(tree_ids, rewards, args.advantage_epsilon)
         samples = []
-        for node, tree_id, reward, adv, keep in zip(
-            nodes, tree_ids, rewards, advantages.tolist(), informative.tolist()
+        for node, tree_id, node_reward, reward, adv, keep in zip(
+            nodes, tree_ids, node_rewards, rewards, advantages.tolist(), informative.tolist()
         ):
             if args.filter_uniform_trees and not keep:
                 continue
@@ -449,7 +455,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                     "prompt_ids": node.prompt_ids,
                     "completion_ids": node.completion_ids,
                     "logprobs": node.logprobs,
-                    "reward": node.score,
+                    "reward": node_reward,
                     "shaped_reward": reward,
                     "advantage": adv,
                 }
@@ -466,7 +472,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             **{f"search/{k}": v for k, v in metrics.items()},
             **{f"agents/{a}/share": s for a, s in shares.items()},
         }
-        local["reward"] = sum(n.score for t in trees for n in t.solutions) / max(1, sum(len(t) for t in trees))
+        local["reward"] = sum(self.node_reward(n) for t in trees for n in t.solutions) / max(1, sum(map(len, trees)))
         for name in self.policy_of:
             own = [s["reward"] for s in samples if s["agent"] == name]
             if own:

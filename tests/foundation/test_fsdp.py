@@ -15,6 +15,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
+from trl_mars.trainers.mars2_agents import Policy, load_policy_weights
+from trl_mars.trainers.mars2_config import AgentSpec
 from trl_mars.utils.fsdp import is_sharded, load_full_state_dict, load_optimizer, save_optimizer, wrap_own_layers
 
 
@@ -99,6 +101,32 @@ def test_full_weights_load_into_fsdp2_shards(gloo_group, tiny_qwen2_path):
     assert (list(unexpected), [k for k in missing if k != "lm_head.weight"]) == ([], [])
     for name, value in model.state_dict().items():
         torch.testing.assert_close(full(value), trained[name], rtol=0, atol=0, msg=name)
+
+
+def test_lora_adapter_loads_into_fsdp2_shards(gloo_group, tiny_qwen2_path, tmp_path):
+    """What resuming a LoRA agent under FSDP2 does (``load_policy_weights``): peft fills the sharded adapter."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    def lora_model():
+        return get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen2_path), LoraConfig(r=4))
+
+    trained = lora_model()
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:  # zero at init: make the adapter non-trivial
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    trained.save_pretrained(tmp_path)
+    model = lora_model()
+    mesh = init_device_mesh("cpu", (1,))
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    assert is_sharded(model)
+    load_policy_weights(Policy("a", ["a"], AgentSpec(name="a", model=tiny_qwen2_path), model, None), tmp_path)
+    expected, loaded = get_peft_model_state_dict(trained), get_peft_model_state_dict(model)
+    assert expected.keys() == loaded.keys() and any("lora_B" in k for k in expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(full(loaded[name]), value, rtol=0, atol=0, msg=name)
 
 
 def adamw_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, n: int) -> None:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_mars.search import SamplingConfig, TransformersBackend
@@ -40,3 +41,21 @@ def test_finished_rows_stream_once_with_their_final_text(model_and_tokenizer):
     assert dict(seen) == {i: g.text for i, g in enumerate(gens)}
     for gen in gens:
         assert tok.eos_token_id not in gen.completion_ids[:-1]  # cut at the first EOS
+
+
+@pytest.mark.parametrize("synced_gpus", [None, True])
+def test_synced_gpus_reaches_generate(model_and_tokenizer, monkeypatch, tmp_path, synced_gpus):
+    """Sharded models (FSDP, lockstep search) need ``synced_gpus=True`` in ``generate``; None leaves it to it."""
+    model, tok = model_and_tokenizer
+    seen = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw["synced_gpus"]) or generate(**kw))
+    backend = TransformersBackend(model, tok, SamplingConfig(max_new_tokens=3), synced_gpus=synced_gpus)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:  # synced generation all-reduces its "finished" flag every token
+        (out,) = backend.generate([[{"role": "user", "content": "hi"}]])
+    finally:
+        dist.destroy_process_group()
+    assert seen == [synced_gpus] and out.completion_ids
+    with pytest.raises(ValueError, match="max_batch_size"):
+        TransformersBackend(model, tok, max_batch_size=2, synced_gpus=True)

@@ -107,8 +107,9 @@ class _SampleAndRecord(LogitsProcessor):
 class TransformersBackend:
     """Batched ``model.generate`` over chat prompts with the model's chat template (left padding).
 
-    ``synced_gpus``: the model is sharded across processes (FSDP): each ``generate`` keeps running forwards until
-    every process's batch is done, as all must take part in each forward (``transformers``' own flag)."""
+    ``synced_gpus=True``: the model is sharded across processes (FSDP): each ``generate`` keeps running forwards
+    until every process's batch is done, as all must take part in each forward (``transformers``' own flag; None
+    lets ``generate`` decide, which misses models sharded by accelerate's FSDP2)."""
 
     def __init__(
         self,
@@ -117,7 +118,7 @@ class TransformersBackend:
         sampling: SamplingConfig | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         max_batch_size: int | None = None,
-        synced_gpus: bool = False,
+        synced_gpus: bool | None = None,
     ) -> None:
         if tokenizer.chat_template is None:
             raise ValueError("tokenizer has no chat_template; set one (see trl_mars.testing.CHAT_TEMPLATE)")

@@ -393,7 +393,11 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                     )
                 )
                 backends[id(policy)] = TransformersBackend(
-                    live, policy.tokenizer, sampling, self.chat_template_kwargs or {}, synced_gpus=self.lockstep
+                    live,
+                    policy.tokenizer,
+                    sampling,
+                    self.chat_template_kwargs or {},
+                    synced_gpus=self.lockstep or None,
                 )
             self.search.agents = {n: backends[id(self.policy_of[n])] for n in names}
             self.search.system_prompts = {n: self.search.system_prompts.get(n) for n in names}

@@ -1,10 +1,11 @@
 """One rank of the 2-process CPU DDP run of ``MultiAgentTreeTrainer`` (launched by ``test_mars2_distributed.py``).
 
-    torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH
+    torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH {ddp,lockstep}
 
 Trains two tiny agents (qwen2 + llama) for 2 steps and writes ``OUT_DIR/rank<r>.json``: world size, whether
-each agent's model is DDP-wrapped, its update count and credited samples, a checksum of its parameters after training, and the
-problems this rank searched.
+each agent's model is DDP-wrapped, its update count and credited samples, a checksum of its parameters after
+training, the problems this rank searched, and its generation calls (model, synced_gpus). ``lockstep`` turns on
+the search's lockstep across processes, which the trainer uses under FSDP (not available on CPU).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 
 from trl_mars.data.code_tasks import code_task_splits  # noqa: E402
+from trl_mars.search import TransformersBackend  # noqa: E402
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,12 +37,23 @@ def checksum(model: torch.nn.Module) -> float:
     return total
 
 
-def main(out_dir: str, qwen2: str, llama: str) -> None:
+def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
+    if mode == "lockstep":
+        MultiAgentTreeTrainer.lockstep = property(lambda self: True)
+    calls: list[tuple[str, bool | None]] = []
+    generate = TransformersBackend.generate
+
+    def recording_generate(self, prompts, *a, **kw):
+        calls.append((Path(self.tokenizer.name_or_path).name, self.synced_gpus))
+        return generate(self, prompts, *a, **kw)
+
+    TransformersBackend.generate = recording_generate
     train, _ = code_task_splits(8, 0, seed=0)
     args = tiny_mars2_config(
         Path(out_dir) / "run",
         [{"name": "qwen", "model": qwen2}, {"name": "llama", "model": llama}],
         max_steps=2,
+        max_nodes=4,  # enough agent draws for the ranks' generation calls to differ without lockstep
         per_device_train_batch_size=2,
         learning_rate=1e-3,
         logging_steps=1,
@@ -76,6 +89,7 @@ def main(out_dir: str, qwen2: str, llama: str) -> None:
         "world_size": acc.num_processes,
         "trees": len(searched),
         "problems": searched,
+        "generate_calls": calls,
         "agents": {
             p.name: {
                 "ddp": isinstance(p.model, torch.nn.parallel.DistributedDataParallel),
@@ -95,4 +109,4 @@ def main(out_dir: str, qwen2: str, llama: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -32,9 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory, tiny_qwen2_path, tiny_llama_path) -> list[dict]:
-    out = tmp_path_factory.mktemp("ddp")
+@pytest.fixture(scope="module", params=["ddp", "lockstep"])
+def ranks(request, tmp_path_factory, tiny_qwen2_path, tiny_llama_path) -> list[dict]:
+    """Both ranks' reports, plain DDP and with the search in lockstep across processes (what FSDP runs)."""
+    out = tmp_path_factory.mktemp(request.param)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -54,6 +55,7 @@ def ranks(tmp_path_factory, tiny_qwen2_path, tiny_llama_path) -> list[dict]:
         str(out),
         tiny_qwen2_path,
         tiny_llama_path,
+        request.param,
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -103,3 +105,15 @@ def test_ranks_search_different_problems(ranks):
     assert first["trees"] == second["trees"] == 2  # trees_per_step=1, 2 steps
     assert len(set(first["problems"])) == 2
     assert not set(first["problems"]) & set(second["problems"])
+
+
+def test_lockstep_ranks_make_the_same_generation_calls(ranks, request):
+    """Under lockstep (FSDP: every forward is a collective) both ranks call the same models in the same order, with
+    ``synced_gpus``, although they search different problems with differently seeded agent selection."""
+    first, second = (r["generate_calls"] for r in ranks)
+    if "lockstep" not in request.node.callspec.id:
+        assert all(synced is None for _, synced in first + second)
+        assert first != second  # the scenario needs lockstep: without it the ranks' calls differ
+        return
+    assert first == second and len({model for model, _ in first}) == 2  # both agents, same order
+    assert all(synced is True for _, synced in first)

@@ -72,11 +72,10 @@ def gloo_group(tmp_path):
     dist.destroy_process_group()
 
 
-def fsdp2_model(path: str) -> torch.nn.Module:
-    """The model sharded by FSDP2 as accelerate does it: each decoder layer, then the whole model."""
-    model = AutoModelForCausalLM.from_pretrained(path)
+def fsdp2_shard(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` sharded by FSDP2 as accelerate does it: each decoder layer, then the whole model."""
     mesh = init_device_mesh("cpu", (1,))
-    for layer in model.model.layers:
+    for layer in [m for m in model.modules() if type(m).__name__ in model._no_split_modules]:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
@@ -93,7 +92,7 @@ def test_full_weights_load_into_fsdp2_shards(gloo_group, tiny_qwen2_path):
         for p in trained.parameters():  # tied embeddings stay tied
             p.add_(torch.randn(p.shape, generator=gen))
     trained = {k: v.clone() for k, v in trained.state_dict().items()}
-    model = fsdp2_model(tiny_qwen2_path)
+    model = fsdp2_shard(AutoModelForCausalLM.from_pretrained(tiny_qwen2_path))
     assert is_sharded(model)
     with pytest.raises(RuntimeError, match="mixed torch.Tensor and DTensor"):
         model.load_state_dict(trained, strict=False)  # what resuming under FSDP2 did before (seen on a GPU)
@@ -116,11 +115,7 @@ def test_lora_adapter_loads_into_fsdp2_shards(gloo_group, tiny_qwen2_path, tmp_p
             if "lora_B" in name:  # zero at init: make the adapter non-trivial
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     trained.save_pretrained(tmp_path)
-    model = lora_model()
-    mesh = init_device_mesh("cpu", (1,))
-    for layer in model.base_model.model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = fsdp2_shard(lora_model())
     assert is_sharded(model)
     load_policy_weights(Policy("a", ["a"], AgentSpec(name="a", model=tiny_qwen2_path), model, None), tmp_path)
     expected, loaded = get_peft_model_state_dict(trained), get_peft_model_state_dict(model)
@@ -144,7 +139,8 @@ def test_optimizer_state_survives_save_and_load(gloo_group, tiny_qwen2_path, tmp
     accelerator = SimpleNamespace(
         state=SimpleNamespace(fsdp_plugin=plugin), process_index=0, wait_for_everyone=dist.barrier
     )
-    model = fsdp2_model(tiny_qwen2_path) if fsdp else AutoModelForCausalLM.from_pretrained(tiny_qwen2_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path)
+    model = fsdp2_shard(model) if fsdp else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     adamw_steps(model, optimizer, 2)
     (tmp_path / "agent").mkdir()

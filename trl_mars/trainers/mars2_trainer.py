@@ -638,8 +638,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         """The Trainer's own optimizer is a stateless no-op, so only its scheduler (the logged learning rate) is
         restored; each agent restores its optimizer in ``_ensure_policy_optimizers``. (Under FSDP, loading the
         no-op's empty optimizer checkpoint fails in torch's distributed checkpointing: seen on a GPU.)"""
-        path = Path(checkpoint) / SCHEDULER_NAME if checkpoint else None
-        if path is not None and path.is_file():
+        if checkpoint and (path := Path(checkpoint) / SCHEDULER_NAME).is_file():
             self.lr_scheduler.load_state_dict(torch.load(path, weights_only=True))
 
     def save_method_files(self, checkpoint_dir: Path) -> None:

@@ -15,6 +15,7 @@ Real models (Qwen3-8B + AReaL-boba-2-8B, FSDP2 on 8 GPUs; see docs/mars2.md for 
 Any field of MultiAgentTreeConfig can be overridden on the command line, e.g. ``--max_nodes 16 --tplus``.
 """
 
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ class Mars2RecipeArguments:
     task_seed: int = field(default=0, metadata={"help": "Embedded task: generator seed."})
     warmup_steps_sft: int = field(default=0, metadata={"help": "SFT steps on reference solutions before RL."})
     warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the SFT warm-up."})
+    warmup_error_rate: float = field(
+        default=0.0,
+        metadata={"help": "Share of warm-up first answers that print instead of return (imperfect teacher)."},
+    )
     tiny_hidden_size: int | None = field(default=None, metadata={"help": "Width of the offline tiny models."})
     eval_max_nodes: int = field(default=4, metadata={"help": "Search budget of the held-out evaluation."})
     eval_repeats: int = field(default=1, metadata={"help": "Held-out searches averaged before and after training."})
@@ -56,10 +61,21 @@ def datasets(script_args: ScriptArguments, recipe: Mars2RecipeArguments):
     return code_task_splits(recipe.num_train_problems, recipe.num_eval_problems, seed=recipe.task_seed)
 
 
-def warmup_chats(rows, sandbox: Sandbox) -> list[list[dict]]:
+def warmup_chats(rows, sandbox: Sandbox, error_rate: float = 0.0, seed: int = 0) -> list[list[dict]]:
     """First answers, plus refinements: a buggy version (one constant off by one) with its real sandbox feedback
-    followed by the fix, so the agents learn to use the feedback MARS² shows them."""
-    chats = [[*row["prompt"], {"role": "assistant", "content": row["completion"]}] for row in rows]
+    followed by the fix, so the agents learn to use the feedback MARS² shows them.
+
+    With ``error_rate``, that share of first answers (drawn with ``seed``) prints the result instead of returning
+    it, the classic beginner's bug: demonstrations of an imperfect teacher, a systematic error for RL to remove.
+    """
+    rng = random.Random(seed)
+    firsts = [
+        row["completion"].replace("    return ", "    print(", 1).replace("\n```", ")\n```", 1)
+        if rng.random() < error_rate
+        else row["completion"]
+        for row in rows
+    ]
+    chats = [[*row["prompt"], {"role": "assistant", "content": first}] for row, first in zip(rows, firsts)]
     buggy = [
         re.sub(r"(\d+)", lambda m: str(int(m.group(1)) + 1), row["canonical_solution"].split("\n", 1)[1], count=1)
         for row in rows
@@ -79,7 +95,7 @@ def prepare_agents(args: MultiAgentTreeConfig, recipe: Mars2RecipeArguments, war
     agents = [dict(a) for a in args.agents]
     if recipe.warmup_steps_sft:
         with Sandbox(concurrency=args.sandbox_workers or 2, timeout_s=args.sandbox_timeout) as sandbox:
-            chats = warmup_chats(list(warmup), sandbox)
+            chats = warmup_chats(list(warmup), sandbox, recipe.warmup_error_rate, args.seed)
     for agent in agents:
         if not agent.get("model"):
             continue
@@ -133,7 +149,7 @@ def main() -> None:
             print(f"{key:<16}{means}" + "".join(f"{f'{min(v):.3f}-{max(v):.3f}':>16}" for v in runs))
         rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
         if rewards:
-            print(f"training reward: first log {rewards[0]:.3f} -> last log {rewards[-1]:.3f}")
+            print(f"training reward by logging window: {' -> '.join(f'{r:.3f}' for r in rewards)}")
     if args.push_to_hub:
         trainer.push_to_hub()
 

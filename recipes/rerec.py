@@ -13,16 +13,17 @@ Qwen2.5-7B-Instruct with vLLM (colocate) on 8 GPUs, LoRA optional (--use_peft --
 
 Resume the newest complete checkpoint: add --resume_from_checkpoint true. Your own MovieLens release:
 --movielens_path /path/to/ml-1m-csv. A prepared ReRec dataset (prompt + ground_truth columns, e.g. RecBench+
-converted with trl_mars.rec.recbench): --dataset_name /path/or/hub-id.
+records converted with trl_mars.rec.recbench_dataset): --dataset_name /path/or/hub-id.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
@@ -55,9 +56,13 @@ class ReRecScriptArguments(ScriptArguments):
     lightgcn_dim: int = field(default=64, metadata={"help": "LightGCN embedding size."})
     sft_warmup_steps: int = field(default=0, metadata={"help": "SFT steps on templated reasoning before RL."})
     sft_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the SFT warm-up."})
+    sft_error_rate: float = field(
+        default=0.0, metadata={"help": "Share of warm-up answers that box the first candidate (position bias)."}
+    )
     tiny_hidden_size: int = field(default=128, metadata={"help": "Hidden size of the tiny model (trl-mars/tiny-*)."})
     tiny_num_layers: int = field(default=2, metadata={"help": "Layers of the tiny model (trl-mars/tiny-*)."})
     eval_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of the evaluation."})
+    eval_num_samples: int = field(default=0, metadata={"help": "Also evaluate N samples per query (0: greedy only)."})
 
 
 def build_data(script_args: ReRecScriptArguments, seed: int):
@@ -102,11 +107,20 @@ def build_tiny_model(arch: str, train_dataset, graph, script_args: ReRecScriptAr
     return str(path)
 
 
+def warmup_answer(row: dict, graph, error_rate: float, rng: random.Random) -> str:
+    """Templated reasoning and its boxed answer; with probability ``error_rate`` the answer is the first listed
+    candidate instead: an imperfect teacher with the position bias of LLM rankers (Hou et al., 2024)."""
+    if rng.random() < error_rate:
+        row = {**row, "ground_truth": [row["candidates"][0]]}
+    return templated_reasoning(row, graph)
+
+
 def sft_warmup(model_path: str, train_dataset, graph, script_args, training_args: ReRecConfig, path: Path) -> str:
     """Short supervised warm-up on templated reasoning + boxed answers, so a small model can be rewarded."""
-    sft_data = train_dataset.map(
-        lambda row: {"completion": [{"role": "assistant", "content": templated_reasoning(row, graph)}]},
-        remove_columns=[c for c in train_dataset.column_names if c != "prompt"],
+    rng = random.Random(training_args.seed)
+    answers = [warmup_answer(row, graph, script_args.sft_error_rate, rng) for row in train_dataset]
+    sft_data = Dataset.from_dict(
+        {"prompt": train_dataset["prompt"], "completion": [[{"role": "assistant", "content": a}] for a in answers]}
     )
     args = SFTConfig(
         output_dir=str(path),
@@ -128,16 +142,24 @@ def sft_warmup(model_path: str, train_dataset, graph, script_args, training_args
     return str(path)
 
 
-def report(name: str, model_path_or_model, tokenizer, eval_dataset, script_args, k: int) -> None:
+def report(name: str, model_path_or_model, tokenizer, eval_dataset, script_args, training_args: ReRecConfig) -> None:
+    """Print greedy and (``eval_num_samples`` > 0) sampled accuracy / NDCG@K / format rate on held-out queries;
+    sampled at the training temperature, the mean is what the training reward measures."""
     model = model_path_or_model
     if isinstance(model, str):
         model = AutoModelForCausalLM.from_pretrained(model)
-    result = evaluate_recommender(model, tokenizer, eval_dataset, k=k, max_new_tokens=script_args.eval_max_new_tokens)
-    print(
-        f"[rerec eval] {name}: accuracy={result.accuracy:.3f} ndcg@{k}={result.ndcg:.3f} "
-        f"format={result.format_rate:.3f} (n={result.num_queries})",
-        flush=True,
-    )
+    k, budget = training_args.ndcg_k, script_args.eval_max_new_tokens
+    modes = {"greedy": {}}
+    if script_args.eval_num_samples:
+        sampled = dict(temperature=training_args.temperature, num_samples=script_args.eval_num_samples)
+        modes[f"sampled (T={training_args.temperature:g}, {script_args.eval_num_samples} per query)"] = sampled
+    for mode, kwargs in modes.items():
+        result = evaluate_recommender(model, tokenizer, eval_dataset, k=k, max_new_tokens=budget, **kwargs)
+        print(
+            f"[rerec eval] {name}, {mode}: accuracy={result.accuracy:.3f} ndcg@{k}={result.ndcg:.3f} "
+            f"format={result.format_rate:.3f} (n={result.num_queries})",
+            flush=True,
+        )
 
 
 def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_args: ModelConfig) -> None:
@@ -149,7 +171,7 @@ def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_ar
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if script_args.sft_warmup_steps > 0:
         if PartialState().is_main_process:
-            report("before warm-up", model_path, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
+            report("before warm-up", model_path, tokenizer, eval_dataset, script_args, training_args)
         model_path = sft_warmup(model_path, train_dataset, graph, script_args, training_args, work / "sft")
     training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     trainer = ReasoningRecTrainer(
@@ -162,10 +184,13 @@ def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_ar
         item_embeddings=embeddings,
     )
     if trainer.accelerator.is_main_process:
-        report("before RL", trainer.model, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
+        report("before RL", trainer.model, tokenizer, eval_dataset, script_args, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if trainer.accelerator.is_main_process:
-        report("after RL", trainer.model, tokenizer, eval_dataset, script_args, training_args.ndcg_k)
+        report("after RL", trainer.model, tokenizer, eval_dataset, script_args, training_args)
+        rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+        if rewards:
+            print(f"[rerec] logged training reward: {' -> '.join(f'{r:.3f}' for r in rewards)}", flush=True)
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name or "movielens")

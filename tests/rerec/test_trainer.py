@@ -142,3 +142,21 @@ def test_two_processes_give_the_same_advantages_as_one(tmp_path, tiny_qwen2_path
     for got, want in zip(ranks[0]["advantages"] + ranks[1]["advantages"], one["advantages"]):
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-6, rtol=1e-6)
     assert any(abs(a) > 0.1 for adv in one["advantages"] for a in adv)
+
+
+def test_evaluate_recommender_greedy_and_sampled(tiny_qwen2_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_mars.rec.evaluation import evaluate_recommender
+
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(tiny_qwen2_path),
+        AutoTokenizer.from_pretrained(tiny_qwen2_path),
+    )
+    data = synthetic_dataset(5)
+    greedy = evaluate_recommender(model, tokenizer, data, max_new_tokens=4, batch_size=2)
+    assert greedy.num_queries == 5 and greedy == evaluate_recommender(model, tokenizer, data, max_new_tokens=4)
+    sampled = evaluate_recommender(model, tokenizer, data, max_new_tokens=4, temperature=1.0, num_samples=3)
+    assert sampled.num_queries == 15  # every sample scored against its own query's ground truth
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluate_recommender(model, tokenizer, data, num_samples=3)

@@ -3,6 +3,7 @@
 from trl_mars.rec.curriculum import OnlineCurriculum
 from trl_mars.rec.graphs import ItemAttributeGraph, TitleIndex, UserItemGraph
 from trl_mars.rec.lightgcn import ItemEmbeddings, LightGCN, train_lightgcn
+from trl_mars.rec.recbench import recbench_dataset
 from trl_mars.rec.tasks import build_rerec_dataset, check_rerec_dataset, templated_reasoning
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "UserItemGraph",
     "build_rerec_dataset",
     "check_rerec_dataset",
+    "recbench_dataset",
     "templated_reasoning",
     "train_lightgcn",
 ]

@@ -1,4 +1,4 @@
-"""Greedy evaluation of a recommender LLM on ReRec tasks: accuracy (hit@1), NDCG@K and format rate."""
+"""Evaluation of a recommender LLM on ReRec tasks: accuracy (hit@1), NDCG@K and format rate, greedy or sampled."""
 
 from __future__ import annotations
 
@@ -43,8 +43,16 @@ def evaluate_recommender(
     k: int = 1,
     max_new_tokens: int = 256,
     batch_size: int = 16,
+    temperature: float | None = None,
+    num_samples: int = 1,
 ) -> RecEvalResult:
-    """Greedy-decode every ``prompt`` of ``dataset`` and score the answers against ``ground_truth``."""
+    """Decode every ``prompt`` of ``dataset`` and score the answers against ``ground_truth``: greedily, or with
+    ``temperature`` ``num_samples`` samples per prompt (the metrics then average over all samples, as the training
+    reward does)."""
+    if temperature is None and num_samples != 1:
+        raise ValueError("num_samples > 1 needs a sampling temperature")
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}  # as GRPO samples
+    sampling = {"do_sample": False} if temperature is None else sampling
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -54,9 +62,14 @@ def evaluate_recommender(
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            **batch,
+            **sampling,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples,
+            pad_token_id=tokenizer.pad_token_id,
         )
         completions += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     tokenizer.padding_side = side
     model.train(was_training)
-    return score_completions(completions, list(dataset["ground_truth"]), k)
+    truths = [truth for truth in dataset["ground_truth"] for _ in range(num_samples)]
+    return score_completions(completions, truths, k)

@@ -26,6 +26,7 @@ from trl import ScriptArguments
 
 from trl_mars.data.code_tasks import code_task_splits
 from trl_mars.sandbox import Sandbox
+from trl_mars.search.backends import TransformersBackend
 from trl_mars.search.prompts import PromptConfig, refinement_prompt
 from trl_mars.search.tree import Node
 from trl_mars.search.verify import verdict_of
@@ -126,6 +127,20 @@ def held_out(trainer: MultiAgentTreeTrainer, test, recipe: Mars2RecipeArguments)
     return [trainer.evaluate_search(test, max_nodes=recipe.eval_max_nodes) for _ in range(recipe.eval_repeats)]
 
 
+def printing_share(trainer: MultiAgentTreeTrainer, test, samples: int = 8) -> dict[str, float]:
+    """Per agent, the share of its sampled first answers to the held-out problems that print instead of return:
+    the imperfect teacher's bug (``warmup_error_rate``), which RL should remove. The RNG is forked, so measuring
+    does not change the run."""
+    prompts = [row["prompt"] for row in test for _ in range(samples)]
+    shares = {}
+    with torch.random.fork_rng():
+        for policy in trainer.policies:
+            model = trainer.accelerator.unwrap_model(policy.model)
+            backend = TransformersBackend(model, policy.tokenizer, trainer.sampling_config(), max_batch_size=64)
+            shares[policy.name] = sum("print(" in g.text for g in backend.generate(prompts)) / len(prompts)
+    return shares
+
+
 def main() -> None:
     script_args, args, recipe = parse_recipe_args(
         (ScriptArguments, MultiAgentTreeConfig, Mars2RecipeArguments), DEFAULT_CONFIG
@@ -135,9 +150,10 @@ def main() -> None:
     train, test = datasets(script_args, recipe)
     prepare_agents(args, recipe, train)
     trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
-    before = held_out(trainer, test, recipe)
+    bug = recipe.warmup_error_rate > 0 and test is not None and trainer.accelerator.num_processes == 1
+    before, printing_before = held_out(trainer, test, recipe), printing_share(trainer, test) if bug else {}
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    after = held_out(trainer, test, recipe)
+    after, printing_after = held_out(trainer, test, recipe), printing_share(trainer, test) if bug else {}
     trainer.save_model()
     if trainer.accelerator.is_main_process and before:
         print(f"\nHeld-out problems: {len(test)}, search budget {recipe.eval_max_nodes} nodes, ", end="")
@@ -147,6 +163,8 @@ def main() -> None:
             runs = [[r[key] for r in before], [r[key] for r in after]]
             means = "".join(f"{sum(v) / len(v):>10.3f}" for v in runs)
             print(f"{key:<16}{means}" + "".join(f"{f'{min(v):.3f}-{max(v):.3f}':>16}" for v in runs))
+        for agent, share in printing_before.items():
+            print(f"{agent}: first answers that print instead of return {share:.3f} -> {printing_after[agent]:.3f}")
         rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
         if rewards:
             print(f"training reward by logging window: {' -> '.join(f'{r:.3f}' for r in rewards)}")

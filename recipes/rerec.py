@@ -1,8 +1,8 @@
 """ReRec: GRPO with dual-graph rewards, reasoning-aware advantages and an online curriculum on MovieLens tasks.
 
 Tiny CPU demo (default config recipes/configs/rerec.yaml: builds a movie-vocabulary tiny model, SFT warm-up on
-templated reasoning, then ReRec; prints accuracy / NDCG@K on held-out queries before the warm-up, before RL and
-after RL):
+templated reasoning from a position-biased teacher, then ReRec; prints accuracy / NDCG@K on held-out queries
+before the warm-up, before RL and after RL, and the logged training reward):
 
     accelerate launch --config_file recipes/accelerate_configs/single_cpu.yaml recipes/rerec.py
 

@@ -41,6 +41,10 @@ def test_mars2_recipe_runs_and_reports(tmp_path, tiny_cache):
     assert "mean (min-max) of 2 searches" in done.stdout
     for before, after, low_before, high_before, low_after, high_after in table.values():
         assert 0.0 <= low_before <= before <= high_before <= 1.0 and 0.0 <= low_after <= after <= high_after <= 1.0
+    printing = re.findall(
+        r"^(qwen|llama): first answers that print instead of return ([\d.]+) -> ([\d.]+)$", done.stdout, re.M
+    )
+    assert [p[0] for p in printing] == ["qwen", "llama"] and all(0 <= float(x) <= 1 for p in printing for x in p[1:])
     assert re.search(r"training reward by logging window: [\d.]+ -> [\d.]+\n", done.stdout)
     for agent in ("qwen", "llama"):
         folder = out / "agents" / agent

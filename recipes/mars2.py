@@ -136,7 +136,13 @@ def printing_share(trainer: MultiAgentTreeTrainer, test, samples: int = 8) -> di
     with torch.random.fork_rng():
         for policy in trainer.policies:
             model = trainer.accelerator.unwrap_model(policy.model)
-            backend = TransformersBackend(model, policy.tokenizer, trainer.sampling_config(), max_batch_size=64)
+            backend = TransformersBackend(
+                model,
+                policy.tokenizer,
+                trainer.sampling_config(),
+                trainer.chat_template_kwargs or {},  # prompts rendered as the search renders them
+                max_batch_size=64,
+            )
             shares[policy.name] = sum("print(" in g.text for g in backend.generate(prompts)) / len(prompts)
     return shares
 

@@ -51,8 +51,11 @@ def evaluate_recommender(
     reward does)."""
     if temperature is None and num_samples != 1:
         raise ValueError("num_samples > 1 needs a sampling temperature")
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}  # as GRPO samples
-    sampling = {"do_sample": False} if temperature is None else sampling
+    sampling = (
+        {"do_sample": False}
+        if temperature is None
+        else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}  # as GRPO samples
+    )
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"

@@ -347,7 +347,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             if self.resumed_from:
                 folder = Path(self.resumed_from) / "agents" / policy.name
                 load_optimizer(self.accelerator, policy.optimizer, policy.model, folder)
-                policy.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+                policy.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         self._optimizers_ready = True
 
     # ------------------------------------------------------------------ data

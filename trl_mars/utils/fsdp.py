@@ -71,4 +71,4 @@ def load_optimizer(accelerator: Any, optimizer: Any, model: torch.nn.Module, fol
 
         load_fsdp_optimizer(plugin, accelerator, optimizer, model, str(folder))
     else:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             all_trees += trees
     (out / "trees.json").write_text(json.dumps([t.to_dict() for t in all_trees]), encoding="utf-8")
-    write_html(all_trees, out / "trees.html")
+    write_html(all_trees, out / "trees.html", tie_break=args.tie_break)
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(format_table(summary))
     print(f"wrote {out}/results.jsonl, trees.json, trees.html, summary.json")
@@ -202,9 +202,10 @@ def view_main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", help="a trees.json written by `trl-mars search` (a list of SearchTree dicts)")
     parser.add_argument("-o", "--output", help="HTML file (default: next to the JSON, .html)")
     parser.add_argument("--title", default="MARS² search trees")
+    parser.add_argument("--tie-break", choices=["latest", "earliest", "shallowest"], default="latest", help="final answer")
     args = parser.parse_args(argv)
     data = json.loads(Path(args.trees).read_text(encoding="utf-8"))
     trees = [SearchTree.from_dict(t) for t in (data["trees"] if isinstance(data, dict) else data)]
-    path = write_html(trees, args.output or Path(args.trees).with_suffix(".html"), args.title)
+    path = write_html(trees, args.output or Path(args.trees).with_suffix(".html"), args.title, args.tie_break)
     print(f"wrote {path} ({len(trees)} trees)")
     return 0

@@ -1,106 +1,129 @@
-"""A self-contained HTML view of search trees: an SVG per tree, nodes coloured by score and labelled by agent,
-edges marked as first answers or refinements; clicking a node shows its code, feedback and statistics."""
+"""MARS² search trees in the tree viewer (``trl_mars.utils.tree_viewer``).
+
+Per tree: the problem statement (the first answers' user turn), Pass@1 / Pass@1(MCTS) / Pass@N / Public@N when
+graded, the final answer (``select_final``) starred with its public and private result, and facets ``result``
+(solved: the final answer passes the private tests, or the public ones before grading) and ``agent``. Per node:
+fill = agent, border = public result, a dashed edge for a refinement, whose detail shows the diff against its
+parent's code, plus code, verifier feedback and the raw completion. Token ids, log-probs and prompts stay out.
+"""
 
 from __future__ import annotations
 
-import html
-import json
-from collections.abc import Sequence
+import difflib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trl_mars.search.tree import ROOT, SearchTree
+from trl_mars.search.metrics import TieBreak, select_final, tree_metrics
+from trl_mars.search.tree import ROOT, Node, SearchTree
+from trl_mars.utils.tree_viewer import Section, ViewNode, ViewTree, palette, render_page, write_page
 
-_X, _Y, _R = 70, 80, 18
-_PAGE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title><style>
-body{{font-family:system-ui,sans-serif;margin:1em;display:flex;gap:1em}}
-#trees{{flex:2}} #detail{{flex:1;position:sticky;top:0;max-height:95vh;overflow:auto;border-left:1px solid #ccc;padding-left:1em}}
-circle{{stroke:#333;stroke-width:1.5;cursor:pointer}} circle.sel{{stroke:#06c;stroke-width:4}}
-line.gen{{stroke:#999}} line.refine{{stroke:#555;stroke-dasharray:5 3}}
-text{{font-size:11px;pointer-events:none}} pre{{background:#f6f6f6;padding:.5em;white-space:pre-wrap}}
-</style></head><body>
-<div id="trees">{svgs}</div>
-<div id="detail"><p>Click a node. Colour: red = fails, green = passes all tests (shade = pass fraction).
-Solid edge: first answer; dashed: refinement of the parent.</p></div>
-<script id="tree-data" type="application/json">{data}</script>
-<script>
-const DATA = JSON.parse(document.getElementById('tree-data').textContent);
-const esc = s => String(s ?? '').replace(/[&<>]/g, c => ({{'&':'&amp;','<':'&lt;','>':'&gt;'}}[c]));
-document.querySelectorAll('circle[data-node]').forEach(c => c.addEventListener('click', () => {{
-  document.querySelectorAll('circle.sel').forEach(x => x.classList.remove('sel')); c.classList.add('sel');
-  const n = DATA[c.dataset.tree][+c.dataset.node];
-  document.getElementById('detail').innerHTML =
-    `<h3>${{esc(c.dataset.tree)}} / node ${{n.node_id}}</h3><p>agent <b>${{esc(n.agent)}}</b>, depth ${{n.depth}},
-     score ${{n.score}}, pass fraction ${{n.pass_fraction.toFixed(2)}}, private ${{esc(n.private_score)}}</p>
-     <h4>Code</h4><pre>${{esc(n.code ?? '(no code extracted)')}}</pre>
-     <h4>Feedback</h4><pre>${{esc(n.feedback.detailed ?? n.feedback.summary)}}</pre>
-     <h4>Completion</h4><pre>${{esc(n.completion)}}</pre>`;
-}}));
-</script></body></html>"""
+PASS, FAIL = "#2e9d4e", "#d62728"
+METRIC_NAMES = {"pass@1": "Pass@1", "pass@1(mcts)": "Pass@1(MCTS)", "pass@n": "Pass@N", "public_pass@n": "Public@N"}
+NOTES = (
+    "Fill: the agent that wrote the node. Border: green = passes every public test (the score the search sees), "
+    "red = fails one. ★ = final answer: best public score, then pass fraction, then the tie-break ({tie_break}).",
+    "Solid edge: a first answer to the problem; dashed: a refinement of its parent (its detail shows the diff "
+    "against the parent's code).",
+    "Public tests guide the search; private tests are held back and grade it. Pass@1: mean private score of the "
+    "first answers. Pass@1(MCTS): private score of the final answer. Pass@N: 1 if any node passes the private "
+    "tests. Public@N: 1 if any node passes the public tests.",
+)
 
 
-def _colour(pass_fraction: float, score: float) -> str:
-    if score >= 1.0:
-        return "#2e9d4e"
-    red, green = 220, int(80 + 120 * pass_fraction)
-    return f"rgb({red},{green},80)"
-
-
-def _layout(tree: SearchTree) -> dict[int, tuple[float, float]]:
-    """Leaves get consecutive columns in depth-first order; a parent sits above the middle of its children."""
-    pos: dict[int, tuple[float, float]] = {}
-    column = 0
-
-    def place(node_id: int) -> float:
-        nonlocal column
-        node = tree.nodes[node_id]
-        if node.children:
-            xs = [place(c) for c in node.children]
-            x = (xs[0] + xs[-1]) / 2
-        else:
-            x, column = column, column + 1
-        pos[node_id] = (x, node.depth)
-        return x
-
-    place(ROOT)
-    return {k: (_X * (x + 0.5), _Y * (d + 0.5)) for k, (x, d) in pos.items()}
-
-
-def tree_svg(tree: SearchTree) -> str:
-    """One tree as an SVG fragment; circles carry ``data-tree``/``data-node`` for the page script."""
-    pos = _layout(tree)
-    width = max(x for x, _ in pos.values()) + _X
-    height = max(y for _, y in pos.values()) + _Y
-    tid = html.escape(tree.tree_id, quote=True)
-    parts = [f'<h3>{html.escape(tree.tree_id)}</h3><svg width="{width:.0f}" height="{height:.0f}">']
+def problem_statement(tree: SearchTree) -> str:
+    """The problem as the agents saw it: the last user turn of a first answer's prompt ("" for an empty tree)."""
     for node in tree.solutions:
-        (x1, y1), (x2, y2) = pos[node.parent_id], pos[node.node_id]
-        kind = "refine" if node.is_refinement else "gen"
-        parts.append(f'<line class="{kind}" x1="{x1:.0f}" y1="{y1:.0f}" x2="{x2:.0f}" y2="{y2:.0f}"/>')
-    x, y = pos[ROOT]
-    parts.append(f'<rect x="{x - 25:.0f}" y="{y - 12:.0f}" width="50" height="24" fill="#ddd"/>')
-    parts.append(f'<text x="{x:.0f}" y="{y + 4:.0f}" text-anchor="middle">problem</text>')
-    for node in tree.solutions:
-        x, y = pos[node.node_id]
-        title = html.escape(f"{node.agent} #{node.node_id}: score {node.score}, pass {node.pass_fraction:.2f}")
-        parts.append(
-            f'<circle data-tree="{tid}" data-node="{node.node_id}" cx="{x:.0f}" cy="{y:.0f}" r="{_R}" '
-            f'fill="{_colour(node.pass_fraction, node.score)}"><title>{title}</title></circle>'
-        )
-        label = html.escape(f"{(node.agent or '?')[:8]}")
-        parts.append(f'<text x="{x:.0f}" y="{y + _R + 12:.0f}" text-anchor="middle">{label} #{node.node_id}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+        if node.parent_id == ROOT:
+            users = [m["content"] for m in node.prompt if m.get("role") == "user"]
+            return users[-1] if users else ""
+    return ""
 
 
-def render_html(trees: Sequence[SearchTree], title: str = "MARS² search trees") -> str:
-    """A standalone HTML page (no external assets) showing every tree."""
-    data = {t.tree_id: [n.__dict__ for n in t.nodes] for t in trees}
-    payload = json.dumps(data).replace("<", "\\u003c")  # no `</script>` or `<!--` can end/confuse the block
-    return _PAGE.format(title=html.escape(title), svgs="\n".join(tree_svg(t) for t in trees), data=payload)
+def _result(passed: float | None) -> str:
+    return "not graded" if passed is None else ("pass" if passed >= 1.0 else "fail")
 
 
-def write_html(trees: Sequence[SearchTree], path: str | Path, title: str = "MARS² search trees") -> Path:
-    path = Path(path)
-    path.write_text(render_html(trees, title), encoding="utf-8")
-    return path
+def code_diff(parent: Node, node: Node) -> str:
+    """Unified diff from ``parent``'s code to ``node``'s ("" unless both have code)."""
+    if parent.code is None or node.code is None:
+        return ""
+    lines = difflib.unified_diff(
+        parent.code.splitlines(), node.code.splitlines(), f"node {parent.node_id}", f"node {node.node_id}", lineterm=""
+    )
+    return "\n".join(lines)
+
+
+def _view_node(tree: SearchTree, node: Node, colours: Mapping[str, str]) -> ViewNode:
+    result = (
+        f"public tests: {_result(node.score)} (pass fraction {node.pass_fraction:.2f}); "
+        f"private tests: {_result(node.private_score)}"
+    )
+    kind = f"refinement of node {node.parent_id}" if node.is_refinement else "first answer"
+    sections = [
+        Section("Result", result),
+        Section("Code", node.code, "code") if node.code is not None else Section("Code", "(no code block found)"),
+    ]
+    if node.is_refinement and (diff := code_diff(tree.nodes[node.parent_id], node)):
+        sections.append(Section(f"Diff against node {node.parent_id}", diff, "diff"))
+    feedback = node.feedback.get("detailed") or node.feedback.get("summary")
+    if feedback:
+        sections.append(Section("Feedback", feedback))
+    sections.append(Section("Completion", node.completion))
+    private = "" if node.private_score is None else f" · private {'✓' if node.private_score >= 1.0 else '✗'}"
+    return ViewNode(
+        node.node_id,
+        node.parent_id,
+        label=f"{node.agent} #{node.node_id}",
+        sublabel=f"public {node.pass_fraction:.2f}{private}",
+        fill=colours[node.agent],
+        stroke=PASS if node.score >= 1.0 else FAIL,
+        dashed=node.is_refinement,
+        tooltip=f"{node.agent} #{node.node_id}: {result}",
+        summary=f"{tree.tree_id} · node {node.node_id} by {node.agent} · {kind} · depth {node.depth} · step {node.step}",
+        sections=sections,
+    )
+
+
+def view_tree(tree: SearchTree, colours: Mapping[str, str], tie_break: TieBreak = "latest") -> ViewTree:
+    """One search tree as the viewer shows it (``colours``: agent -> fill)."""
+    root = ViewNode(ROOT, None, "problem", fill="#ddd", shape="box", summary=f"{tree.problem_id}: the problem")
+    nodes = [root, *(_view_node(tree, n, colours) for n in tree.solutions)]
+    view = ViewTree(tree.tree_id, nodes, heading=tree.tree_id, statement=problem_statement(tree))
+    view.facets["agent"] = sorted({n.agent for n in tree.solutions})
+    if not tree.solutions:
+        return view
+    final = select_final(tree, tie_break)
+    graded = all(n.private_score is not None for n in tree.solutions)
+    if graded:
+        view.metrics = {name: tree_metrics(tree, tie_break)[key] for key, name in METRIC_NAMES.items()}
+    else:
+        view.metrics = {"Public@N": float(any(n.score >= 1.0 for n in tree.solutions))}
+    solved = (final.private_score if graded else final.score) >= 1.0
+    view.facets = {"result": ["solved" if solved else "unsolved"], **view.facets}
+    view.chosen = final.node_id
+    view.chosen_text = (
+        f"final answer: node {final.node_id} by {final.agent}: public tests {_result(final.score)} "
+        f"(pass fraction {final.pass_fraction:.2f}), private tests {_result(final.private_score)}"
+    )
+    return view
+
+
+def _views(trees: Sequence[SearchTree], tie_break: TieBreak) -> tuple[list[ViewTree], dict]:
+    agents = list(dict.fromkeys(n.agent for t in trees for n in t.solutions))
+    colours = palette(agents)
+    legend = [(colours[a], a) for a in agents]
+    notes = [n.format(tie_break=tie_break) for n in NOTES]
+    return [view_tree(t, colours, tie_break) for t in trees], {"legend": legend, "notes": notes}
+
+
+def render_html(trees: Sequence[SearchTree], title: str = "MARS² search trees", tie_break: TieBreak = "latest") -> str:
+    """A standalone HTML page (no external assets) with an index of every tree and each tree's drawing."""
+    views, extra = _views(trees, tie_break)
+    return render_page(views, title, **extra)
+
+
+def write_html(
+    trees: Sequence[SearchTree], path: str | Path, title: str = "MARS² search trees", tie_break: TieBreak = "latest"
+) -> Path:
+    views, extra = _views(trees, tie_break)
+    return write_page(path, views, title, **extra)

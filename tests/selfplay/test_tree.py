@@ -117,3 +117,5 @@ def test_serialisation_round_trip_and_dumps(tmp_path):
     assert comedy["status"] == READY and dumped == tree_to_json(tree)
     page = html_path.read_text()
     assert "<svg" in page and "Comedy" in page and "0.67 (1/1) ready" in page
+    assert page.count("<circle ") == len(tree.nodes) and 'id="node-data"' in page  # the shared tree viewer
+    assert "posterior mean alpha / (alpha + beta) = 2 / 3 = 0.667" in page

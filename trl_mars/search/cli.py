@@ -202,7 +202,9 @@ def view_main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", help="a trees.json written by `trl-mars search` (a list of SearchTree dicts)")
     parser.add_argument("-o", "--output", help="HTML file (default: next to the JSON, .html)")
     parser.add_argument("--title", default="MARS² search trees")
-    parser.add_argument("--tie-break", choices=["latest", "earliest", "shallowest"], default="latest", help="final answer")
+    parser.add_argument(
+        "--tie-break", choices=["latest", "earliest", "shallowest"], default="latest", help="final answer"
+    )
     args = parser.parse_args(argv)
     data = json.loads(Path(args.trees).read_text(encoding="utf-8"))
     trees = [SearchTree.from_dict(t) for t in (data["trees"] if isinstance(data, dict) else data)]

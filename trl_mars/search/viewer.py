@@ -65,9 +65,8 @@ def _view_node(tree: SearchTree, node: Node, colours: Mapping[str, str]) -> View
     ]
     if node.is_refinement and (diff := code_diff(tree.nodes[node.parent_id], node)):
         sections.append(Section(f"Diff against node {node.parent_id}", diff, "diff"))
-    feedback = node.feedback.get("detailed") or node.feedback.get("summary")
-    if feedback:
-        sections.append(Section("Feedback", feedback))
+    if feedback := node.feedback.get("detailed") or node.feedback.get("summary"):
+        sections.append(Section("Feedback", feedback))  # the detailed report starts with the summary's count
     sections.append(Section("Completion", node.completion))
     private = "" if node.private_score is None else f" · private {'✓' if node.private_score >= 1.0 else '✗'}"
     return ViewNode(

@@ -49,7 +49,7 @@ def view_tree(tree: DomainTree) -> ViewTree:
         mean = node.alpha / (node.alpha + node.beta)
         stats = f"{mean:.2f} ({sum(node.window)}/{len(node.window)}) {node.status}"
         detail = (
-            f"level {node.level}, status {node.status}, {len(node.docs)} documents\n"
+            f"level {node.level}, status {node.status}, documents: {len(node.docs)}\n"
             f"posterior mean alpha / (alpha + beta) = {node.alpha:g} / {node.alpha + node.beta:g} = {mean:.3f}\n"
             f"window (last outcomes): {node.window} -> {sum(node.window)}/{len(node.window)}\n"
             f"unk child masked: {node.unk_masked}"

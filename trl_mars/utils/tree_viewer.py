@@ -96,8 +96,8 @@ def layout(nodes: Sequence[ViewNode]) -> dict[int, tuple[int, int]]:
 def tree_svg(tree: ViewTree) -> str:
     """The drawing of one tree; node shapes carry ``data-tree``/``data-node`` for the page script."""
     pos = layout(tree.nodes)
-    longest = max(max(len(n.label), len(n.sublabel)) for n in tree.nodes)
-    dx = int(2 * _R + _CHAR * longest + _PAD)
+    text_width = {n.node_id: max(len(n.label) + 2, len(n.sublabel)) for n in tree.nodes}
+    dx = int(2 * _R + _CHAR * max(text_width.values()) + 2 * _PAD)
     xy = {k: (_R + 8 + d * dx, _R + 8 + r * _DY) for k, (d, r) in pos.items()}
     width = max(x for x, _ in xy.values()) + dx
     height = max(y for _, y in xy.values()) + _DY
@@ -106,9 +106,11 @@ def tree_svg(tree: ViewTree) -> str:
     for node in tree.nodes:
         if node.parent_id is not None:
             (x1, y1), (x2, y2) = xy[node.parent_id], xy[node.node_id]
+            x1 += _R + 8 + _CHAR * text_width[node.parent_id]  # start past the parent's label
             dash = ' stroke-dasharray="5 3"' if node.dashed else ""
+            mid = (x1 + x2 - _R) / 2
             parts.append(
-                f'<path class="edge" d="M{x1 + _R},{y1} C{x1 + dx / 2},{y1} {x2 - dx / 2},{y2} {x2 - _R},{y2}"{dash}/>'
+                f'<path class="edge" d="M{x1:.0f},{y1} C{mid:.0f},{y1} {mid:.0f},{y2} {x2 - _R},{y2}"{dash}/>'
             )
     for node in tree.nodes:
         x, y = xy[node.node_id]
@@ -122,10 +124,10 @@ def tree_svg(tree: ViewTree) -> str:
             )
         else:
             parts.append(f'<circle{cls} {attrs} cx="{x}" cy="{y}" r="{_R + 4 if chosen else _R}">{tip}</circle>')
-        star = "★ " if chosen else ""
-        parts.append(f'<text x="{x + _R + 6}" y="{y - 1}">{star}{html.escape(node.label)}</text>')
+        star, tx = ("★ ", x + _R + 10) if chosen else ("", x + _R + 6)
+        parts.append(f'<text x="{tx}" y="{y - 1}">{star}{html.escape(node.label)}</text>')
         if node.sublabel:
-            parts.append(f'<text class="sub" x="{x + _R + 6}" y="{y + 11}">{html.escape(node.sublabel)}</text>')
+            parts.append(f'<text class="sub" x="{tx}" y="{y + 11}">{html.escape(node.sublabel)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -226,9 +228,11 @@ def palette(names: Sequence[str]) -> Mapping[str, str]:
 
 _PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title><style>
-body{{font-family:system-ui,sans-serif;margin:0;display:grid;grid-template-columns:minmax(22em,1fr) 2fr 1.3fr;height:100vh}}
-#side,#main,#detail{{overflow:auto;padding:.6em 1em;box-sizing:border-box;height:100vh}}
-#side{{border-right:1px solid #ccc}} #detail{{border-left:1px solid #ccc;background:#fafafa}}
+body{{font-family:system-ui,sans-serif;margin:0;display:grid;grid-template-columns:minmax(34em,1fr) 1.6fr;height:100vh}}
+#side{{overflow:auto;padding:.6em 1em;box-sizing:border-box;height:100vh;border-right:1px solid #ccc}}
+#right{{display:flex;flex-direction:column;height:100vh}}
+#main{{overflow:auto;padding:.6em 1em;max-height:55vh;flex:none;border-bottom:1px solid #ccc}}
+#detail{{overflow:auto;padding:.6em 1em;flex:1;background:#fafafa}}
 h1{{font-size:1.2em;margin:.2em 0}} h2{{font-size:1.1em;margin:.2em 0}} h4{{margin:.8em 0 .2em}}
 #filters{{display:flex;flex-wrap:wrap;gap:.4em;align-items:center;margin:.4em 0}} #search{{flex:1 1 10em}}
 table{{border-collapse:collapse;font-size:12px;width:100%}} th,td{{padding:2px 5px;text-align:left;border-bottom:1px solid #eee}}
@@ -243,8 +247,8 @@ pre.diff span{{display:block}} pre .add{{background:#dfd}} pre .del{{background:
 p.metrics,p.chosen{{margin:.3em 0;font-size:13px}}
 </style></head><body>
 <div id="side"><h1>{title}</h1><div id="legend">{legend}{notes}</div>{index}</div>
-<div id="main">{trees}</div>
-<div id="detail"><p>Click a node to see its details.</p></div>
+<div id="right"><div id="main">{trees}</div>
+<div id="detail"><p>Click a node to see its details.</p></div></div>
 <script id="node-data" type="application/json">{data}</script>
 <script>
 const DATA = JSON.parse(document.getElementById('node-data').textContent);

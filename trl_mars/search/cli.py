@@ -203,7 +203,10 @@ def view_main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="HTML file (default: next to the JSON, .html)")
     parser.add_argument("--title", default="MARS² search trees")
     parser.add_argument(
-        "--tie-break", choices=["latest", "earliest", "shallowest"], default="latest", help="final answer"
+        "--tie-break",
+        choices=["latest", "earliest", "shallowest"],
+        default="latest",
+        help="final answer selection, as in `trl-mars search`",
     )
     args = parser.parse_args(argv)
     data = json.loads(Path(args.trees).read_text(encoding="utf-8"))

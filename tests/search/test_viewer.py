@@ -131,3 +131,16 @@ def test_view_command_renders_saved_trees(tmp_path, capsys):
     page = (tmp_path / "trees.html").read_text()
     assert "<title>a &lt; b</title>" in page and page.count("<circle ") == 4
     assert "wrote" in capsys.readouterr().out
+
+
+def test_view_command_stars_the_final_answer_of_its_tie_break(tmp_path):
+    tree = SearchTree("tie", "HumanEval/2")
+    for step, agent in enumerate(("qwen", "llama")):  # two first answers that both pass: a tie
+        tree.add(0, agent, step, code="def f():\n    return 1\n", score=1.0, pass_fraction=1.0, prompt=prompt("Q"))
+    (tmp_path / "trees.json").write_text(json.dumps([tree.to_dict()]))
+    chosen = {}
+    for tie_break in ("latest", "earliest"):
+        out = tmp_path / f"{tie_break}.html"
+        assert view_main([str(tmp_path / "trees.json"), "-o", str(out), "--tie-break", tie_break]) == 0
+        chosen[tie_break] = re.findall(r'<circle class="node chosen" [^>]*data-node="(\d+)"', out.read_text())
+    assert chosen == {"latest": ["2"], "earliest": ["1"]}

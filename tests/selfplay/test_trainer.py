@@ -16,7 +16,7 @@ from trl_mars.selfplay.movielens_corpus import build_movielens_documents
 from trl_mars.selfplay.questions import ParsedQuestion
 from trl_mars.trainers.selfplay_config import SelfPlayConfig
 from trl_mars.trainers.selfplay_trainer import SelfPlayTrainer
-from trl_mars.utils.checkpoint import STATE_DIR
+from trl_mars.utils.checkpoint import STATE_DIR, damaged_file
 
 TINY = dict(
     max_completion_length=8,
@@ -54,6 +54,8 @@ def test_wist_tree_grows_and_resume_continues_identically(tmp_path, tiny_qwen2_p
     checkpoint = tmp_path / "a" / "checkpoint-2"
     dumped = json.loads((checkpoint / "domain_tree.json").read_text())
     assert dumped["children"][0]["name"] == "Movies" and (checkpoint / "domain_tree.html").exists()
+    assert damaged_file(checkpoint) is None  # the dump is in the checkpoint's checksummed files
+    assert "domain_tree.html" in json.loads((checkpoint / STATE_DIR / "complete.json").read_text())["files"]
     full.save_model()
     assert (tmp_path / "a" / "domain_tree.html").exists() and (tmp_path / "a" / "model.safetensors").exists()
     saved = json.loads((checkpoint / STATE_DIR / "rank0.json").read_text())

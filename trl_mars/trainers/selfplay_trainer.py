@@ -601,12 +601,8 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
             for node_id in self.tree.pending():  # lookups in flight at save time are submitted again
                 self.corpus_env.submit(node_id, self.tree.path_names(node_id))
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.tree is not None and self.args.tree_dump and self.is_world_process_zero():
-            dump_tree(self.tree, f"{self._get_output_dir(trial=trial)}/checkpoint-{self.state.global_step}")
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The model, plus the domain tree dump (also in every checkpoint, which saves through here)."""
         super().save_model(output_dir, _internal_call)
         if self.tree is not None and self.args.tree_dump and self.is_world_process_zero():
             dump_tree(self.tree, output_dir or self.args.output_dir)

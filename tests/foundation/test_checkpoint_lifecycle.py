@@ -22,6 +22,13 @@ from tiny_checkpoint_trainer import TinyTrainer, make_trainer  # noqa: E402
 SCRIPT = Path(__file__).with_name("tiny_checkpoint_trainer.py")
 
 
+def run_and_kill(out: Path, max_steps: int, save_total_limit: int, kill_at: int, resume_from: str = "") -> int:
+    """Train in a subprocess that SIGKILLs itself while checkpoint ``kill_at`` is saved; its return code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [str(out), str(max_steps), str(save_total_limit), str(kill_at), *([resume_from] if resume_from else [])]
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, timeout=300).returncode
+
+
 def marker(folder: Path) -> Path:
     return folder / STATE_DIR / COMPLETE_MARKER
 
@@ -43,9 +50,7 @@ def test_kill_between_trainer_files_and_marker_keeps_the_last_complete_checkpoin
     """save_total_limit=1, SIGKILL while checkpoint-2 is saved: checkpoint-1 survives and the run resumes from it
     to the weights of an uninterrupted run. (The Trainer's rotation used to delete checkpoint-1 before
     checkpoint-2 was marked complete, leaving nothing to resume.)"""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "3", "1", "2"], env=env, timeout=300)
-    assert proc.returncode == -9
+    assert run_and_kill(tmp_path, max_steps=3, save_total_limit=1, kill_at=2) == -9
     first, second = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
     assert (second / "model.safetensors").exists() and not marker(second).exists()  # killed mid-save
     assert damaged_file(first) is None and last_complete_checkpoint(tmp_path) == str(first)
@@ -64,24 +69,17 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
 
 
-def test_rollback_resave_drops_the_old_marker_and_files(tmp_path, three_checkpoints, monkeypatch):
-    """Resume from checkpoint-1 of a finished run and crash while checkpoint-2 is written again: checkpoint-2
+def test_rollback_resave_drops_the_old_marker_and_files(tmp_path, three_checkpoints):
+    """Resume from checkpoint-1 of a finished run and SIGKILL while checkpoint-2 is written again: checkpoint-2
     is not complete (it kept its old marker, reading as complete while mixing two runs) and holds no old file."""
     out = tmp_path / "run"
     shutil.copytree(three_checkpoints[0], out)
     (out / "checkpoint-2" / "stale.bin").write_bytes(b"from the first run")
-
-    def crash(checkpoint_dir, state, step):  # noqa: ANN001 - what a kill leaves at this point
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save_method_state", crash)
-    with pytest.raises(KeyboardInterrupt):
-        make_trainer(str(out), max_steps=3).train(resume_from_checkpoint=str(out / "checkpoint-1"))
+    assert run_and_kill(out, max_steps=3, save_total_limit=0, kill_at=2, resume_from=str(out / "checkpoint-1")) == -9
     assert (out / "checkpoint-2" / "model.safetensors").exists() and not marker(out / "checkpoint-2").exists()
     assert not (out / "checkpoint-2" / "stale.bin").exists()
     assert "missing" in damaged_file(out / "checkpoint-2")
 
-    monkeypatch.undo()
     trainer = make_trainer(str(out), max_steps=3)
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-1"))
     assert damaged_file(out / "checkpoint-2") is None and damaged_file(out / "checkpoint-3") is None

@@ -1,8 +1,9 @@
 """A tiny ``MethodStateMixin`` Trainer (a linear regression) for checkpoint kill / truncation / rollback tests.
 
-As a script: ``python tiny_checkpoint_trainer.py OUTPUT_DIR MAX_STEPS SAVE_TOTAL_LIMIT KILL_AT_STEP`` trains and
-SIGKILLs itself while saving checkpoint ``KILL_AT_STEP``, after the Trainer wrote its files and before the
-checkpoint is marked complete (the window in which the Trainer's own rotation used to delete the last complete one).
+As a script: ``python tiny_checkpoint_trainer.py OUTPUT_DIR MAX_STEPS SAVE_TOTAL_LIMIT KILL_AT_STEP [RESUME_FROM]``
+trains (from checkpoint ``RESUME_FROM`` if given) and SIGKILLs itself while saving checkpoint ``KILL_AT_STEP``, after
+the Trainer wrote its files and before the checkpoint is marked complete (the window in which the Trainer's own
+rotation used to delete the last complete one, and in which a re-saved folder kept its old marker).
 """
 
 from __future__ import annotations
@@ -86,4 +87,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     out, max_steps, limit, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     kill_while_saving(kill_at)
-    make_trainer(out, max_steps, limit or None).train()
+    make_trainer(out, max_steps, limit or None).train(resume_from_checkpoint=sys.argv[5] if sys.argv[5:] else None)

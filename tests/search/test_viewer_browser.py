@@ -21,6 +21,8 @@ from trl_mars.search import cli as search_cli
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helper sits here
 from headless_chromium import Chromium, find_chromium  # noqa: E402
 
+pytest.importorskip("websocket", reason="websocket-client (the test extra) drives Chromium")
+
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium, or set CHROMIUM=/path/to/it)"
@@ -100,6 +102,9 @@ def test_viewer_in_headless_chromium(saved_run, tmp_path):
         search = "document.getElementById('search')"
         browser.evaluate(f"{search}.value = 'agent:guesser'; {search}.dispatchEvent(new Event('input'))")
         assert browser.evaluate(shown) == [t.tree_id for t in trees if t.tree_id.startswith("agent:guesser/")]
+        name = TASKS[1].question.split("`")[1]  # a function name, only in that task's problem statement
+        browser.evaluate(f"{search}.value = '{name.upper()}'; {search}.dispatchEvent(new Event('input'))")
+        assert browser.evaluate(shown) == [t.tree_id for t in trees if t.problem_id == TASKS[1].task_id]
         browser.evaluate(f"{search}.value = ''; {search}.dispatchEvent(new Event('input'))")
 
         browser.click(row)

@@ -2,7 +2,7 @@
 
 A caller turns its trees into ``ViewTree``s: per node a label, colours and the sections shown when it is clicked;
 per tree a statement, metrics, filter facets and the node to highlight. The page has an index of all trees (one
-row each: metrics, facets; filters per facet and a text search, so hundreds of trees stay usable), the selected
+row each: metrics, facets; filters per facet and a text search over each tree's id and shown text, so hundreds of trees stay usable), the selected
 tree drawn as SVG (depth left to right, leaves in rows, each parent centred on its children), and a detail panel.
 The page carries only what it shows: the drawing, the index and, as JSON, each node's detail sections.
 """
@@ -163,14 +163,11 @@ def _index(trees: Sequence[ViewTree]) -> str:
     rows = []
     for tree in trees:
         facets = html.escape(json.dumps(tree.facets), quote=True)
-        text = html.escape(f"{tree.tree_id}\n{tree.heading}\n{tree.statement}".lower(), quote=True)
         cells = [html.escape(tree.heading or tree.tree_id)]
         cells += [_cell(tree.metrics[k]) if k in tree.metrics else "" for k in metric_names]
         cells += [html.escape(", ".join(tree.facets.get(k, []))) for k in facet_names]
         row = "".join(f"<td>{c}</td>" for c in cells)
-        rows.append(
-            f'<tr data-tree="{html.escape(tree.tree_id, quote=True)}" data-facets="{facets}" data-text="{text}">{row}</tr>'
-        )
+        rows.append(f'<tr data-tree="{html.escape(tree.tree_id, quote=True)}" data-facets="{facets}">{row}</tr>')
     return (
         f'<div id="filters"><input id="search" type="search" placeholder="search trees">{"".join(filters)}'
         f' <span id="count"></span></div><div id="index-scroll"><table id="index"><thead><tr>{head}</tr></thead>'
@@ -213,10 +210,17 @@ def render_page(
     )
 
 
-def write_page(path: str | Path, trees: Sequence[ViewTree], title: str, **kwargs: Sequence) -> Path:
+def write_page(
+    path: str | Path,
+    trees: Sequence[ViewTree],
+    title: str,
+    legend: Sequence[tuple[str, str]] = (),
+    notes: Sequence[str] = (),
+) -> Path:
+    """``render_page`` into ``path`` (UTF-8); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(trees, title, **kwargs), encoding="utf-8")
+    path.write_text(render_page(trees, title, legend, notes), encoding="utf-8")
     return path
 
 
@@ -254,9 +258,11 @@ p.metrics,p.chosen{{margin:.3em 0;font-size:13px}}
 const DATA = JSON.parse(document.getElementById('node-data').textContent);
 const esc = s => String(s ?? '').replace(/[&<>]/g, c => ({{'&':'&amp;','<':'&lt;','>':'&gt;'}}[c]));
 const rows = [...document.querySelectorAll('#index tbody tr')];
+const sections = new Map([...document.querySelectorAll('section.tree')].map(s => [s.dataset.tree, s]));
+const texts = new Map(rows.map(r => [r, (r.dataset.tree + '\\n' + sections.get(r.dataset.tree).textContent).toLowerCase()]));
 const detail = document.getElementById('detail');
 function showTree(id) {{
-  document.querySelectorAll('section.tree').forEach(s => s.hidden = s.dataset.tree !== id);
+  sections.forEach((s, key) => s.hidden = key !== id);
   rows.forEach(r => r.classList.toggle('sel', r.dataset.tree === id));
   detail.innerHTML = '<p>Click a node to see its details.</p>';
 }}
@@ -276,7 +282,7 @@ function filter() {{
   let shown = 0;
   rows.forEach(r => {{
     const f = JSON.parse(r.dataset.facets);
-    const ok = (!q || r.dataset.text.includes(q)) && want.every(([k, v]) => !v || (f[k] || []).includes(v));
+    const ok = (!q || texts.get(r).includes(q)) && want.every(([k, v]) => !v || (f[k] || []).includes(v));
     r.hidden = !ok; shown += ok;
   }});
   document.getElementById('count').textContent = `${{shown}} of ${{rows.length}} trees`;

@@ -117,10 +117,16 @@ def test_page_carries_no_token_ids_logprobs_or_prompts(tmp_path):
 
 
 def test_ungraded_trees_show_public_results_only(tmp_path):
+    """A training checkpoint keeps the last round's trees, ungraded, in its method state; the view command reads
+    them from there."""
     tree = saved_trees(tmp_path)[0]
     for node in tree.solutions:
         node.private_score = None
-    page = render_html([tree])
+    state = tmp_path / "checkpoint-3" / "trl_mars_state" / "rank0.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"search": {}, "policies": {}, "trees": [tree.to_dict()]}))
+    assert view_main([str(state), "-o", str(tmp_path / "round.html")]) == 0
+    page = (tmp_path / "round.html").read_text()
     assert "Public@N <b>1.00</b>" in page and "Pass@N" not in page.split('<div id="main">')[1]
     assert "private tests not graded" in page and "[&quot;solved&quot;]" in page  # solved on its public tests
 

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 def view_main(argv: list[str] | None = None) -> int:
     """``trl-mars view trees.json [-o trees.html]``: render saved trees with the HTML viewer."""
     parser = argparse.ArgumentParser(prog="trl-mars view", description=view_main.__doc__)
-    parser.add_argument("trees", help="a trees.json written by `trl-mars search` (a list of SearchTree dicts)")
+    parser.add_argument("trees", help="trees.json of `trl-mars search`, or a checkpoint's trl_mars_state/rank0.json")
     parser.add_argument("-o", "--output", help="HTML file (default: next to the JSON, .html)")
     parser.add_argument("--title", default="MARS² search trees")
     parser.add_argument(

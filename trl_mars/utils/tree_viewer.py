@@ -114,7 +114,8 @@ def tree_svg(tree: ViewTree) -> str:
             )
     for node in tree.nodes:
         x, y = xy[node.node_id]
-        attrs = f'data-tree="{tid}" data-node="{node.node_id}" fill="{node.fill}" stroke="{node.stroke}"'
+        fill, stroke = html.escape(node.fill, quote=True), html.escape(node.stroke, quote=True)
+        attrs = f'data-tree="{tid}" data-node="{node.node_id}" fill="{fill}" stroke="{stroke}"'
         chosen = node.node_id == tree.chosen
         cls = ' class="node chosen"' if chosen else ' class="node"'
         tip = f"<title>{html.escape(node.tooltip)}</title>" if node.tooltip else ""

@@ -12,6 +12,7 @@ from trl_mars.utils import (
     load_method_state,
     save_method_state,
 )
+from trl_mars.utils.checkpoint import rotate_checkpoints
 
 
 def test_atomic_write_leaves_no_temporaries(tmp_path):
@@ -62,3 +63,23 @@ def test_resume_true_picks_the_newest_complete_checkpoint(tmp_path, flag):
     assert _Trainer(tmp_path).train(resume_from_checkpoint=str(tmp_path / "checkpoint-3")) == str(
         tmp_path / "checkpoint-3"
     )
+
+
+def test_rotation_keeps_newest_complete_the_best_and_later_folders(tmp_path):
+    for step in (1, 3, 4, 5, 7):
+        save_method_state(tmp_path / f"checkpoint-{step}", {"step": step}, step=step)
+    (tmp_path / "checkpoint-2").mkdir()  # killed mid-save
+    deleted = rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=2, keep=[str(tmp_path / "checkpoint-1")])
+    assert [p.name for p in deleted] == ["checkpoint-2", "checkpoint-3"]
+    # kept: the best (1), the newest complete older one (4), the new one (5), an abandoned run's later folder (7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-1",
+        "checkpoint-4",
+        "checkpoint-5",
+        "checkpoint-7",
+    ]
+    assert rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=None) == []
+    assert [p.name for p in rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=1)] == [
+        "checkpoint-1",
+        "checkpoint-4",
+    ]

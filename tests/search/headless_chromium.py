@@ -9,10 +9,12 @@ uncaught exception and console/log error the page raises.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -43,6 +45,7 @@ class Chromium:
             "--no-first-run",
             "--no-default-browser-check",
             "--hide-scrollbars",
+            "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
         ]
         if os.geteuid() == 0:
             flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
@@ -51,6 +54,7 @@ class Chromium:
              f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: close() ends its renderers too
         )  # fmt: skip
         self.timeout = timeout
         port_file = Path(self.profile) / "DevToolsActivePort"
@@ -135,7 +139,8 @@ class Chromium:
     def close(self) -> None:
         if getattr(self, "ws", None) is not None:
             self.ws.close()
-        self.process.kill()
+        with contextlib.suppress(ProcessLookupError):  # the group outlives an exited browser process
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         shutil.rmtree(self.profile, ignore_errors=True)
 

@@ -86,6 +86,37 @@ REJECTED_GRPO_FIELDS = {
     "use_liger_kernel": "the agents' log-probs come from TRL's fused LM head",
 }
 """GRPOConfig fields with no meaning on a MARS² tree (value: why); setting one to a non-default value is an error."""
+SUPPORTED_GRPO_FIELDS = {
+    "model_init_kwargs": "kwargs of every agent's `from_pretrained`",
+    "disable_dropout": "dropout off in every agent (and reference)",
+    "max_completion_length": "max new tokens of every node",
+    "ds3_gather_for_generation": "DeepSpeed only, which MARS² does not support with several agents",
+    "shuffle_dataset": "order in which problems are searched",
+    "pad_to_multiple_of": "padding of every training micro-batch",
+    "temperature": "sampling temperature; the loss's log-probs use the same",
+    "top_p": "nucleus sampling",
+    "top_k": "top-k sampling",
+    "min_p": "min-p sampling (recorded log-probs follow it)",
+    "repetition_penalty": "repetition penalty over the prompt and the node's own tokens (log-probs follow it)",
+    "generation_kwargs": "extra keywords for `generate` / the vLLM server (sampling keys refused)",
+    "chat_template_kwargs": "kwargs of every agent's chat template (e.g. enable_thinking)",
+    "use_vllm": "generate on one `trl vllm-serve` per agent",
+    "vllm_mode": "'server' only",
+    "vllm_server_timeout": "seconds to wait for each agent's server",
+    "vllm_group_port": "weight-transfer port of agents[0]; agent i defaults to it + i",
+    "beta": "k3 KL coefficient against each agent's reference",
+    "num_iterations": "optimizer steps on each buffer taken (later ones clipped against the sampling policy)",
+    "epsilon": "lower clip of the token (GRPO/DAPO) or sequence (GSPO) ratio",
+    "epsilon_high": "upper clip (clip-higher); defaults to epsilon",
+    "delta": "two-sided clipping: the unclipped ratio is capped at delta",
+    "importance_sampling_level": "'token' (GRPO/DAPO) or 'sequence' (GSPO) ratio",
+    "scale_rewards": "tree-group advantage divisor: the tree's std ('group'), the round's ('batch'), none",
+    "loss_type": "aggregation: grpo, bnpo, dapo, dr_grpo",
+    "mask_truncated_completions": "nodes cut at max_completion_length are left out of the loss",
+    "use_bias_correction_kl": "the KL term is weighted by the ratio (estimated on the old policy's samples)",
+    "num_generations_eval": "GRPOTrainer's own evaluation loop (the first agent)",
+}
+"""GRPOConfig fields that keep a meaning on a tree (value: what they do)."""
 GENERATION_KWARGS_OWNED = {
     "max_new_tokens": "max_completion_length",
     "max_length": "max_completion_length",

@@ -197,3 +197,17 @@ def test_frozen_agent_fills_no_buffer(tmp_path, tiny_qwen2_path, tiny_llama_path
 
     saved = load_method_state(tmp_path / "checkpoint-3")["policies"]
     assert saved["llama"]["buffer"] == []
+
+
+def test_docs_list_every_field():
+    """docs/mars2.md names every field MARS² adds or re-defaults, every supported and every rejected GRPOConfig
+    field."""
+    text = (Path(__file__).parents[2] / "docs" / "mars2.md").read_text()
+    grpo = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    own = [
+        f.name
+        for f in dataclasses.fields(MultiAgentTreeConfig)
+        if f.name not in grpo or (grpo[f.name].default, grpo[f.name].metadata) != (f.default, f.metadata)
+    ]
+    missing = [n for n in [*own, *SUPPORTED_GRPO_FIELDS, *REJECTED_GRPO_FIELDS] if f"`{n}`" not in text]
+    assert not missing, missing

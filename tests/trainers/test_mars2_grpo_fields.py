@@ -110,6 +110,9 @@ def test_gradient_accumulation_is_kept_and_sets_the_update_size(tmp_path, tiny_q
         trainer.sandbox.close()
     assert trainer.policies[0].updates == 2 and micro == [1, 1, 1, 1]  # 4 nodes: 2 updates of 2 micro-batches
     assert args.gradient_accumulation_steps == 2
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = torch.load(tmp_path / "saved" / "training_args.bin", weights_only=False)
+    assert saved.gradient_accumulation_steps == 2
 
 
 class LetterShare:

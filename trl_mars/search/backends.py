@@ -267,6 +267,7 @@ class VLLMServerBackend:
         if not prompts:
             return []
         s = self.sampling
+        extra = {**({"min_tokens": s.min_new_tokens} if s.min_new_tokens else {}), **(s.generation_kwargs or {})}
         out = self.client.chat(
             list(prompts),
             temperature=s.temperature,
@@ -276,11 +277,7 @@ class VLLMServerBackend:
             repetition_penalty=s.repetition_penalty,
             min_p=s.min_p or 0.0,
             logprobs=0,  # the sampled token's own log-prob
-            generation_kwargs={
-                **({"min_tokens": s.min_new_tokens} if s.min_new_tokens else {}),
-                **(s.generation_kwargs or {}),
-            }
-            or None,  # fmt: skip
+            generation_kwargs=extra or None,
             chat_template_kwargs=self.chat_template_kwargs or None,
         )
         results = []

@@ -317,6 +317,12 @@ class MultiAgentTreeConfig(GRPOConfig):
         view.gradient_accumulation_steps = 1
         return view
 
+    def as_set(self) -> MultiAgentTreeConfig:
+        """This config with ``gradient_accumulation_steps`` as the user set it (undoes ``trainer_arguments``)."""
+        view = copy.copy(self)
+        view.gradient_accumulation_steps = self.agent_gradient_accumulation_steps
+        return view
+
     def to_dict(self) -> dict[str, Any]:
         """As ``TrainingArguments.to_dict``, with the ``gradient_accumulation_steps`` the user set."""
         out = super().to_dict()

@@ -685,7 +685,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             state = self.accelerator.get_state_dict(policy.model) if self.is_fsdp_enabled else None
             save_policy(policy, folder, state, self.args.should_save)
         if self.args.should_save:
-            torch.save(self.args, output_dir / "training_args.bin")
+            torch.save(self.args.as_set(), output_dir / "training_args.bin")
             if not _internal_call:
                 self.create_model_card()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -514,7 +515,9 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         for policy in self.policies:  # one scheduler step per Trainer step: each schedule spans exactly the run
             if policy.scheduler is not None:
                 self._agent_lrs[policy.name] = policy.scheduler.get_last_lr()[0]  # the rate this step used
-                policy.scheduler.step()
+                with warnings.catch_warnings():  # a step without an update of this agent is intended, not skipped
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before")
+                    policy.scheduler.step()
         self._step += 1
         return torch.tensor(sum(losses) / len(losses) if losses else 0.0, device=self.accelerator.device)
 

@@ -214,3 +214,26 @@ def test_docs_list_every_field():
     ]
     missing = [n for n in [*own, *SUPPORTED_GRPO_FIELDS, *REJECTED_GRPO_FIELDS] if f"`{n}`" not in text]
     assert not missing, missing
+
+
+def test_vllm_group_port_is_the_first_agents_port(tmp_path, tiny_qwen2_path, tiny_llama_path, monkeypatch):
+    ports = {}
+
+    class Client:
+        def __init__(self, base_url, group_port, connection_timeout):
+            ports[base_url] = group_port
+
+        def init_communicator(self, device):
+            pass
+
+    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", Client)
+    agents = [
+        {"name": "qwen", "model": tiny_qwen2_path, "vllm_server_base_url": "http://h:8000"},
+        {"name": "llama", "model": tiny_llama_path, "vllm_server_base_url": "http://h:8001", "vllm_group_port": 60000},
+        {"name": "more", "model": tiny_qwen2_path, "vllm_server_base_url": "http://h:8002"},
+    ]
+    args = tiny_mars2_config(tmp_path, agents, use_vllm=True, vllm_group_port=52000)
+    train, _ = code_task_splits(2, 0, seed=0)
+    trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
+    trainer.sandbox.close()
+    assert ports == {"http://h:8000": 52000, "http://h:8001": 60000, "http://h:8002": 52002}

@@ -38,6 +38,8 @@ NON_DEFAULT = {  # a value other than the default, for the fields whose default 
     "num_completions_to_print": 2,
     "log_completions_hub_repo": "org/completions",
     "router_aux_loss_coef": 0.01,
+    "liger_kernel_config": {"rope": True},
+    "neftune_noise_alpha": 5.0,
 }
 
 

@@ -84,8 +84,13 @@ REJECTED_GRPO_FIELDS = {
     "cast_lm_head_to_fp32": "it would apply to the first agent only",
     "trust_remote_code": "it would apply to the first agent only",
     "use_liger_kernel": "the agents' log-probs come from TRL's fused LM head",
+    "liger_kernel_config": "the agents' log-probs come from TRL's fused LM head",
+    "neftune_noise_alpha": "NEFTune would apply to the first agent only",
+    "label_smoothing_factor": "there are no labels: the loss is the policy loss",
+    "train_sampling_strategy": "problems are drawn in order or shuffled (`shuffle_dataset`)",
 }
-"""GRPOConfig fields with no meaning on a MARS² tree (value: why); setting one to a non-default value is an error."""
+"""GRPOConfig (and TrainingArguments) fields with no meaning on a MARS² tree (value: why); setting one to a non-default
+value is an error."""
 SUPPORTED_GRPO_FIELDS = {
     "model_init_kwargs": "kwargs of every agent's `from_pretrained`",
     "disable_dropout": "dropout off in every agent (and reference)",

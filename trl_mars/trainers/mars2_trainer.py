@@ -516,7 +516,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             if policy.scheduler is not None:
                 self._agent_lrs[policy.name] = policy.scheduler.get_last_lr()[0]  # the rate this step used
                 with warnings.catch_warnings():  # a step without an update of this agent is intended, not skipped
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before")
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
                     policy.scheduler.step()
         self._step += 1
         return torch.tensor(sum(losses) / len(losses) if losses else 0.0, device=self.accelerator.device)

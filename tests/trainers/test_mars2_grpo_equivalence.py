@@ -105,8 +105,23 @@ def test_degenerate_mars2_equals_grpo(tmp_path, tiny_qwen2_path, loss_type, leve
     inputs = ours.collate(policy, samples)
     assert torch.equal(inputs["completion_ids"], batch["completion_ids"])
     num_items = float(inputs["completion_mask"].sum())
-    ours_loss, _ = ours.policy_micro_loss(policy, inputs, num_items)
     stock.model.train()
     stock.current_gradient_accumulation_steps = 1  # set by the Trainer loop, which we do not run here
     stock_loss = stock._compute_loss(stock.model, batch)
-    torch.testing.assert_close(ours_loss, stock_loss, rtol=1e-5, atol=1e-6)
+    stock_loss.backward()
+    stock_grads = {n: p.grad.clone() for n, p in stock.model.named_parameters() if p.grad is not None}
+    # fresh nodes (old policy = current one, as TRL's detach), then with their old log-probs recorded (trust region)
+    for recorded in (False, True):
+        if recorded:
+            ours.record_old_logps(policy, samples, samples)
+            inputs = ours.collate(policy, samples)
+            assert not inputs["fresh"].any()
+        ours_loss, stats = ours.policy_micro_loss(policy, inputs, num_items)
+        torch.testing.assert_close(ours_loss, stock_loss, rtol=1e-5, atol=1e-6)
+        assert float(stats["clip_ratio"]) == 0.0
+        policy.model.zero_grad(set_to_none=True)
+        ours_loss.backward()
+        grads = {n: p.grad for n, p in policy.model.named_parameters() if p.grad is not None}
+        assert grads.keys() == stock_grads.keys()
+        for name, grad in grads.items():  # the KL's importance correction included (use_bias_correction_kl)
+            torch.testing.assert_close(grad, stock_grads[name], rtol=1e-4, atol=1e-6, msg=name)

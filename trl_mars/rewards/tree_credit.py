@@ -56,17 +56,37 @@ def overlong_penalty(lengths: Sequence[int], max_length: int, buffer: int, facto
 
 
 def tree_group_advantages(
-    tree_ids: Sequence[Hashable], rewards: Sequence[float], eps: float = 1e-9
+    tree_ids: Sequence[Hashable],
+    rewards: Sequence[float],
+    eps: float = 1e-9,
+    scale: str = "group",
+    batch_rewards: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A_v = (r̂_v - mean_T) / (std_T + eps) over ALL nodes of v's tree T (every agent, every depth).
+    """A_v = (r̂_v - mean_T) / (std + eps) over ALL nodes of v's tree T (every agent, every depth).
 
-    ``std`` is unbiased (n - 1). Returns (advantages, informative) where ``informative`` is False for nodes of
-    trees whose rewards are all equal (their advantage is exactly 0), for optional filtering.
+    ``scale`` (TRL's ``scale_rewards``): ``group``: std = std_T, the std of v's tree; ``batch``: the std of every
+    reward of the round (``batch_rewards``, e.g. gathered from all processes; defaults to ``rewards``); ``none``:
+    A_v = r̂_v - mean_T (no division). ``std`` is unbiased (n - 1). Returns (advantages, informative) where
+    ``informative`` is False for nodes of trees whose rewards are all equal (their advantage is exactly 0), for
+    optional filtering.
+
+    >>> adv, keep = tree_group_advantages(["a", "a", "b", "b"], [1.0, 0.0, 0.0, 0.0], eps=0.0)
+    >>> [round(x, 4) for x in adv.tolist()], keep.tolist()
+    ([0.7071, -0.7071, 0.0, 0.0], [True, True, False, False])
+    >>> [round(x, 4) for x in tree_group_advantages(["a", "a", "b", "b"], [1.0, 0.0, 0.0, 0.0], 0.0, "batch")[0].tolist()]
+    [1.0, -1.0, 0.0, 0.0]
+    >>> tree_group_advantages(["a", "a"], [1.0, 0.0], scale="none")[0].tolist()
+    [0.5, -0.5]
     """
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     r = torch.tensor([float(x) for x in rewards], dtype=torch.float64)
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for i, tree in enumerate(tree_ids):
         groups[tree].append(i)
+    if scale == "batch":
+        pool = r if batch_rewards is None else torch.tensor([float(x) for x in batch_rewards], dtype=torch.float64)
+        batch_std = pool.std() if len(pool) > 1 else torch.tensor(0.0, dtype=torch.float64)
     advantages = torch.zeros_like(r)
     informative = torch.zeros(len(r), dtype=torch.bool)
     for index in groups.values():
@@ -74,6 +94,11 @@ def tree_group_advantages(
         values = r[idx]
         if len(index) < 2 or bool((values == values[0]).all()):
             continue
-        advantages[idx] = (values - values.mean()) / (values.std() + eps)
+        centred = values - values.mean()
+        if scale == "group":
+            centred = centred / (values.std() + eps)
+        elif scale == "batch":
+            centred = centred / (batch_std + eps)
+        advantages[idx] = centred
         informative[idx] = True
     return advantages.float(), informative

@@ -42,6 +42,9 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     min_new_tokens: int = 0  # EOS is suppressed until this many tokens (equal-length benchmarks)
+    repetition_penalty: float = 1.0  # CTRL / HF / vLLM: logits of prompt and generated tokens / p (x p if < 0)
+    min_p: float | None = None  # drop tokens with probability < min_p x the top token's (after temperature)
+    generation_kwargs: dict[str, Any] | None = None  # extra keywords for `generate` / the vLLM server
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -52,10 +55,13 @@ class SamplingConfig:
             raise ValueError(
                 f"invalid sampling: temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}"
             )
+        if self.repetition_penalty <= 0 or not (self.min_p is None or 0 <= self.min_p <= 1):
+            raise ValueError(f"invalid sampling: repetition_penalty={self.repetition_penalty}, min_p={self.min_p}")
 
 
 class _SampleAndRecord(LogitsProcessor):
-    """Applies temperature, top-k and top-p itself (so it is the last processor) and records log-probs.
+    """Applies the repetition penalty, temperature, top-k, top-p and min-p itself (so it is the last processor) and
+    records log-probs. The penalty counts the prompt's own tokens (not its padding) and the generated ones.
 
     At step t it sees the token chosen at step t-1 in ``input_ids`` and gathers its log-prob from the
     distribution it kept; only one (batch, vocab) distribution is ever held. Rows that just emitted EOS are
@@ -63,10 +69,15 @@ class _SampleAndRecord(LogitsProcessor):
     """
 
     def __init__(
-        self, sampling: SamplingConfig, prompt_len: int, eos_id: int, on_finished: Callable[[int, list[int]], None]
+        self,
+        sampling: SamplingConfig,
+        prompt_mask: torch.Tensor,
+        eos_id: int,
+        on_finished: Callable[[int, list[int]], None],
     ) -> None:
         self.sampling = sampling
-        self.prompt_len = prompt_len
+        self.prompt_mask = prompt_mask
+        self.prompt_len = prompt_mask.shape[1]
         self.eos_id = eos_id
         self.on_finished = on_finished
         self.finished: set[int] = set()
@@ -90,6 +101,12 @@ class _SampleAndRecord(LogitsProcessor):
             self.report_finished(input_ids)
         s = self.sampling
         scores = scores.float()
+        if s.repetition_penalty != 1.0:
+            real = torch.ones_like(input_ids, dtype=scores.dtype)
+            real[:, : self.prompt_len] = self.prompt_mask.to(scores.dtype)
+            seen = torch.zeros_like(scores).scatter_add_(1, input_ids, real) > 0
+            penalised = torch.where(scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty)
+            scores = torch.where(seen, penalised, scores)
         if s.temperature > 0 and s.temperature != 1.0:
             scores = scores / s.temperature
         if s.top_k > 0:
@@ -100,6 +117,9 @@ class _SampleAndRecord(LogitsProcessor):
             cum = sorted_scores.softmax(-1).cumsum(-1)
             drop = cum - sorted_scores.softmax(-1) >= s.top_p  # keep the smallest prefix reaching top_p
             scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        if s.min_p:
+            probs = scores.softmax(-1)
+            scores = scores.masked_fill(probs < s.min_p * probs.max(-1, keepdim=True).values, float("-inf"))
         self.previous = F.log_softmax(scores, dim=-1)
         return scores
 
@@ -163,7 +183,7 @@ class TransformersBackend:
         batch = tok.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt", padding_side="left")
         device = next(self.model.parameters()).device
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        recorder = _SampleAndRecord(self.sampling, input_ids.shape[1], tok.eos_token_id, finished)
+        recorder = _SampleAndRecord(self.sampling, attention_mask, tok.eos_token_id, finished)
         greedy = self.sampling.temperature == 0
         min_length = {"min_new_tokens": self.sampling.min_new_tokens} if self.sampling.min_new_tokens else {}
         sequences = self.model.generate(
@@ -179,6 +199,7 @@ class TransformersBackend:
             eos_token_id=tok.eos_token_id,
             synced_gpus=self.synced_gpus,
             **min_length,
+            **(self.sampling.generation_kwargs or {}),
         )
         completions = sequences[:, input_ids.shape[1] :]
         if completions.shape[1]:
@@ -246,14 +267,17 @@ class VLLMServerBackend:
         if not prompts:
             return []
         s = self.sampling
+        extra = {**({"min_tokens": s.min_new_tokens} if s.min_new_tokens else {}), **(s.generation_kwargs or {})}
         out = self.client.chat(
             list(prompts),
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=s.top_k,
             max_tokens=s.max_new_tokens,
+            repetition_penalty=s.repetition_penalty,
+            min_p=s.min_p or 0.0,
             logprobs=0,  # the sampled token's own log-prob
-            generation_kwargs={"min_tokens": s.min_new_tokens} if s.min_new_tokens else None,
+            generation_kwargs=extra or None,
             chat_template_kwargs=self.chat_template_kwargs or None,
         )
         results = []

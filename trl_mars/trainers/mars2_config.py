@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from trl import GRPOConfig
 
+from trl_mars.losses.policy import PolicyLossConfig
 from trl_mars.utils.recipes import TINY_MODEL_IDS
 
 AGENT_KEYS = {
@@ -26,6 +28,125 @@ AGENT_KEYS = {
     "vllm_group_port": "with use_vllm: weight-transfer group port of this agent's server (default 51216 + index)",
 }
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+_COLOCATE = "a vLLM colocate setting (MARS² runs one `trl vllm-serve` per agent: set it on each server)"
+_TRL_IS = "TRL's vLLM importance sampling: MARS² corrects the sampler mismatch with `tis_cap` (truncated IS)"
+_ENTROPY = "no entropy bonus or entropy masking in MARS²"
+_LOGGING = "GRPOTrainer's completion logging (MARS² keeps each round's trees: `save_trees`, `trl-mars search`)"
+REJECTED_GRPO_FIELDS = {
+    "num_generations": "the tree budget is `max_nodes`",
+    "generation_batch_size": "a round searches `trees_per_step` trees per process",
+    "steps_per_generation": "a round searches `trees_per_step` trees per process",
+    "cache_implementation": "pass it in `generation_kwargs`",
+    "use_transformers_continuous_batching": "the search generates with `model.generate` or a vLLM server",
+    "transformers_continuous_batching_config": "the search generates with `model.generate` or a vLLM server",
+    "use_transformers_paged": "the search generates with `model.generate` or a vLLM server",
+    "vllm_model_impl": _COLOCATE,
+    "vllm_enable_sleep_mode": _COLOCATE,
+    "vllm_gpu_memory_utilization": _COLOCATE,
+    "vllm_max_model_length": _COLOCATE,
+    "vllm_tensor_parallel_size": _COLOCATE,
+    "vllm_server_base_url": "each agent names its own server: `agents[i].vllm_server_base_url`",
+    "vllm_server_host": "each agent names its own server: `agents[i].vllm_server_base_url`",
+    "vllm_server_port": "each agent names its own server: `agents[i].vllm_server_base_url`",
+    "vllm_structured_outputs_regex": "constrained decoding is not supported by the search",
+    "vllm_importance_sampling_correction": _TRL_IS,
+    "vllm_importance_sampling_mode": _TRL_IS,
+    "vllm_importance_sampling_clip_max": _TRL_IS,
+    "vllm_importance_sampling_clip_min": _TRL_IS,
+    "vllm_importance_sampling_cap": _TRL_IS,
+    "off_policy_mask_threshold": "no off-policy sequence masking in MARS² (the trust region clips stale nodes)",
+    "sapo_temperature_neg": "loss_type 'sapo' is not supported",
+    "sapo_temperature_pos": "loss_type 'sapo' is not supported",
+    "vespo_k_pos": "loss_type 'vespo' is not supported",
+    "vespo_lambda_pos": "loss_type 'vespo' is not supported",
+    "vespo_k_neg": "loss_type 'vespo' is not supported",
+    "vespo_lambda_neg": "loss_type 'vespo' is not supported",
+    "reward_weights": "a node has one reward, its verifier score (`node_reward`)",
+    "multi_objective_aggregation": "a node has one reward, its verifier score (`node_reward`)",
+    "sync_ref_model": "reference syncing would cover the first agent only",
+    "ref_model_mixup_alpha": "reference syncing would cover the first agent only",
+    "ref_model_sync_steps": "reference syncing would cover the first agent only",
+    "top_entropy_quantile": _ENTROPY,
+    "entropy_coef": _ENTROPY,
+    "use_adaptive_entropy": _ENTROPY,
+    "entropy_coef_min": _ENTROPY,
+    "entropy_coef_max": _ENTROPY,
+    "entropy_coef_delta": _ENTROPY,
+    "entropy_target": _ENTROPY,
+    "max_tool_calling_iterations": "agents write code; they call no tools",
+    "log_completions": _LOGGING,
+    "log_completions_hub_repo": _LOGGING,
+    "num_completions_to_print": _LOGGING,
+    "log_unique_prompts": _LOGGING,
+    "log_multimodal": _LOGGING,
+    "router_aux_loss_coef": "the MoE router loss is not added to the agents' losses",
+    "cast_lm_head_to_fp32": "it would apply to the first agent only",
+    "trust_remote_code": "it would apply to the first agent only",
+    "use_liger_kernel": "the agents' log-probs come from TRL's fused LM head",
+    "liger_kernel_config": "the agents' log-probs come from TRL's fused LM head",
+    "neftune_noise_alpha": "NEFTune would apply to the first agent only",
+    "label_smoothing_factor": "there are no labels: the loss is the policy loss",
+    "train_sampling_strategy": "problems are drawn in order or shuffled (`shuffle_dataset`)",
+}
+"""GRPOConfig (and TrainingArguments) fields with no meaning on a MARS² tree (value: why); setting one to a non-default
+value is an error."""
+SUPPORTED_GRPO_FIELDS = {
+    "model_init_kwargs": "kwargs of every agent's `from_pretrained`",
+    "disable_dropout": "dropout off in every agent (and reference)",
+    "max_completion_length": "max new tokens of every node",
+    "ds3_gather_for_generation": "DeepSpeed only, which MARS² does not support with several agents",
+    "shuffle_dataset": "order in which problems are searched",
+    "pad_to_multiple_of": "padding of every training micro-batch",
+    "temperature": "sampling temperature; the loss's log-probs use the same",
+    "top_p": "nucleus sampling",
+    "top_k": "top-k sampling",
+    "min_p": "min-p sampling (recorded log-probs follow it)",
+    "repetition_penalty": "repetition penalty over the prompt and the node's own tokens (log-probs follow it)",
+    "generation_kwargs": "extra keywords for `generate` / the vLLM server (sampling keys refused)",
+    "chat_template_kwargs": "kwargs of every agent's chat template (e.g. enable_thinking)",
+    "use_vllm": "generate on one `trl vllm-serve` per agent",
+    "vllm_mode": "'server' only",
+    "vllm_server_timeout": "seconds to wait for each agent's server",
+    "vllm_group_port": "weight-transfer port of agents[0]; agent i defaults to it + i",
+    "beta": "k3 KL coefficient against each agent's reference",
+    "num_iterations": "optimizer steps on each buffer taken (later ones clipped against the sampling policy)",
+    "epsilon": "lower clip of the token (GRPO/DAPO) or sequence (GSPO) ratio",
+    "epsilon_high": "upper clip (clip-higher); defaults to epsilon",
+    "delta": "two-sided clipping: the unclipped ratio is capped at delta",
+    "importance_sampling_level": "'token' (GRPO/DAPO) or 'sequence' (GSPO) ratio",
+    "scale_rewards": "tree-group advantage divisor: the tree's std ('group'), the round's ('batch'), none",
+    "loss_type": "aggregation: grpo, bnpo, dapo, dr_grpo",
+    "mask_truncated_completions": "nodes cut at max_completion_length are left out of the loss",
+    "use_bias_correction_kl": "the KL term is weighted by the ratio (estimated on the old policy's samples)",
+    "num_generations_eval": "GRPOTrainer's own evaluation loop (the first agent)",
+}
+"""GRPOConfig fields that keep a meaning on a tree (value: what they do)."""
+GENERATION_KWARGS_OWNED = {
+    "max_new_tokens": "max_completion_length",
+    "max_length": "max_completion_length",
+    "max_tokens": "max_completion_length",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "do_sample": "temperature",
+    "logprobs": None,
+    "logits_processor": None,
+    "num_beams": None,
+    "num_return_sequences": None,
+    "n": None,
+    "typical_p": None,
+    "epsilon_cutoff": None,
+    "eta_cutoff": None,
+    "generation_config": None,
+    "synced_gpus": None,
+    "pad_token_id": None,
+    "eos_token_id": None,
+}
+"""``generation_kwargs`` keys that a config field sets (value: the field), or that would sample from another
+distribution than the one whose log-probs are recorded (None)."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +190,16 @@ class MultiAgentTreeConfig(GRPOConfig):
 
     One training step = one search round: each process takes `trees_per_step` problems, grows one MARS² tree
     per problem with all agents (`max_nodes` nodes each), credits every node, and files it in the buffer of the
-    agent that wrote it. An agent takes an optimizer step whenever its buffer holds
-    `per_device_train_batch_size * gradient_accumulation_steps` nodes (on every process).
+    trainable agent that wrote it. An agent updates whenever its buffer holds
+    `per_device_train_batch_size * gradient_accumulation_steps` nodes (on every process): `num_iterations`
+    optimizer steps on them, clipped against the policy that wrote them. The Trainer itself takes one step per
+    round (its view of this config, `trainer_arguments()`, has `gradient_accumulation_steps=1`); this config and
+    its `to_dict()` keep the value set. GRPOConfig fields with no meaning on a tree (`REJECTED_GRPO_FIELDS`) must
+    keep their defaults.
     """
 
     num_generations: int | None = field(
-        default=2, metadata={"help": "Unused by MARS² (the tree budget is max_nodes); kept for GRPOConfig checks."}
+        default=2, metadata={"help": "Not used by MARS² (the tree budget is max_nodes); must stay 2."}
     )
     beta: float = field(default=1e-3, metadata={"help": "k3 KL coefficient against each agent's reference."})
     importance_sampling_level: str = field(
@@ -136,13 +261,11 @@ class MultiAgentTreeConfig(GRPOConfig):
     save_trees: bool = field(default=True, metadata={"help": "Keep the last round's trees in checkpoints (viewer)."})
 
     def __post_init__(self) -> None:
+        check_rejected_fields(self)
         self.agent_gradient_accumulation_steps = self.gradient_accumulation_steps
-        self.gradient_accumulation_steps = 1  # one Trainer step = one search round; agents accumulate themselves
-        # GRPO's generation batching is not used; keep its divisibility checks satisfied
-        self.num_generations = 2
-        if self.steps_per_generation is None and self.generation_batch_size is None:
-            self.steps_per_generation = 2
+        self.steps_per_generation = 2  # GRPO's generation batching is not used; keep its divisibility checks met
         super().__post_init__()
+        check_generation_kwargs(self.generation_kwargs)  # a JSON string from the command line is parsed now
         self.agent_specs = parse_agents(self.agents, self.agent_mode)
         if isinstance(self.agents, str):  # JSON from the command line, valid since parse_agents accepted it
             self.agents = json.loads(self.agents)
@@ -160,16 +283,83 @@ class MultiAgentTreeConfig(GRPOConfig):
             "advantage_epsilon": self.advantage_epsilon >= 0,
             "overlong_buffer": self.overlong_buffer is None or 0 < self.overlong_buffer <= self.max_completion_length,
             "tis_cap": self.tis_cap is None or self.tis_cap > 0,
+            "num_iterations": self.num_iterations >= 1,
+            "scale_rewards": self.scale_rewards in ("group", "batch", "none"),
+            "repetition_penalty": self.repetition_penalty > 0,
+            "min_p": self.min_p is None or 0 <= self.min_p <= 1,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
             "sandbox_timeout": self.sandbox_timeout > 0,
             "learning_rate": self.learning_rate >= 0,
-            "loss_type": self.loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"),
-            "reward_weights": not self.reward_weights or all(w >= 0 for w in self.reward_weights),
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"MultiAgentTreeConfig.{name} has an invalid value: {getattr(self, name)!r}")
+        try:
+            self.policy_loss_config()
+        except ValueError as e:
+            raise ValueError(f"MultiAgentTreeConfig: {e}") from e
         if self.use_vllm:
             check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
+
+    def policy_loss_config(self) -> PolicyLossConfig:
+        """The loss every agent optimises, from the GRPOConfig loss fields (validated here, before any model)."""
+        return PolicyLossConfig(
+            loss_type=self.loss_type,
+            importance_sampling_level=self.importance_sampling_level,
+            epsilon_low=self.epsilon,
+            epsilon_high=self.epsilon_high if self.epsilon_high is not None else self.epsilon,
+            beta=self.beta,
+            tis_cap=self.tis_cap,
+            max_completion_length=self.max_completion_length,
+            delta=self.delta,
+            kl_importance_correction=self.use_bias_correction_kl,
+        )
+
+    def trainer_arguments(self) -> MultiAgentTreeConfig:
+        """What ``transformers.Trainer`` runs on: this config with ``gradient_accumulation_steps=1`` (one Trainer
+        step is one search round; each agent accumulates ``gradient_accumulation_steps`` micro-batches itself)."""
+        view = copy.copy(self)
+        view.gradient_accumulation_steps = 1
+        return view
+
+    def as_set(self) -> MultiAgentTreeConfig:
+        """This config with ``gradient_accumulation_steps`` as the user set it (undoes ``trainer_arguments``)."""
+        view = copy.copy(self)
+        view.gradient_accumulation_steps = self.agent_gradient_accumulation_steps
+        return view
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``TrainingArguments.to_dict``, with the ``gradient_accumulation_steps`` the user set."""
+        out = super().to_dict()
+        out["gradient_accumulation_steps"] = self.agent_gradient_accumulation_steps
+        return out
+
+
+def check_rejected_fields(config: MultiAgentTreeConfig) -> None:
+    """Fail on any GRPOConfig field in ``REJECTED_GRPO_FIELDS`` set to a non-default value, naming it."""
+    defaults = {f.name: f for f in fields(config)}
+    for name, why in REJECTED_GRPO_FIELDS.items():
+        f = defaults[name]
+        default = f.default_factory() if f.default is MISSING else f.default
+        if getattr(config, name) != default:
+            raise ValueError(
+                f"MultiAgentTreeConfig.{name}={getattr(config, name)!r} is not supported by MARS² ({why}); "
+                f"leave it at its default {default!r}"
+            )
+
+
+def check_generation_kwargs(kwargs: dict | str | None) -> None:
+    """``generation_kwargs`` go to every agent's sampler; keys a field owns or that break the recorded log-probs
+    are refused, naming the key."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"MultiAgentTreeConfig.generation_kwargs must be a dict, got {kwargs!r}")
+    for key in kwargs:
+        if key in GENERATION_KWARGS_OWNED:
+            owner = GENERATION_KWARGS_OWNED[key]
+            hint = f"set MultiAgentTreeConfig.{owner}" if owner else "the recorded sampling log-probs would be wrong"
+            raise ValueError(f"MultiAgentTreeConfig.generation_kwargs[{key!r}] is not allowed ({hint})")
 
 
 def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:

@@ -3,15 +3,21 @@
 One training step is one search round. Each process takes ``trees_per_step`` problems; all agents grow one
 AB-MCTS tree per problem together (``trl_mars.search``), every node is scored by the sandbox, credited with
 tree-consistent reward shaping and the path-level group advantage (``trl_mars.rewards.tree_credit``), and filed
-in the buffer of the policy that wrote it. A policy takes an optimizer step when, on every process, its buffer
-holds ``per_device_train_batch_size * gradient_accumulation_steps`` nodes. Agent 0 is ``self.model``, so the
-Trainer's logging, evaluation hooks and model card keep working; every policy (agent 0 included) owns its
-optimizer, scheduler, reference model and update counter.
+in the buffer of the trainable policy that wrote it. A policy updates when, on every process, its buffer holds
+``per_device_train_batch_size * gradient_accumulation_steps`` nodes: ``num_iterations`` optimizer steps on them.
+The loss clips against each node's old-policy log-probs (the trust region): computed with the training weights
+before any update of the policy after the node was credited, so a node that waits in a buffer, or serves several
+iterations, is clipped against the policy that wrote it; the sampler's own log-probs only weigh the sampler
+mismatch (TIS). Agent 0 is ``self.model``, so the Trainer's logging, evaluation hooks and model card keep working;
+every policy (agent 0 included) owns its optimizer, scheduler (stepped once per Trainer step, so it spans the run
+whatever the policy's update count), reference model and update counter.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -121,7 +127,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         sandbox: Sandbox | None = None,
     ) -> None:
         _check_trl_api()
-        args = args or MultiAgentTreeConfig(output_dir="mars2-output")
+        args = (args or MultiAgentTreeConfig(output_dir="mars2-output")).trainer_arguments()
         specs, models, tokenizers = self._resolve_agents(model, processing_class, args)
         check_dataset(train_dataset, args.tests_column, "train_dataset")
         check_dataset(eval_dataset, args.tests_column, "eval_dataset")
@@ -164,15 +170,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             self.policies.append(self._load_policy(spec, models[i], tokenizers[i]))
         self.policy_of = {name: p for p in self.policies for name in p.agents}
         self.specs = specs
-        self.loss_config = PolicyLossConfig(
-            loss_type=args.loss_type,
-            importance_sampling_level=args.importance_sampling_level,
-            epsilon_low=args.epsilon,
-            epsilon_high=args.epsilon_high if args.epsilon_high is not None else args.epsilon,
-            beta=args.beta,
-            tis_cap=args.tis_cap,
-            max_completion_length=args.max_completion_length,
-        )
+        self.loss_config: PolicyLossConfig = args.policy_loss_config()
+        self._agent_lrs: dict[str, float] = {}
         self.search = TreeSearch(
             {name: None for name in agent_names},  # backends are bound to the live models every round
             SandboxVerifier(self.sandbox),
@@ -258,7 +257,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             backends[policy.name] = VLLMServerBackend.connect(
                 spec.vllm_server_base_url,
                 policy.tokenizer,
-                group_port=spec.vllm_group_port or 51216 + i,
+                group_port=spec.vllm_group_port or self.args.vllm_group_port + i,
                 timeout=self.args.vllm_server_timeout,
                 sampling=self.sampling_config(),
                 chat_template_kwargs=self.chat_template_kwargs or {},
@@ -278,13 +277,17 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             self.accelerator.wait_for_everyone()  # no rank generates from the old weights
 
     def sampling_config(self) -> SamplingConfig:
-        """How every agent samples: ``max_completion_length``, ``temperature``, ``top_p``, ``top_k`` of the config."""
+        """How every agent samples: ``max_completion_length``, ``temperature``, ``top_p``, ``top_k``, ``min_p``,
+        ``repetition_penalty`` and ``generation_kwargs`` of the config."""
         args = self.args
         return SamplingConfig(
             max_new_tokens=args.max_completion_length,
             temperature=args.temperature,
             top_p=args.top_p,
             top_k=args.top_k or 0,
+            repetition_penalty=args.repetition_penalty,
+            min_p=args.min_p,
+            generation_kwargs=args.generation_kwargs,
         )
 
     def search_config(self, **overrides: Any) -> SearchConfig:
@@ -445,7 +448,12 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             nodes += sols
             tree_ids += [tree.tree_id] * len(sols)
             rewards += raw
-        advantages, informative = tree_group_advantages(tree_ids, rewards, args.advantage_epsilon)
+        batch = None
+        if args.scale_rewards == "batch" and self.accelerator.num_processes > 1:  # TRL's batch: every process
+            batch = [r for part in gather_object([rewards]) for r in part]
+        advantages, informative = tree_group_advantages(
+            tree_ids, rewards, args.advantage_epsilon, args.scale_rewards, batch
+        )
         samples = []
         for node, tree_id, node_reward, reward, adv, keep in zip(
             nodes, tree_ids, node_rewards, rewards, advantages.tolist(), informative.tolist()
@@ -493,7 +501,9 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         trees = self.run_search(self.problems(inputs))
         samples = self.credit(trees)
         for sample in samples:
-            self.policy_of[sample["agent"]].buffer.append(sample)
+            policy = self.policy_of[sample["agent"]]
+            if policy.trainable:  # a frozen agent's nodes shape the tree's credit, but nothing learns from them
+                policy.buffer.append(sample)
         self._log_round(trees, samples)
         self.last_trees = list(trees) if self.args.save_trees else []
         losses = []
@@ -502,30 +512,58 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             while policy.trainable and self._ready(policy, batch):
                 chunk, policy.buffer = policy.buffer[:batch], policy.buffer[batch:]
                 losses.append(self._update(policy, chunk))
+        for policy in self.policies:  # one scheduler step per Trainer step: each schedule spans exactly the run
+            if policy.scheduler is not None:
+                self._agent_lrs[policy.name] = policy.scheduler.get_last_lr()[0]  # the rate this step used
+                with warnings.catch_warnings():  # a step without an update of this agent is intended, not skipped
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+                    policy.scheduler.step()
         self._step += 1
         return torch.tensor(sum(losses) / len(losses) if losses else 0.0, device=self.accelerator.device)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """GRPOTrainer's log, plus ``agents/<name>/learning_rate``: the rate each agent's schedule gave the last
+        step, as the Trainer logs its own ``learning_rate`` (not an average over the logging window)."""
+        if "learning_rate" in logs:
+            logs.update({f"agents/{name}/learning_rate": lr for name, lr in self._agent_lrs.items()})
+        super().log(logs, start_time)
 
     def _ready(self, policy: Policy, batch: int) -> bool:
         """True when every process holds a full batch for ``policy`` (so all ranks update it together)."""
         size = torch.tensor([len(policy.buffer)], device=self.accelerator.device)
         return int(self.accelerator.gather(size).min()) >= batch
 
+    def is_masked(self, policy: Policy, sample: dict) -> bool:
+        """``mask_truncated_completions``: a completion that ends in neither EOS nor padding (it hit
+        ``max_completion_length``) is left out of the loss, as in GRPOTrainer."""
+        if not self.args.mask_truncated_completions or not sample["completion_ids"]:
+            return False
+        return sample["completion_ids"][-1] not in (policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id)
+
     def collate(self, policy: Policy, samples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """Left-padded prompts and right-padded completions, as GRPOTrainer lays them out."""
+        """Left-padded prompts and right-padded completions, as GRPOTrainer lays them out (``pad_to_multiple_of``
+        honoured). ``old_per_token_logps`` holds the nodes' old-policy log-probs where recorded; ``fresh`` marks
+        the nodes without (no update since they were drawn: their old policy is the current one)."""
         device = self.accelerator.device
         pad_id = policy.tokenizer.pad_token_id
+        multiple = self.pad_to_multiple_of
         prompt = [torch.tensor(s["prompt_ids"]) for s in samples]
         completion = [torch.tensor(s["completion_ids"]) for s in samples]
         sampling = [torch.tensor(s["logprobs"], dtype=torch.float32) for s in samples]
+        masks = [torch.full_like(c, 0 if self.is_masked(policy, s) else 1) for s, c in zip(samples, completion)]
         out = {
-            "prompt_ids": pad(prompt, pad_id, "left"),
-            "prompt_mask": pad([torch.ones_like(p) for p in prompt], 0, "left"),
-            "completion_ids": pad(completion, pad_id, "right"),
-            "completion_mask": pad([torch.ones_like(c) for c in completion], 0, "right"),
+            "prompt_ids": pad(prompt, pad_id, "left", pad_to_multiple_of=multiple),
+            "prompt_mask": pad([torch.ones_like(p) for p in prompt], 0, "left", pad_to_multiple_of=multiple),
+            "completion_ids": pad(completion, pad_id, "right", pad_to_multiple_of=multiple),
+            "completion_mask": pad(masks, 0, "right", pad_to_multiple_of=multiple),
             "advantages": torch.tensor([s["advantage"] for s in samples], dtype=torch.float32),
         }
         if all(len(s) == len(c) for s, c in zip(sampling, completion)):
-            out["sampling_per_token_logps"] = pad(sampling, 0.0, "right")
+            out["sampling_per_token_logps"] = pad(sampling, 0.0, "right", pad_to_multiple_of=multiple)
+        if any("old_logps" in s for s in samples):
+            old = [torch.tensor(s.get("old_logps", [0.0] * len(s["completion_ids"]))) for s in samples]
+            out["old_per_token_logps"] = pad(old, 0.0, "right", pad_to_multiple_of=multiple)
+            out["fresh"] = torch.tensor(["old_logps" not in s for s in samples])
         return {k: v.to(device) for k, v in out.items()}
 
     def _logps(self, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -551,49 +589,73 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
     ) -> tuple[torch.Tensor, dict]:
         """The loss of one micro-batch of ``policy`` (also used by the equivalence tests against GRPOTrainer)."""
         logps = self._logps(policy.model, inputs)
+        old = inputs.get("old_per_token_logps")
+        if old is not None:  # fresh nodes: the current policy wrote them (TRL's per_token_logps.detach())
+            old = torch.where(inputs["fresh"].unsqueeze(1), logps.detach(), old)
         return policy_loss(
             logps,
             inputs["advantages"],
             inputs["completion_mask"],
             self.loss_config,
+            old_per_token_logps=old,
             ref_per_token_logps=self._reference_logps(policy, inputs),
             sampling_per_token_logps=inputs.get("sampling_per_token_logps"),
             num_items=num_items,
         )
 
+    @torch.no_grad()
+    def record_old_logps(self, policy: Policy, samples: Sequence[dict], spare: Sequence[dict]) -> None:
+        """Store, in every sample of ``samples`` that has none, its log-probs under ``policy``'s current weights
+        (``old_logps``, TRL's ``old_per_token_logps``: training forward, same temperature). Call before ``policy``
+        changes. The unwrapped model keeps DDP out of it (no collective); under FSDP every forward is one, so all
+        processes run as many micro-batches as the busiest (``spare``, a non-empty batch, fills the gap)."""
+        pending = [s for s in samples if "old_logps" not in s]
+        micro = self.args.per_device_train_batch_size
+        rounds = math.ceil(len(pending) / micro)
+        if self.lockstep:
+            rounds = self._max_over_processes(rounds)
+        model = self.accelerator.unwrap_model(policy.model)
+        for i in range(rounds):
+            chunk = pending[i * micro : (i + 1) * micro]
+            inputs = self.collate(policy, chunk or spare[:1])
+            logps = self._logps(model, inputs).float().cpu()
+            for sample, row in zip(chunk, logps):
+                sample["old_logps"] = row[: len(sample["completion_ids"])].tolist()
+
     def _update(self, policy: Policy, samples: list[dict]) -> float:
-        """One optimizer step of ``policy`` on ``samples`` (micro-batches of per_device_train_batch_size)."""
+        """``num_iterations`` optimizer steps of ``policy`` on ``samples`` (micro-batches of
+        per_device_train_batch_size), after recording the old-policy log-probs of every node the steps make stale:
+        those left in the buffer, and ``samples`` themselves when there are several iterations."""
+        iterations = self.args.num_iterations
+        self.record_old_logps(policy, policy.buffer + (samples if iterations > 1 else []), samples)
         micro = self.args.per_device_train_batch_size
         chunks = [samples[i : i + micro] for i in range(0, len(samples), micro)]
-        tokens = torch.tensor(float(sum(len(s["completion_ids"]) for s in samples)), device=self.accelerator.device)
+        count = sum(0 if self.is_masked(policy, s) else len(s["completion_ids"]) for s in samples)
+        tokens = torch.tensor(float(count), device=self.accelerator.device)
         num_items = float(self.accelerator.reduce(tokens, reduction="sum")) / self.accelerator.num_processes
-        total, stats_sum = 0.0, {}
-        for chunk in chunks:
-            loss, stats = self.policy_micro_loss(policy, self.collate(policy, chunk), num_items)
-            if self.loss_config.loss_type != "dapo":
-                loss = loss / len(chunks)
-            loss = loss * policy.spec.loss_weight
-            self.accelerator.backward(loss)
-            total += float(loss.detach())
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) / len(chunks)
-        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            norm = self.accelerator.clip_grad_norm_(policy.model.parameters(), self.args.max_grad_norm)
-            stats_sum["grad_norm"] = float(norm)
-        policy.optimizer.step()
-        policy.scheduler.step()
-        policy.optimizer.zero_grad(set_to_none=True)
-        policy.updates += 1
+        total = 0.0
+        for _ in range(iterations):
+            total, stats_sum = 0.0, {}
+            for chunk in chunks:
+                loss, stats = self.policy_micro_loss(policy, self.collate(policy, chunk), num_items)
+                if self.loss_config.loss_type != "dapo":
+                    loss = loss / len(chunks)
+                loss = loss * policy.spec.loss_weight
+                self.accelerator.backward(loss)
+                total += float(loss.detach())
+                for k, v in stats.items():
+                    stats_sum[k] = stats_sum.get(k, 0.0) + float(v) / len(chunks)
+            if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+                norm = self.accelerator.clip_grad_norm_(policy.model.parameters(), self.args.max_grad_norm)
+                stats_sum["grad_norm"] = float(norm)
+            policy.optimizer.step()
+            policy.optimizer.zero_grad(set_to_none=True)
+            policy.updates += 1
+            prefix = f"agents/{policy.name}"
+            for k, v in {**stats_sum, "loss": total, "updates": policy.updates}.items():
+                self._metrics["train"][f"{prefix}/{k}"].append(v)
         if policy.name in self.vllm_backends:
             self._vllm_stale.add(policy.name)
-        prefix = f"agents/{policy.name}"
-        for k, v in {
-            **stats_sum,
-            "loss": total,
-            "updates": policy.updates,
-            "learning_rate": policy.scheduler.get_last_lr()[0],
-        }.items():
-            self._metrics["train"][f"{prefix}/{k}"].append(v)
         return total
 
     # ------------------------------------------------------------------ evaluation
@@ -626,7 +688,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             state = self.accelerator.get_state_dict(policy.model) if self.is_fsdp_enabled else None
             save_policy(policy, folder, state, self.args.should_save)
         if self.args.should_save:
-            torch.save(self.args, output_dir / "training_args.bin")
+            torch.save(self.args.as_set(), output_dir / "training_args.bin")
             if not _internal_call:
                 self.create_model_card()
 

@@ -15,7 +15,8 @@ from trl_mars.utils.recipes import TINY_MODEL_IDS
 
 AGENT_KEYS = {
     "name": "agent name (unique; used for logs and output_dir/agents/<name>)",
-    "model": "model id or local path (required for every agent in heterogeneous mode, the first in homogeneous)",
+    "model": "model id or local path (required for every agent in heterogeneous mode; in homogeneous mode only the "
+    "first names it and the others share its weights and tokenizer)",
     "system_prompt": "system prompt of this agent (optional)",
     "learning_rate": "learning rate of this agent's optimizer (defaults to learning_rate)",
     "trainable": "whether this agent is optimised (default true)",
@@ -193,6 +194,25 @@ def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None
         urls[spec.vllm_server_base_url] = i
 
 
+SHARED_AGENT_KEYS = ("name", "model", "system_prompt")
+"""What an agent after the first may set in homogeneous mode: the rest belongs to the shared weights (agents[0])."""
+
+
+def check_shared_agent(raw: dict, first: AgentSpec, index: int) -> None:
+    """Homogeneous agents share agents[0]'s weights, tokenizer, optimizer and loss: reject keys they would ignore."""
+    for key in raw:
+        if key not in SHARED_AGENT_KEYS:
+            raise ValueError(
+                f"agents[{index}].{key}: in homogeneous mode only {list(SHARED_AGENT_KEYS)} may be set per agent; "
+                f"the agents share agents[0]'s weights, so set {key!r} there"
+            )
+    if raw.get("model") and raw["model"] != first.model:
+        raise ValueError(
+            f"agents[{index}].model={raw['model']!r}: homogeneous agents share agents[0]'s model {first.model!r} "
+            "(leave it out, or use agent_mode='heterogeneous')"
+        )
+
+
 def parse_agents(agents: list[dict] | str | None, mode: str) -> list[AgentSpec]:
     """Validate the ``agents`` field (list of dicts or JSON) into specs; errors name the offending field."""
     if mode not in ("heterogeneous", "homogeneous"):
@@ -215,6 +235,8 @@ def parse_agents(agents: list[dict] | str | None, mode: str) -> list[AgentSpec]:
         if spec.name in names:
             raise ValueError(f"agents[{i}].name: duplicate agent name {spec.name!r}")
         names.add(spec.name)
+        if mode == "homogeneous" and i > 0:
+            check_shared_agent(raw, specs[0], i)
         needs_model = mode == "heterogeneous" or i == 0
         if needs_model and not spec.model:
             raise ValueError(f"agents[{i}].model is required in {mode} mode")

@@ -125,11 +125,11 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         specs, models, tokenizers = self._resolve_agents(model, processing_class, args)
         check_dataset(train_dataset, args.tests_column, "train_dataset")
         check_dataset(eval_dataset, args.tests_column, "eval_dataset")
-        tokenizers = [
-            tok if tok is not None else load_tokenizer(s, i) for i, (s, tok) in enumerate(zip(specs, tokenizers))
-        ]
         homogeneous = args.agent_mode == "homogeneous"
-        owners = specs[:1] if homogeneous else specs
+        owners = specs[:1] if homogeneous else specs  # one policy per distinct set of weights
+        tokenizers = [
+            tok if tok is not None else load_tokenizer(s, i) for i, (s, tok) in enumerate(zip(owners, tokenizers))
+        ]
         first = models[0] or create_model_from_path(
             resolve_model_path(owners[0].model), **model_init_kwargs(owners[0], args.model_init_kwargs)
         )
@@ -208,6 +208,11 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         if model is None:
             raise ValueError("no agent: pass `model` (one per agent) or set `args.agents`")
         models = list(model) if isinstance(model, (list, tuple)) else [model]
+        if args.agent_mode == "homogeneous" and len(models) > 1:
+            raise ValueError(
+                f"agent_mode='homogeneous' shares one set of weights: pass one model, not {len(models)} (name the "
+                "agents, with their system prompts, in args.agents)"
+            )
         tokenizers = list(processing_class) if isinstance(processing_class, (list, tuple)) else [processing_class]
         tokenizers += [None] * (len(models) - len(tokenizers))
         specs = []

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trl import GRPOConfig
 
-from trl_mars.utils.recipes import TINY_MODEL_IDS
+from trl_mars.utils.recipes import check_model_reference
 
 AGENT_KEYS = {
     "name": "agent name (unique; used for logs and output_dir/agents/<name>)",
@@ -26,7 +23,6 @@ AGENT_KEYS = {
     "vllm_server_base_url": "with use_vllm: URL of this agent's `trl vllm-serve` (generation, weight pushes)",
     "vllm_group_port": "with use_vllm: weight-transfer group port of this agent's server (default 51216 + index)",
 }
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -41,24 +37,6 @@ class AgentSpec:
     load_in_4bit: bool = False
     vllm_server_base_url: str | None = None
     vllm_group_port: int | None = None
-
-
-def check_model_reference(model: str, where: str) -> None:
-    """Fail early (before any weight is read) on a model reference that cannot resolve."""
-    if model in TINY_MODEL_IDS:
-        return
-    path = Path(os.path.expanduser(model))
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise ValueError(f"{where}: local model folder {model!r} has no config.json")
-        return
-    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
-        raise ValueError(f"{where}: unknown model {model!r}: not a local folder and not a hub id like 'org/name'")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            raise ValueError(f"{where}: model {model!r} is not in the local cache and HF_HUB_OFFLINE=1")
 
 
 @dataclass
@@ -135,6 +113,35 @@ class MultiAgentTreeConfig(GRPOConfig):
     sandbox_timeout: float = field(default=5.0, metadata={"help": "Seconds a program may run against its tests."})
     sandbox_workers: int | None = field(default=None, metadata={"help": "Concurrent sandbox checks (default: CPUs)."})
     save_trees: bool = field(default=True, metadata={"help": "Keep the last round's trees in checkpoints (viewer)."})
+    tplus: bool = field(
+        default=False,
+        metadata={"help": "MARS²-T+ in the training search: detailed feedback on refinements, depth-guided GEN."},
+    )
+    # held-out evaluation (``MultiAgentTreeTrainer.evaluate_search`` and the recipe's before/after table)
+    eval_max_nodes: int | None = field(
+        default=None, metadata={"help": "Held-out evaluation: nodes per tree (default: max_nodes)."}
+    )
+    eval_mode: str = field(
+        default="system",
+        metadata={"help": "Held-out evaluation: 'system' (one joint tree per problem) or 'agent' (a tree per agent)."},
+    )
+    eval_tplus: bool = field(
+        default=False,
+        metadata={"help": "Held-out evaluation with MARS²-T+ (detailed refinement feedback, depth-guided GEN)."},
+    )
+    eval_reward_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out evaluation: a sequence-classification reward model (id or path, num_labels=1) that picks "
+            "the submitted node among those with the best public score (MARS²-T+ reward-model guidance)."
+        },  # fmt: skip
+    )
+    eval_tie_break: str = field(
+        default="latest",
+        metadata={
+            "help": "Held-out evaluation: final-answer tie-break, 'latest' (authors'), 'earliest', 'shallowest'."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.agent_gradient_accumulation_steps = self.gradient_accumulation_steps
@@ -169,8 +176,23 @@ class MultiAgentTreeConfig(GRPOConfig):
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"MultiAgentTreeConfig.{name} has an invalid value: {getattr(self, name)!r}")
+        check_eval_fields(self)
         if self.use_vllm:
             check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
+
+
+def check_eval_fields(config: MultiAgentTreeConfig) -> None:
+    """The held-out evaluation fields, checked (and a reward model's reference resolved) before any model loads."""
+    checks = {
+        "eval_max_nodes": config.eval_max_nodes is None or config.eval_max_nodes >= 1,
+        "eval_mode": config.eval_mode in ("system", "agent"),
+        "eval_tie_break": config.eval_tie_break in ("latest", "earliest", "shallowest"),
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f"MultiAgentTreeConfig.{name} has an invalid value: {getattr(config, name)!r}")
+    if config.eval_reward_model is not None:
+        check_model_reference(config.eval_reward_model, "eval_reward_model")
 
 
 def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:

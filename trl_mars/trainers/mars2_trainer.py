@@ -33,9 +33,10 @@ from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewar
 from trl_mars.sandbox import Sandbox, SandboxConfig
 from trl_mars.search import SandboxVerifier, SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMServerBackend
-from trl_mars.search.metrics import agent_shares, mean_metrics, tree_metrics
+from trl_mars.search.metrics import TieBreak, agent_shares, mean_metrics, tree_metrics
 from trl_mars.search.problems import from_row
 from trl_mars.search.prompts import PromptConfig
+from trl_mars.search.reward_model import RewardModel, resolve_reward_model
 from trl_mars.search.tree import ROOT, Node, SearchTree
 from trl_mars.trainers.mars2_agents import (
     Policy,
@@ -182,6 +183,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             sync=self._max_over_processes if self.lockstep else None,
         )
         self.last_trees: list[SearchTree] = []
+        self._reward_model: RewardModel | None = None  # eval_reward_model, loaded at the first evaluate_search
         self._optimizers_ready = False
         self.vllm_backends = self._connect_vllm() if args.use_vllm else {}
         self._vllm_stale = set(self.vllm_backends)  # the servers hold the base weights until the first push
@@ -301,6 +303,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             order=args.selection_order,
             prompt=prompt,
             max_depth=args.max_depth,
+            tplus=args.tplus,
         )
         return SearchConfig(**{**fields, **overrides})
 
@@ -603,24 +606,55 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_search(
-        self, dataset: Dataset, max_nodes: int | None = None, mode: str = "system", tplus: bool = False
+        self,
+        dataset: Dataset,
+        max_nodes: int | None = None,
+        mode: str | None = None,
+        tplus: bool | None = None,
+        reward_model: str | RewardModel | None = None,
+        tie_break: TieBreak | None = None,
     ) -> dict[str, float]:
         """Held-out Pass@1 / Pass@1(MCTS) / Pass@N with the current agents (``system``: one joint tree per
-        problem; ``agent``: one tree per agent, metrics per agent). Tests in ``private_tests`` grade, when present."""
-        check_dataset(dataset, self.args.tests_column, "dataset")
-        problems = self.problems(list(dataset))
-        config = self.search_config(max_nodes=max_nodes or self.args.max_nodes, tplus=tplus)
-        groups = {"system": list(self.policy_of)} if mode == "system" else {a: [a] for a in self.policy_of}
+        problem; ``agent``: one tree per agent, metrics per agent). Tests in ``private_tests`` grade, when present.
+
+        Every argument left None takes its ``eval_*`` config field. ``reward_model`` (a sequence-classification
+        model id/path, or a callable ``(question, node) -> float``) picks each tree's submitted node among those
+        with the best public score (``select_final``). Under DDP/FSDP the problems are sharded across processes
+        (each is searched once; in FSDP lockstep every process still takes part in each forward) and the metrics
+        are averaged over all problems, so every process returns the same numbers."""
+        args = self.args
+        mode = mode or args.eval_mode
         if mode not in ("system", "agent"):
             raise ValueError(f"mode must be 'system' or 'agent', got {mode!r}")
+        check_dataset(dataset, args.tests_column, "dataset")
+        tie_break = tie_break or args.eval_tie_break
+        rm = self._eval_reward_model(reward_model)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        problems = self.problems(list(dataset))[rank::world]
+        config = self.search_config(
+            max_nodes=max_nodes or args.eval_max_nodes or args.max_nodes,
+            tplus=args.eval_tplus if tplus is None else tplus,
+        )
+        groups = {"system": list(self.policy_of)} if mode == "system" else {a: [a] for a in self.policy_of}
         out = {}
         for label, agents in groups.items():
             trees = self.run_search(problems, config, agents)
             self.search.grade(problems, trees)
-            metrics = mean_metrics([tree_metrics(t) for t in trees])
+            local = [tree_metrics(t, tie_break, rm, p.question) for p, t in zip(problems, trees, strict=True)]
+            per_tree = [m for shard in gather_object([local]) for m in shard]
             prefix = "" if mode == "system" else f"{label}/"
-            out.update({f"{prefix}{k}": v for k, v in metrics.items()})
+            out.update({f"{prefix}{k}": v for k, v in mean_metrics(per_tree).items()})
         return out
+
+    def _eval_reward_model(self, reward_model: str | RewardModel | None) -> RewardModel | None:
+        """The reward model of ``evaluate_search``: the argument, else ``eval_reward_model`` (loaded once)."""
+        if reward_model is not None:
+            return resolve_reward_model(reward_model, self.accelerator.device)
+        if self.args.eval_reward_model is None:
+            return None
+        if self._reward_model is None:
+            self._reward_model = resolve_reward_model(self.args.eval_reward_model, self.accelerator.device)
+        return self._reward_model
 
     # ------------------------------------------------------------------ saving / resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -2,10 +2,12 @@
 
     torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH {ddp,lockstep}
 
-Trains two tiny agents (qwen2 + llama) for 2 steps and writes ``OUT_DIR/rank<r>.json``: world size, whether
-each agent's model is DDP-wrapped, its update count and credited samples, a checksum of its parameters after
-training, the problems this rank searched, and its generation calls (model, synced_gpus). ``lockstep`` turns on
-the search's lockstep across processes, which the trainer uses under FSDP (not available on CPU).
+Trains two tiny agents (qwen2 + llama) for 2 steps, then runs ``evaluate_search`` on 3 held-out problems, and
+writes ``OUT_DIR/rank<r>.json``: world size, whether each agent's model is DDP-wrapped, its update count and
+credited samples, a checksum of its parameters after training, the problems this rank searched, its generation
+calls (model, synced_gpus), and for the evaluation the problems it searched, its per-tree metrics and the
+returned (gathered) metrics. ``lockstep`` turns on the search's lockstep across processes, which the trainer uses
+under FSDP (not available on CPU).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch  # noqa: E402
 
 from trl_mars.data.code_tasks import code_task_splits  # noqa: E402
 from trl_mars.search import TransformersBackend  # noqa: E402
+from trl_mars.trainers import mars2_trainer  # noqa: E402
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,7 +51,7 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
         return generate(self, prompts, *a, **kw)
 
     TransformersBackend.generate = recording_generate
-    train, _ = code_task_splits(8, 0, seed=0)
+    train, held_out = code_task_splits(8, 3, seed=0)
     args = tiny_mars2_config(
         Path(out_dir) / "run",
         [{"name": "qwen", "model": qwen2}, {"name": "llama", "model": llama}],
@@ -84,12 +87,23 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
     acc = trainer.accelerator
     before = {p.name: checksum(acc.unwrap_model(p.model)) for p in trainer.policies}
     trainer.train()
+    calls_in_training = len(calls)
+    searched_in_training = list(searched)
+    searched.clear()
+    per_tree: list[dict] = []
+    tree_metrics = mars2_trainer.tree_metrics
+    mars2_trainer.tree_metrics = lambda *a, **kw: per_tree.append(tree_metrics(*a, **kw)) or per_tree[-1]
+    evaluation = trainer.evaluate_search(held_out, max_nodes=2)
     result = {
         "rank": acc.process_index,
         "world_size": acc.num_processes,
-        "trees": len(searched),
-        "problems": searched,
-        "generate_calls": calls,
+        "trees": len(searched_in_training),
+        "problems": searched_in_training,
+        "generate_calls": calls[:calls_in_training],
+        "eval_problems": searched,
+        "eval_per_tree": per_tree,
+        "eval_metrics": evaluation,
+        "eval_generate_calls": calls[calls_in_training:],
         "agents": {
             p.name: {
                 "ddp": isinstance(p.model, torch.nn.parallel.DistributedDataParallel),
@@ -106,6 +120,7 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
     path = Path(out_dir) / f"rank{acc.process_index}.json"
     path.write_text(json.dumps(result, indent=1))
     acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -117,3 +117,20 @@ def test_lockstep_ranks_make_the_same_generation_calls(ranks, request):
         return
     assert first == second and len({model for model, _ in first}) == 2  # both agents, same order
     assert all(synced is True for _, synced in first)
+
+
+def test_evaluation_searches_each_problem_once_and_gathers(ranks, request):
+    """``evaluate_search`` shards the held-out problems across ranks (3 problems: 2 + 1), each searched once, and
+    every rank returns the mean over all of them. Before the fix each rank searched all 3 with its own RNG and
+    returned its own numbers. Under lockstep (FSDP) the rank with fewer problems still takes part in every
+    generation call."""
+    first, second = ranks
+    problems = first["eval_problems"] + second["eval_problems"]
+    assert len(problems) == len(set(problems)) == 3 and len(first["eval_problems"]) == 2
+    per_tree = first["eval_per_tree"] + second["eval_per_tree"]
+    assert len(per_tree) == 3
+    assert first["eval_metrics"] == second["eval_metrics"]
+    expected = {k: sum(m[k] for m in per_tree) / 3 for k in per_tree[0]}
+    assert first["eval_metrics"] == pytest.approx(expected)
+    if "lockstep" in request.node.callspec.id:
+        assert first["eval_generate_calls"] == second["eval_generate_calls"] != []

@@ -1,6 +1,9 @@
 """One rank of the 2-process CPU DDP run of ``MultiAgentTreeTrainer`` (launched by ``test_mars2_distributed.py``).
 
-    torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH {ddp,lockstep}
+    torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH MODE
+
+MODE: ``ddp`` or ``lockstep`` (heterogeneous agents), or ``homogeneous`` (DDP, the llama agent shares qwen's
+weights and differs by its system prompt).
 
 Trains two tiny agents (qwen2 + llama) for 2 steps, then runs ``evaluate_search`` on 3 held-out problems, and
 writes ``OUT_DIR/rank<r>.json``: world size, whether each agent's model is DDP-wrapped, its update count and
@@ -52,9 +55,13 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
 
     TransformersBackend.generate = recording_generate
     train, held_out = code_task_splits(8, 3, seed=0)
+    agents = [{"name": "qwen", "model": qwen2}, {"name": "llama", "model": llama}]
+    if mode == "homogeneous":
+        agents = [{"name": "qwen", "model": qwen2}, {"name": "llama", "system_prompt": "You fix Python code."}]
     args = tiny_mars2_config(
         Path(out_dir) / "run",
-        [{"name": "qwen", "model": qwen2}, {"name": "llama", "model": llama}],
+        agents,
+        agent_mode="homogeneous" if mode == "homogeneous" else "heterogeneous",
         max_steps=2,
         max_nodes=4,  # enough agent draws for the ranks' generation calls to differ without lockstep
         per_device_train_batch_size=2,
@@ -75,12 +82,14 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
     rank = trainer.accelerator.process_index
     force_advantages(trainer, lambda i: (1.0 if (i + rank) % 2 else -1.0) * (1 + rank))
     credited: dict[str, int] = {p.name: 0 for p in trainer.policies}
+    written: dict[str, int] = {}  # nodes per agent (homogeneous: several agents per policy)
     credit = trainer.credit
 
     def counting_credit(trees):
         samples = credit(trees)
         for sample in samples:
-            credited[sample["agent"]] += 1
+            credited[trainer.policy_of[sample["agent"]].name] += 1
+            written[sample["agent"]] = written.get(sample["agent"], 0) + 1
         return samples
 
     trainer.credit = counting_credit
@@ -100,6 +109,7 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
         "trees": len(searched_in_training),
         "problems": searched_in_training,
         "generate_calls": calls[:calls_in_training],
+        "nodes_by_agent": written,
         "eval_problems": searched,
         "eval_per_tree": per_tree,
         "eval_metrics": evaluation,

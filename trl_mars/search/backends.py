@@ -163,8 +163,9 @@ class TransformersBackend:
             return []
         size = self.max_batch_size or len(prompts)
         out: list[Generation] = []
-        for i in range(0, len(prompts), size):
-            out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]], i, on_text)
+        with sampling_config_only(self.model):
+            for i in range(0, len(prompts), size):
+                out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]], i, on_text)
         return out
 
     def _truncate(self, ids: list[int]) -> list[int]:
@@ -186,21 +187,20 @@ class TransformersBackend:
         recorder = _SampleAndRecord(self.sampling, input_ids.shape[1], tok.eos_token_id, finished)
         greedy = self.sampling.temperature == 0
         min_length = {"min_new_tokens": self.sampling.min_new_tokens} if self.sampling.min_new_tokens else {}
-        with sampling_config_only(self.model):
-            sequences = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=self.sampling.max_new_tokens,
-                do_sample=not greedy,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=None,
-                logits_processor=LogitsProcessorList([recorder]),
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                synced_gpus=self.synced_gpus,
-                **min_length,
-            )
+        sequences = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=self.sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=None,
+            logits_processor=LogitsProcessorList([recorder]),
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            synced_gpus=self.synced_gpus,
+            **min_length,
+        )
         completions = sequences[:, input_ids.shape[1] :]
         if completions.shape[1]:
             recorder.gather_previous(completions[:, -1])

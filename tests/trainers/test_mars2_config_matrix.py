@@ -6,7 +6,7 @@ finite. Independent options share runs; every value appears in at least one:
 
 | option | values (run) |
 |---|---|
-| agent_mode | heterogeneous (A, C), homogeneous (B, D) |
+| agent_mode | heterogeneous (A, C, E), homogeneous (B, D) |
 | posterior | beta (A, D), gaussian (B, C) |
 | selection_order | node_then_agent (A, C), agent_then_node (B, D) |
 | importance_sampling_level | token (A, D), sequence (B, C) |
@@ -14,7 +14,7 @@ finite. Independent options share runs; every value appears in at least one:
 | agents | full (A, B), LoRA (C, D), frozen (C) |
 | tplus | on (B), off (A, C, D) |
 | reward_shaping / node_reward / feedback | tree_consistent (A, B, D), none (C) / pass, pass_fraction (B) / summary, detailed (B) |
-| other | cosine schedule (A), clip-higher + overlong penalty + problem-less refinements (C), no TIS + beta 0 + GEN only (D) |
+| other | cosine schedule (A), clip-higher + overlong penalty + problem-less refinements (C), no TIS + beta 0 + GEN only (D), filter_uniform_trees + per-agent learning_rate and loss_weight + real credit (E) |
 
 Every ``recipes/configs/mars2_*.yaml`` is parsed by the recipe's own parser, its hub ids replaced by the tiny
 models, and trained for one step (generation capped at a few tokens, as a real-scale budget would take hours on a
@@ -101,7 +101,19 @@ RUNS = {
         beta=0.0,
         max_depth=1,
     ),
+    "E-heter-real-credit-filter-uniform-trees": dict(
+        agents=[
+            {"name": "qwen", "model": "qwen2", "learning_rate": 3e-3, "loss_weight": 2.0},
+            {"name": "llama", "model": "llama"},
+        ],
+        filter_uniform_trees=True,
+        lr_scheduler_type="constant",
+    ),
 }
+REAL_CREDIT = {"E-heter-real-credit-filter-uniform-trees"}
+"""Runs credited by the trainer itself: node rewards planted by node id (1, 0, 1 in a 3-node tree), so no tree is
+uniform and the real shaped, tree-normalised advantages move the weights (the other runs force advantages, as a
+random tiny model never passes a test)."""
 
 
 def trainable_state(policy) -> dict[str, torch.Tensor]:
@@ -123,7 +135,10 @@ def test_configuration_trains(run, tmp_path, tiny_qwen2_path, tiny_llama_path):
     assert len(trainer.policies) == (1 if homogeneous else 2)
     assert trainer.search.config.tplus == args.tplus and trainer.search.config.dist == args.posterior
     assert trainer.search.config.order == args.selection_order
-    force_advantages(trainer, lambda i: 1.0 if i % 2 else -1.0)  # random tiny models never pass a test
+    if run in REAL_CREDIT:
+        trainer.node_reward = lambda node: float(node.node_id % 2)
+    else:
+        force_advantages(trainer, lambda i: 1.0 if i % 2 else -1.0)  # random tiny models never pass a test
     before = {p.name: trainable_state(p) for p in trainer.policies}
     trainer.train()
     trainer.sandbox.close()
@@ -151,6 +166,12 @@ def test_configuration_trains(run, tmp_path, tiny_qwen2_path, tiny_llama_path):
         assert keys <= logged if policy.trainable else not keys & logged, (policy.name, sorted(logged))
     assert {k.split("/")[1] for k in logged if k.endswith("/share")} <= {s.name for s in trainer.specs}
     nodes = [n for t in trainer.last_trees for n in t.solutions]
+    for spec in trainer.specs:
+        if spec.learning_rate is not None:
+            key = f"agents/{spec.name}/learning_rate"
+            assert {row[key] for row in logs if key in row} == {spec.learning_rate}
+    if run in REAL_CREDIT:
+        assert all(row["reward"] == pytest.approx(2 / 3) for row in logs)  # the planted rewards were credited
     if args.max_depth == 1:
         assert all(n.depth == 1 for n in nodes)
     if homogeneous:

@@ -25,6 +25,18 @@ def test_bad_evaluation_fields_name_the_field(tmp_path, field, value):
         MultiAgentTreeConfig(output_dir=str(tmp_path), report_to="none", **{field: value})
 
 
+def test_reward_model_field_needs_a_one_output_sequence_classifier(tmp_path, tiny_qwen2_path):
+    """Checked from the checkpoint's config before any weight loads."""
+    from trl_mars.testing import tiny_model_path
+
+    for model, message in (
+        (tiny_qwen2_path, "eval_reward_model: .* is not a sequence-classification model"),
+        (tiny_model_path("qwen2", cache_dir=tmp_path, head="reward", num_labels=2), "num_labels=1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            MultiAgentTreeConfig(output_dir=str(tmp_path), report_to="none", eval_reward_model=model)
+
+
 def test_evaluation_fields_drive_evaluate_search(tmp_path, tiny_qwen2_path, tiny_llama_path, monkeypatch):
     from trl_mars.testing import tiny_model_path
 

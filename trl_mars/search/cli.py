@@ -21,11 +21,10 @@ from trl_mars.search.backends import SamplingConfig, TransformersBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
 from trl_mars.search.problems import from_code_problem
-from trl_mars.search.reward_model import resolve_reward_model
+from trl_mars.search.reward_model import check_reward_model, resolve_reward_model
 from trl_mars.search.tree import SearchTree
 from trl_mars.search.verify import SandboxVerifier
 from trl_mars.search.viewer import write_html
-from trl_mars.utils.recipes import check_model_reference
 
 TABLE_COLUMNS = {"pass@1": "Pass@1", "pass@1(mcts)": "Pass@1(MCTS)", "pass@n": "Pass@N", "public_pass@n": "Public@N"}
 
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(args.chat_template_kwargs, dict):
         raise SystemExit(f"--chat-template-kwargs must be a JSON object, got {args.chat_template_kwargs!r}")
     if args.reward_model:
-        check_model_reference(args.reward_model, "--reward-model")
+        check_reward_model(args.reward_model, "--reward-model")
     agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs)
     reward_model = resolve_reward_model(args.reward_model)
     config = SearchConfig(

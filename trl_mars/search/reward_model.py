@@ -73,6 +73,27 @@ class SequenceClassifierRewardModel:
         return float(logits[0, 0])
 
 
+def check_reward_model(name_or_path: str, where: str) -> None:
+    """Before any weight loads: ``name_or_path`` resolves (``check_model_reference``) to a sequence-classification
+    checkpoint with one output; fails naming ``where`` (a config field or CLI flag)."""
+    from transformers import AutoConfig
+
+    from trl_mars.utils.recipes import check_model_reference, resolve_model_path
+
+    check_model_reference(name_or_path, where)
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    architectures = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(
+            f"{where}: {name_or_path!r} is not a sequence-classification model (architectures {architectures}); "
+            "a reward model scores (question, answer) with one output"
+        )
+    if config.num_labels != 1:
+        raise ValueError(
+            f"{where}: {name_or_path!r} needs one output (num_labels=1), got num_labels={config.num_labels}"
+        )
+
+
 def resolve_reward_model(reward_model: str | RewardModel | None, device: Any = None) -> RewardModel | None:
     """A callable as is; a model id or path loaded as a ``SequenceClassifierRewardModel``; None stays None."""
     if reward_model is None or callable(reward_model):

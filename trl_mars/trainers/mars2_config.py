@@ -8,6 +8,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from trl_mars.search.reward_model import check_reward_model
 from trl_mars.utils.recipes import check_model_reference
 
 AGENT_KEYS = {
@@ -192,7 +193,7 @@ def check_eval_fields(config: MultiAgentTreeConfig) -> None:
         if not ok:
             raise ValueError(f"MultiAgentTreeConfig.{name} has an invalid value: {getattr(config, name)!r}")
     if config.eval_reward_model is not None:
-        check_model_reference(config.eval_reward_model, "eval_reward_model")
+        check_reward_model(config.eval_reward_model, "eval_reward_model")
 
 
 def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:

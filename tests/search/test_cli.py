@@ -142,6 +142,32 @@ def test_search_cli_reward_model_picks_among_passing_nodes(tmp_path, capsys, mon
         search_cli.main([*args[:-1], "no such model", "--output", str(tmp_path / "bad")])
 
 
+def test_search_cli_chat_template_kwargs_reach_every_prompt(tmp_path, capsys, tiny_qwen2_path):
+    """``--chat-template-kwargs '{"enable_thinking": false}'``: Qwen3's no-think switch reaches the prompts (a tiny
+    model with Qwen3's template branch: an empty think block after the generation prompt when it is off)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "qwen3_like"
+    shutil.copytree(tiny_qwen2_path, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = tok.chat_template.replace(
+        "{{- '<|im_start|>assistant\\n' -}}",
+        "{{- '<|im_start|>assistant\\n' -}}{%- if enable_thinking is defined and not enable_thinking -%}"
+        "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}",
+    )
+    assert "enable_thinking" in tok.chat_template
+    tok.save_pretrained(folder)
+    args = ["--model", f"q={folder}", *FAST, "--benchmark", "embedded", "--num-problems", "2", "--max-nodes", "2"]
+    for kwargs, think_block in (("{}", False), ('{"enable_thinking": false}', True)):
+        _, trees, _, _ = run_cli(tmp_path / kwargs, capsys, *args, "--chat-template-kwargs", kwargs)
+        prompts = [tok.decode(n.prompt_ids) for t in trees for n in t.solutions]
+        assert prompts and all(p.endswith("<think>\n\n</think>\n\n") == think_block for p in prompts)
+    with pytest.raises(SystemExit, match="must be a JSON object"):
+        search_cli.main([*args, "--chat-template-kwargs", "[1]", "--output", str(tmp_path / "bad")])
+
+
 def test_search_cli_scores_humaneval_code_with_the_prompts_imports(tmp_path, capsys, monkeypatch, shared_data):
     """The model's function alone (no ``from typing import List``) is checked with the prompt's imports and the
     test's setup, in the search (public score) as in grading (private score)."""

@@ -12,7 +12,13 @@ Real models (Qwen3-8B + AReaL-boba-2-8B, FSDP2 on 8 GPUs; see docs/mars2.md for 
     accelerate launch --config_file recipes/accelerate_configs/fsdp2.yaml recipes/mars2.py \\
         --config recipes/configs/mars2_qwen3_8b_heter.yaml --dataset_name <hub id with prompt + tests columns>
 
-Any field of MultiAgentTreeConfig can be overridden on the command line, e.g. ``--max_nodes 16 --tplus``.
+Any field of MultiAgentTreeConfig can be overridden on the command line, e.g. ``--max_nodes 16 --tplus``. The
+held-out evaluation before and after training is set by its ``eval_*`` fields: ``--eval_max_nodes 16 --eval_tplus
+--eval_mode agent --eval_reward_model <sequence-classification model>`` (see docs/mars2.md).
+
+The SFT warm-up (``warmup_steps_sft``, on in the tiny default) needs reference solutions: the columns of
+``WARMUP_COLUMNS``, which the embedded task has. A dataset without them trains without a warm-up (said before any
+model loads).
 """
 
 import random
@@ -50,8 +56,21 @@ class Mars2RecipeArguments:
         metadata={"help": "Share of warm-up first answers that print instead of return (imperfect teacher)."},
     )
     tiny_hidden_size: int | None = field(default=None, metadata={"help": "Width of the offline tiny models."})
-    eval_max_nodes: int = field(default=4, metadata={"help": "Search budget of the held-out evaluation."})
     eval_repeats: int = field(default=1, metadata={"help": "Held-out searches averaged before and after training."})
+
+    def __post_init__(self) -> None:
+        for name in ("num_train_problems", "num_eval_problems", "eval_repeats"):
+            if getattr(self, name) < (0 if name == "num_eval_problems" else 1):
+                raise ValueError(f"Mars2RecipeArguments.{name} has an invalid value: {getattr(self, name)!r}")
+        if self.warmup_steps_sft < 0 or not 0 <= self.warmup_error_rate <= 1:
+            raise ValueError(
+                f"Mars2RecipeArguments: warmup_steps_sft must be >= 0 and warmup_error_rate in [0, 1], got "
+                f"{self.warmup_steps_sft} and {self.warmup_error_rate}"
+            )
+
+
+WARMUP_COLUMNS = ("prompt", "question", "signature", "completion", "canonical_solution", "tests")
+"""What ``warmup_chats`` reads from each training row: the embedded task's reference solutions."""
 
 
 def datasets(script_args: ScriptArguments, recipe: Mars2RecipeArguments):
@@ -91,6 +110,19 @@ def warmup_chats(rows, sandbox: Sandbox, error_rate: float = 0.0, seed: int = 0)
     return chats
 
 
+def check_warmup_data(train, recipe: Mars2RecipeArguments) -> None:
+    """A warm-up asked for on data without reference solutions is skipped, saying which columns it needs (before
+    any model loads; a user's dataset has ``prompt`` and tests, not the embedded task's solutions)."""
+    missing = [c for c in WARMUP_COLUMNS if c not in (train.column_names or [])]
+    if recipe.warmup_steps_sft and missing:
+        print(
+            f"[mars2] SFT warm-up skipped (warmup_steps_sft={recipe.warmup_steps_sft}): the training data has no "
+            f"reference solutions (missing columns {missing}; the warm-up reads {list(WARMUP_COLUMNS)}, as the "
+            "embedded task provides). Training starts from the agents' models; --warmup_steps_sft 0 silences this."
+        )
+        recipe.warmup_steps_sft = 0
+
+
 def prepare_agents(args: MultiAgentTreeConfig, recipe: Mars2RecipeArguments, warmup) -> None:
     """Resolve tiny model ids (at the requested width) and, if asked, warm every agent up with SFT."""
     agents = [dict(a) for a in args.agents]
@@ -121,10 +153,21 @@ def prepare_agents(args: MultiAgentTreeConfig, recipe: Mars2RecipeArguments, war
 
 
 def held_out(trainer: MultiAgentTreeTrainer, test, recipe: Mars2RecipeArguments) -> list[dict[str, float]]:
-    """``eval_repeats`` held-out searches (each draws new samples); none without a test split."""
+    """``eval_repeats`` held-out searches (each draws new samples) as the config's ``eval_*`` fields set them
+    (budget, system/agent trees, T+, reward model, tie-break); none without a test split."""
     if test is None:
         return []
-    return [trainer.evaluate_search(test, max_nodes=recipe.eval_max_nodes) for _ in range(recipe.eval_repeats)]
+    return [trainer.evaluate_search(test) for _ in range(recipe.eval_repeats)]
+
+
+def evaluation_setting(args: MultiAgentTreeConfig) -> str:
+    """How the held-out searches run, for the table's header."""
+    parts = [f"search budget {args.eval_max_nodes or args.max_nodes} nodes", f"{args.eval_mode} trees"]
+    if args.eval_tplus:
+        parts.append("T+")
+    if args.eval_reward_model:
+        parts.append(f"reward model {args.eval_reward_model}")
+    return ", ".join(parts)
 
 
 def printing_share(trainer: MultiAgentTreeTrainer, test, samples: int = 8) -> dict[str, float]:
@@ -154,21 +197,25 @@ def main() -> None:
     if args.use_cpu:
         torch.set_num_threads(1)  # tiny models gain nothing from more threads; the sandbox uses the other cores
     train, test = datasets(script_args, recipe)
+    check_warmup_data(train, recipe)
     prepare_agents(args, recipe, train)
     trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
-    bug = recipe.warmup_error_rate > 0 and test is not None and trainer.accelerator.num_processes == 1
+    bug = bool(recipe.warmup_steps_sft) and recipe.warmup_error_rate > 0 and test is not None
+    bug = bug and trainer.accelerator.num_processes == 1
     before, printing_before = held_out(trainer, test, recipe), printing_share(trainer, test) if bug else {}
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after, printing_after = held_out(trainer, test, recipe), printing_share(trainer, test) if bug else {}
     trainer.save_model()
     if trainer.accelerator.is_main_process and before:
-        print(f"\nHeld-out problems: {len(test)}, search budget {recipe.eval_max_nodes} nodes, ", end="")
+        print(f"\nHeld-out problems: {len(test)}, {evaluation_setting(args)}, ", end="")
         print(f"mean (min-max) of {recipe.eval_repeats} searches")
-        print(f"{'metric':<16}{'before':>10}{'after':>10}{'before range':>16}{'after range':>16}")
-        for key in ("pass@1", "pass@1(mcts)", "pass@n"):
+        keys = [k for k in before[0] if k.rsplit("/", 1)[-1] in ("pass@1", "pass@1(mcts)", "pass@n")]
+        width = max(16, *(len(k) + 2 for k in keys))  # agent mode: one row per agent and metric
+        print(f"{'metric':<{width}}{'before':>10}{'after':>10}{'before range':>16}{'after range':>16}")
+        for key in keys:
             runs = [[r[key] for r in before], [r[key] for r in after]]
             means = "".join(f"{sum(v) / len(v):>10.3f}" for v in runs)
-            print(f"{key:<16}{means}" + "".join(f"{f'{min(v):.3f}-{max(v):.3f}':>16}" for v in runs))
+            print(f"{key:<{width}}{means}" + "".join(f"{f'{min(v):.3f}-{max(v):.3f}':>16}" for v in runs))
         for agent, share in printing_before.items():
             print(f"{agent}: first answers that print instead of return {share:.3f} -> {printing_after[agent]:.3f}")
         rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]

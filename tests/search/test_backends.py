@@ -59,3 +59,31 @@ def test_synced_gpus_reaches_generate(model_and_tokenizer, monkeypatch, tmp_path
     assert seen == [synced_gpus] and out.completion_ids
     with pytest.raises(ValueError, match="max_batch_size"):
         TransformersBackend(model, tok, max_batch_size=2, synced_gpus=True)
+
+
+def test_the_models_own_generation_config_does_not_apply(tiny_qwen2_path):
+    """A checkpoint's ``generation_config`` (here a repetition penalty and a suppressed token) must not change what
+    is sampled: the recorded log-probs are those of a plain forward pass at the configured temperature. Before the
+    fix, ``generate`` applied the model's penalty and the log-probs (and so TIS weights) came from that
+    distribution."""
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path), AutoTokenizer.from_pretrained(tiny_qwen2_path)
+    with torch.no_grad():  # a sharper random model, so the penalty moves log-probs far beyond round-off
+        model.model.embed_tokens.weight.mul_(50)
+    model.generation_config.repetition_penalty = 5.0
+    model.generation_config.no_repeat_ngram_size = 1
+    own = model.generation_config
+    backend = TransformersBackend(model, tok, SamplingConfig(max_new_tokens=16, temperature=0.7))
+    torch.manual_seed(0)
+    gens = backend.generate(PROMPTS)
+    assert model.generation_config is own and own.repetition_penalty == 5.0  # restored after generating
+    repeated = 0
+    for gen in gens:
+        ids = torch.tensor([gen.prompt_ids + gen.completion_ids])
+        logits = model(ids).logits[0, len(gen.prompt_ids) - 1 : -1].float() / 0.7
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(gen.completion_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(gen.logprobs), expected, atol=1e-4, rtol=1e-4)
+        seen = set(gen.prompt_ids)
+        for t in gen.completion_ids:
+            repeated += t in seen
+            seen.add(t)
+    assert repeated > 0  # tokens no_repeat_ngram_size=1 would have banned were sampled

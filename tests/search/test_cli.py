@@ -106,6 +106,68 @@ def test_search_cli_numbers_with_a_right_and_a_wrong_agent(tmp_path, capsys, mon
     assert "agent:right" in printed and "1.0000" in printed
 
 
+def test_search_cli_reward_model_picks_among_passing_nodes(tmp_path, capsys, monkeypatch):
+    """``--reward-model``: among the nodes that pass the public tests, the one the sequence-classification model
+    scores highest is submitted (and Pass@1(MCTS) is graded on it)."""
+    from trl_mars.search import SequenceClassifierRewardModel
+    from trl_mars.testing import tiny_model_path
+
+    tasks = generate_tasks(2, seed=7)
+
+    def right(messages, comment=""):
+        return next(t.completion for t in tasks if t.question in messages[-1]["content"]).replace(
+            "```python\n", f"```python\n{comment}"
+        )
+
+    scripted = {
+        "plain": ScriptedBackend(right),
+        "commented": ScriptedBackend(lambda m: right(m, "# checked twice\n")),
+    }
+    monkeypatch.setattr(search_cli, "load_backends", lambda models, *a: {n: scripted[n] for n in models})
+    rm_path = tiny_model_path("qwen2", cache_dir=tmp_path / "rm", head="reward")
+    args = ["--model", "plain=p", "--model", "commented=c", "--benchmark", "embedded", "--num-problems", "2"]
+    args += ["--seed", "7", "--max-nodes", "4", "--concurrency", "2", "--reward-model", rm_path]
+    records, trees, summary, _ = run_cli(tmp_path, capsys, *args)
+    rm = SequenceClassifierRewardModel.from_pretrained(rm_path)
+    problems = search_cli.load_search_problems(search_cli.build_parser().parse_args([*args, "--output", "x"]))
+    for record, tree, problem in zip(records, trees, problems, strict=True):
+        best = max(n.score for n in tree.solutions)
+        scores = {n.node_id: rm(problem.question, n) for n in tree.solutions if n.score == best}
+        assert record["selected_node"] == max(scores, key=lambda i: (scores[i], i))
+        assert record["pass@1(mcts)"] == tree.nodes[record["selected_node"]].private_score
+    assert {n.agent for t in trees for n in t.solutions} == {"plain", "commented"}
+    # the reward model changed the choice: without it the latest passing node is submitted
+    assert any(r["selected_node"] != max(n.node_id for n in t.solutions) for r, t in zip(records, trees))
+    with pytest.raises(ValueError, match="--reward-model: unknown model"):
+        search_cli.main([*args[:-1], "no such model", "--output", str(tmp_path / "bad")])
+
+
+def test_search_cli_chat_template_kwargs_reach_every_prompt(tmp_path, capsys, tiny_qwen2_path):
+    """``--chat-template-kwargs '{"enable_thinking": false}'``: Qwen3's no-think switch reaches the prompts (a tiny
+    model with Qwen3's template branch: an empty think block after the generation prompt when it is off)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "qwen3_like"
+    shutil.copytree(tiny_qwen2_path, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = tok.chat_template.replace(
+        "{{- '<|im_start|>assistant\\n' -}}",
+        "{{- '<|im_start|>assistant\\n' -}}{%- if enable_thinking is defined and not enable_thinking -%}"
+        "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}",
+    )
+    assert "enable_thinking" in tok.chat_template
+    tok.save_pretrained(folder)
+    args = ["--model", f"q={folder}", *FAST, "--benchmark", "embedded", "--num-problems", "2", "--max-nodes", "2"]
+    for kwargs, think_block in (("{}", False), ('{"enable_thinking": false}', True)):
+        _, trees, _, _ = run_cli(tmp_path / kwargs, capsys, *args, "--chat-template-kwargs", kwargs)
+        prompts = [tok.decode(n.prompt_ids) for t in trees for n in t.solutions]
+        assert prompts and all(p.endswith("<think>\n\n</think>\n\n") == think_block for p in prompts)
+    with pytest.raises(SystemExit, match="must be a JSON object"):
+        search_cli.main([*args, "--chat-template-kwargs", "[1]", "--output", str(tmp_path / "bad")])
+
+
 def test_search_cli_scores_humaneval_code_with_the_prompts_imports(tmp_path, capsys, monkeypatch, shared_data):
     """The model's function alone (no ``from typing import List``) is checked with the prompt's imports and the
     test's setup, in the search (public score) as in grading (private score)."""

@@ -1,11 +1,16 @@
 """One rank of the 2-process CPU DDP run of ``MultiAgentTreeTrainer`` (launched by ``test_mars2_distributed.py``).
 
-    torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH {ddp,lockstep}
+    torchrun --nproc_per_node 2 tests/trainers/mars2_ddp_worker.py OUT_DIR QWEN2_PATH LLAMA_PATH MODE
 
-Trains two tiny agents (qwen2 + llama) for 2 steps and writes ``OUT_DIR/rank<r>.json``: world size, whether
-each agent's model is DDP-wrapped, its update count and credited samples, a checksum of its parameters after
-training, the problems this rank searched, and its generation calls (model, synced_gpus). ``lockstep`` turns on
-the search's lockstep across processes, which the trainer uses under FSDP (not available on CPU).
+MODE: ``ddp`` or ``lockstep`` (heterogeneous agents), or ``homogeneous`` (DDP, the llama agent shares qwen's
+weights and differs by its system prompt).
+
+Trains two tiny agents (qwen2 + llama) for 2 steps, then runs ``evaluate_search`` on 3 held-out problems, and
+writes ``OUT_DIR/rank<r>.json``: world size, whether each agent's model is DDP-wrapped, its update count and
+credited samples, a checksum of its parameters after training, the problems this rank searched, its generation
+calls (model, synced_gpus), and for the evaluation the problems it searched, its per-tree metrics and the
+returned (gathered) metrics. ``lockstep`` turns on the search's lockstep across processes, which the trainer uses
+under FSDP (not available on CPU).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch  # noqa: E402
 
 from trl_mars.data.code_tasks import code_task_splits  # noqa: E402
 from trl_mars.search import TransformersBackend  # noqa: E402
+from trl_mars.trainers import mars2_trainer  # noqa: E402
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,10 +54,14 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
         return generate(self, prompts, *a, **kw)
 
     TransformersBackend.generate = recording_generate
-    train, _ = code_task_splits(8, 0, seed=0)
+    train, held_out = code_task_splits(8, 3, seed=0)
+    agents = [{"name": "qwen", "model": qwen2}, {"name": "llama", "model": llama}]
+    if mode == "homogeneous":
+        agents = [{"name": "qwen", "model": qwen2}, {"name": "llama", "system_prompt": "You fix Python code."}]
     args = tiny_mars2_config(
         Path(out_dir) / "run",
-        [{"name": "qwen", "model": qwen2}, {"name": "llama", "model": llama}],
+        agents,
+        agent_mode="homogeneous" if mode == "homogeneous" else "heterogeneous",
         max_steps=2,
         max_nodes=4,  # enough agent draws for the ranks' generation calls to differ without lockstep
         per_device_train_batch_size=2,
@@ -72,24 +82,38 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
     rank = trainer.accelerator.process_index
     force_advantages(trainer, lambda i: (1.0 if (i + rank) % 2 else -1.0) * (1 + rank))
     credited: dict[str, int] = {p.name: 0 for p in trainer.policies}
+    written: dict[str, int] = {}  # nodes per agent (homogeneous: several agents per policy)
     credit = trainer.credit
 
     def counting_credit(trees):
         samples = credit(trees)
         for sample in samples:
-            credited[sample["agent"]] += 1
+            credited[trainer.policy_of[sample["agent"]].name] += 1
+            written[sample["agent"]] = written.get(sample["agent"], 0) + 1
         return samples
 
     trainer.credit = counting_credit
     acc = trainer.accelerator
     before = {p.name: checksum(acc.unwrap_model(p.model)) for p in trainer.policies}
     trainer.train()
+    calls_in_training = len(calls)
+    searched_in_training = list(searched)
+    searched.clear()
+    per_tree: list[dict] = []
+    tree_metrics = mars2_trainer.tree_metrics
+    mars2_trainer.tree_metrics = lambda *a, **kw: per_tree.append(tree_metrics(*a, **kw)) or per_tree[-1]
+    evaluation = trainer.evaluate_search(held_out, max_nodes=2)
     result = {
         "rank": acc.process_index,
         "world_size": acc.num_processes,
-        "trees": len(searched),
-        "problems": searched,
-        "generate_calls": calls,
+        "trees": len(searched_in_training),
+        "problems": searched_in_training,
+        "generate_calls": calls[:calls_in_training],
+        "nodes_by_agent": written,
+        "eval_problems": searched,
+        "eval_per_tree": per_tree,
+        "eval_metrics": evaluation,
+        "eval_generate_calls": calls[calls_in_training:],
         "agents": {
             p.name: {
                 "ddp": isinstance(p.model, torch.nn.parallel.DistributedDataParallel),
@@ -106,6 +130,7 @@ def main(out_dir: str, qwen2: str, llama: str, mode: str) -> None:
     path = Path(out_dir) / f"rank{acc.process_index}.json"
     path.write_text(json.dumps(result, indent=1))
     acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

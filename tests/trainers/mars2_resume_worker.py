@@ -1,4 +1,7 @@
-"""Train a small 2-agent MARS² run (optionally resuming) and dump what must survive a crash, as JSON."""
+"""Train a small 2-agent MARS² run (optionally resuming) and dump what must survive a crash, as JSON.
+
+python mars2_resume_worker.py OUTPUT_DIR {fresh,resume} RESULT.json [heterogeneous|homogeneous]
+"""
 
 import hashlib
 import json
@@ -18,12 +21,25 @@ def checksum(model) -> str:
     return h.hexdigest()
 
 
-def main(output_dir: str, resume: bool, result: str) -> None:
+AGENTS = {
+    "heterogeneous": [
+        {"name": "qwen", "model": "trl-mars/tiny-qwen2"},
+        {"name": "llama", "model": "trl-mars/tiny-llama"},
+    ],
+    "homogeneous": [
+        {"name": "qwen", "model": "trl-mars/tiny-qwen2", "system_prompt": "You write Python."},
+        {"name": "llama", "system_prompt": "You fix Python."},
+    ],
+}
+
+
+def main(output_dir: str, resume: bool, result: str, agent_mode: str = "heterogeneous") -> None:
     torch.set_num_threads(1)
     train, _ = code_task_splits(12, 1, seed=1)
     args = MultiAgentTreeConfig(
         output_dir=output_dir,
-        agents=[{"name": "qwen", "model": "trl-mars/tiny-qwen2"}, {"name": "llama", "model": "trl-mars/tiny-llama"}],
+        agents=AGENTS[agent_mode],
+        agent_mode=agent_mode,
         max_nodes=3,
         trees_per_step=2,
         per_device_train_batch_size=4,
@@ -56,4 +72,4 @@ def main(output_dir: str, resume: bool, result: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] == "resume", sys.argv[3])
+    main(sys.argv[1], sys.argv[2] == "resume", *sys.argv[3:5])

@@ -1,78 +1,25 @@
 """``MultiAgentTreeTrainer`` under 2-process CPU DDP (torchrun, gloo): replicas stay in sync, ranks split the data.
 
 ``accelerate launch --cpu --num_processes 2`` silently runs one process on CPU, so the test launches
-``torchrun --nproc_per_node 2`` on ``mars2_ddp_worker.py`` and checks the JSON each rank writes.
+``torchrun --nproc_per_node 2`` on ``mars2_ddp_worker.py`` and checks the JSON each rank writes. Heterogeneous
+agents here; the homogeneous run is in ``test_mars2_config_matrix.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-WORKER = Path(__file__).with_name("mars2_ddp_worker.py")
-TIMEOUT_S = 180
-
-
-def _torchrun() -> list[str]:
-    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
+from mars2_helpers import run_ddp_worker  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["ddp", "lockstep"])
 def ranks(request, tmp_path_factory, tiny_qwen2_path, tiny_llama_path) -> list[dict]:
     """Both ranks' reports, plain DDP and with the search in lockstep across processes (what FSDP runs)."""
-    out = tmp_path_factory.mktemp(request.param)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRL_EXPERIMENTAL_SILENCE": "1",
-    }
-    cmd = [
-        *_torchrun(),
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(WORKER),
-        str(out),
-        tiny_qwen2_path,
-        tiny_llama_path,
-        request.param,
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        # the ranks run in sessions of their own: SIGTERM lets torchrun stop them (a SIGKILL would orphan them)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT_S}s (hang?); output tail:\n{stderr[-3000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
-    files = sorted(out.glob("rank*.json"))
-    assert [f.name for f in files] == ["rank0.json", "rank1.json"], "a rank did not finish"
-    return [json.loads(f.read_text()) for f in files]
+    return run_ddp_worker(tmp_path_factory.mktemp(request.param), tiny_qwen2_path, tiny_llama_path, request.param)
 
 
 pytestmark = pytest.mark.distributed
@@ -117,3 +64,20 @@ def test_lockstep_ranks_make_the_same_generation_calls(ranks, request):
         return
     assert first == second and len({model for model, _ in first}) == 2  # both agents, same order
     assert all(synced is True for _, synced in first)
+
+
+def test_evaluation_searches_each_problem_once_and_gathers(ranks, request):
+    """``evaluate_search`` shards the held-out problems across ranks (3 problems: 2 + 1), each searched once, and
+    every rank returns the mean over all of them. Before the fix each rank searched all 3 with its own RNG and
+    returned its own numbers. Under lockstep (FSDP) the rank with fewer problems still takes part in every
+    generation call."""
+    first, second = ranks
+    problems = first["eval_problems"] + second["eval_problems"]
+    assert len(problems) == len(set(problems)) == 3 and len(first["eval_problems"]) == 2
+    per_tree = first["eval_per_tree"] + second["eval_per_tree"]
+    assert len(per_tree) == 3
+    assert first["eval_metrics"] == second["eval_metrics"]
+    expected = {k: sum(m[k] for m in per_tree) / 3 for k in per_tree[0]}
+    assert first["eval_metrics"] == pytest.approx(expected)
+    if "lockstep" in request.node.callspec.id:
+        assert first["eval_generate_calls"] == second["eval_generate_calls"] != []

@@ -10,6 +10,7 @@ from trl_mars.search.backends import (
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
 from trl_mars.search.prompts import PromptConfig
+from trl_mars.search.reward_model import RewardModel, SequenceClassifierRewardModel, resolve_reward_model
 from trl_mars.search.selection import DepthSchedule, select_expansion
 from trl_mars.search.tree import Node, SearchTree
 from trl_mars.search.verify import SandboxVerifier, Verdict
@@ -20,12 +21,14 @@ __all__ = [
     "Generation",
     "Node",
     "PromptConfig",
+    "RewardModel",
     "SamplingConfig",
     "SandboxVerifier",
     "ScriptedBackend",
     "SearchConfig",
     "SearchProblem",
     "SearchTree",
+    "SequenceClassifierRewardModel",
     "TransformersBackend",
     "TreeSearch",
     "VLLMServerBackend",
@@ -33,6 +36,7 @@ __all__ = [
     "agent_shares",
     "mean_metrics",
     "render_html",
+    "resolve_reward_model",
     "select_expansion",
     "select_final",
     "tree_metrics",

@@ -2,19 +2,21 @@
 
 ``TransformersBackend`` wraps any causal LM (PEFT models included) and records the log-probability of every
 sampled token under the *sampling* distribution (after temperature / top-k / top-p), in O(batch x vocab)
-memory. ``VLLMServerBackend`` generates on a running ``trl vllm-serve`` (one server per agent) and pushes
+memory. It samples from what ``SamplingConfig`` says and nothing else: the model's own ``generation_config`` is
+ignored. ``VLLMServerBackend`` generates on a running ``trl vllm-serve`` (one server per agent) and pushes
 weights to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 Messages = list[dict[str, str]]
 
@@ -124,6 +126,24 @@ class _SampleAndRecord(LogitsProcessor):
         return scores
 
 
+@contextmanager
+def sampling_config_only(model: Any) -> Iterator[None]:
+    """Hide the model's own ``generation_config`` (a checkpoint's ``repetition_penalty``, ``no_repeat_ngram_size``,
+    ``suppress_tokens``, ...) from ``generate``, so that sampling, and the log-probs recorded, follow the
+    ``SamplingConfig`` alone: ``transformers`` fills every field a call leaves unset from that config, even when an
+    explicit ``generation_config`` is passed. Every module holding one (PEFT wrappers, base models) gets an empty
+    ``GenerationConfig`` for the duration, then its own back."""
+    holders = [m for m in model.modules() if isinstance(vars(m).get("generation_config"), GenerationConfig)]
+    saved = [m.generation_config for m in holders]
+    try:
+        for m in holders:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in zip(holders, saved):
+            m.generation_config = config
+
+
 class TransformersBackend:
     """Batched ``model.generate`` over chat prompts with the model's chat template (left padding).
 
@@ -163,8 +183,9 @@ class TransformersBackend:
             return []
         size = self.max_batch_size or len(prompts)
         out: list[Generation] = []
-        for i in range(0, len(prompts), size):
-            out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]], i, on_text)
+        with sampling_config_only(self.model):
+            for i in range(0, len(prompts), size):
+                out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]], i, on_text)
         return out
 
     def _truncate(self, ids: list[int]) -> list[int]:

@@ -21,6 +21,7 @@ from trl_mars.search.backends import SamplingConfig, TransformersBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
 from trl_mars.search.problems import from_code_problem
+from trl_mars.search.reward_model import check_reward_model, resolve_reward_model
 from trl_mars.search.tree import SearchTree
 from trl_mars.search.verify import SandboxVerifier
 from trl_mars.search.viewer import write_html
@@ -53,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--posterior", choices=["beta", "gaussian"], default="beta")
     add("--order", choices=["node_then_agent", "agent_then_node"], default="node_then_agent")
     add("--tie-break", choices=["latest", "earliest", "shallowest"], default="latest", help="final answer selection")
+    add(
+        "--reward-model",
+        help="MARS²-T+ reward-model guidance: a sequence-classification model (id or path, num_labels=1) that picks "
+        "the submitted node among those with the best public score",
+    )
+    add(
+        "--chat-template-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON passed to every chat template, e.g. '{\"enable_thinking\": false}' (Qwen3 no-think, as the authors)",
+    )
     add("--temperature", type=float, default=1.0)
     add("--top-p", type=float, default=1.0)
     add("--max-new-tokens", type=int, default=512)
@@ -78,7 +90,12 @@ def parse_models(specs: Sequence[str]) -> dict[str, str]:
     return models
 
 
-def load_backends(models: dict[str, str], sampling: SamplingConfig, max_batch_size: int | None = None) -> dict:
+def load_backends(
+    models: dict[str, str],
+    sampling: SamplingConfig,
+    max_batch_size: int | None = None,
+    chat_template_kwargs: dict | None = None,
+) -> dict:
     """One ``TransformersBackend`` per distinct path (agents naming the same path share it, so one batch)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,7 +115,9 @@ def load_backends(models: dict[str, str], sampling: SamplingConfig, max_batch_si
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(local, dtype="auto" if cuda else torch.float32)
         model = model.to("cuda" if cuda else "cpu").eval()
-        by_path[path] = TransformersBackend(model, tokenizer, sampling, max_batch_size=max_batch_size)
+        by_path[path] = TransformersBackend(
+            model, tokenizer, sampling, chat_template_kwargs, max_batch_size=max_batch_size
+        )
     return {name: by_path[path] for name, path in models.items()}
 
 
@@ -144,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no problems loaded from {args.benchmark}")
     models = parse_models(args.model)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
-    agents = load_backends(models, sampling, args.max_batch_size)
+    if not isinstance(args.chat_template_kwargs, dict):
+        raise SystemExit(f"--chat-template-kwargs must be a JSON object, got {args.chat_template_kwargs!r}")
+    if args.reward_model:
+        check_reward_model(args.reward_model, "--reward-model")
+    agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs)
+    reward_model = resolve_reward_model(args.reward_model)
     config = SearchConfig(
         max_nodes=args.max_nodes,
         dist=args.posterior,
@@ -164,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             search = TreeSearch(run_agents, verifier, config, seed=args.seed)
             trees = search.run(problems, search.new_trees(problems, prefix=f"{label}/"))
             search.grade(problems, trees)
-            per_tree = [tree_metrics(t, args.tie_break) for t in trees]
+            per_tree = [tree_metrics(t, args.tie_break, reward_model, p.question) for p, t in zip(problems, trees)]
             for problem, tree, metrics in zip(problems, trees, per_tree, strict=True):
-                final = select_final(tree, args.tie_break)
+                final = select_final(tree, args.tie_break, reward_model, problem.question)
                 record = {
                     "task_id": problem.problem_id,
                     "mode": label.split(":")[0],

@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedTokenizerFast,
@@ -26,6 +27,8 @@ from transformers import (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = resources.files("trl_mars.testing").joinpath("chat_template.jinja").read_text()
 TINY_ARCHS = ("qwen2", "llama")
+HEADS = {"causal-lm": AutoModelForCausalLM, "reward": AutoModelForSequenceClassification}
+"""``head`` of a tiny model: a causal LM, or a one-label sequence classifier (a reward model, as TRL trains)."""
 
 
 def default_corpus() -> list[str]:
@@ -88,34 +91,48 @@ def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast, **overrides) -> P
 
 
 def save_tiny_model(
-    arch: str, path: str | os.PathLike, tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0, **overrides
+    arch: str,
+    path: str | os.PathLike,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    seed: int = 0,
+    head: str = "causal-lm",
+    **overrides,
 ) -> Path:
-    """Build a randomly initialised tiny ``arch`` model and save it with its tokenizer at ``path``."""
+    """Build a randomly initialised tiny ``arch`` model (``head``: see ``HEADS``) and save it with its tokenizer at
+    ``path``."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {sorted(HEADS)}, got {head!r}")
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer, **overrides))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
+    if head == "reward":
+        overrides = {"num_labels": 1, **overrides}
+    model = HEADS[head].from_config(tiny_config(arch, tokenizer, **overrides))
+    if getattr(model, "generation_config", None) is not None:  # a sequence classifier does not generate
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.bos_token_id = None
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-def tiny_model_path(arch: str = "qwen2", cache_dir: str | os.PathLike | None = None, **overrides) -> str:
-    """Path of a cached tiny model (built on first use), keyed by architecture and config overrides.
+def tiny_model_path(
+    arch: str = "qwen2", cache_dir: str | os.PathLike | None = None, head: str = "causal-lm", **overrides
+) -> str:
+    """Path of a cached tiny model (built on first use), keyed by architecture, head and config overrides.
 
     The cache lives in ``$TRL_MARS_CACHE`` (default: ``<tmp>/trl_mars_tiny``); writes are atomic renames, so
     concurrent processes never see a half-written model.
     """
     root = Path(cache_dir or os.environ.get("TRL_MARS_CACHE", Path(tempfile.gettempdir()) / "trl_mars_tiny"))
-    key = hashlib.sha256(repr((arch, sorted(overrides.items()))).encode()).hexdigest()[:12]
-    target = root / f"tiny-{arch}-{key}"
+    named = (arch, sorted(overrides.items())) if head == "causal-lm" else (arch, head, sorted(overrides.items()))
+    key = hashlib.sha256(repr(named).encode()).hexdigest()[:12]
+    target = root / f"tiny-{arch}{'' if head == 'causal-lm' else '-' + head}-{key}"
     if not (target / "config.json").exists():
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
-        save_tiny_model(arch, staging, **overrides)
+        save_tiny_model(arch, staging, head=head, **overrides)
         try:
             staging.rename(target)
         except OSError:  # another process won the race; its copy is identical

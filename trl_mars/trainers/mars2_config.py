@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import re
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from trl import GRPOConfig
 
 from trl_mars.losses.policy import PolicyLossConfig
-from trl_mars.utils.recipes import TINY_MODEL_IDS
+from trl_mars.search.reward_model import check_reward_model
+from trl_mars.utils.recipes import check_model_reference
 
 AGENT_KEYS = {
     "name": "agent name (unique; used for logs and output_dir/agents/<name>)",
-    "model": "model id or local path (required for every agent in heterogeneous mode, the first in homogeneous)",
+    "model": "model id or local path (required for every agent in heterogeneous mode; in homogeneous mode only the "
+    "first names it and the others share its weights and tokenizer)",
     "system_prompt": "system prompt of this agent (optional)",
     "learning_rate": "learning rate of this agent's optimizer (defaults to learning_rate)",
     "trainable": "whether this agent is optimised (default true)",
@@ -27,7 +26,6 @@ AGENT_KEYS = {
     "vllm_server_base_url": "with use_vllm: URL of this agent's `trl vllm-serve` (generation, weight pushes)",
     "vllm_group_port": "with use_vllm: weight-transfer group port of this agent's server (default 51216 + index)",
 }
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 _COLOCATE = "a vLLM colocate setting (MARS² runs one `trl vllm-serve` per agent: set it on each server)"
 _TRL_IS = "TRL's vLLM importance sampling: MARS² corrects the sampler mismatch with `tis_cap` (truncated IS)"
@@ -163,24 +161,6 @@ class AgentSpec:
     vllm_group_port: int | None = None
 
 
-def check_model_reference(model: str, where: str) -> None:
-    """Fail early (before any weight is read) on a model reference that cannot resolve."""
-    if model in TINY_MODEL_IDS:
-        return
-    path = Path(os.path.expanduser(model))
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise ValueError(f"{where}: local model folder {model!r} has no config.json")
-        return
-    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
-        raise ValueError(f"{where}: unknown model {model!r}: not a local folder and not a hub id like 'org/name'")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            raise ValueError(f"{where}: model {model!r} is not in the local cache and HF_HUB_OFFLINE=1")
-
-
 @dataclass
 class MultiAgentTreeConfig(GRPOConfig):
     r"""
@@ -259,6 +239,35 @@ class MultiAgentTreeConfig(GRPOConfig):
     sandbox_timeout: float = field(default=5.0, metadata={"help": "Seconds a program may run against its tests."})
     sandbox_workers: int | None = field(default=None, metadata={"help": "Concurrent sandbox checks (default: CPUs)."})
     save_trees: bool = field(default=True, metadata={"help": "Keep the last round's trees in checkpoints (viewer)."})
+    tplus: bool = field(
+        default=False,
+        metadata={"help": "MARS²-T+ in the training search: detailed feedback on refinements, depth-guided GEN."},
+    )
+    # held-out evaluation (``MultiAgentTreeTrainer.evaluate_search`` and the recipe's before/after table)
+    eval_max_nodes: int | None = field(
+        default=None, metadata={"help": "Held-out evaluation: nodes per tree (default: max_nodes)."}
+    )
+    eval_mode: str = field(
+        default="system",
+        metadata={"help": "Held-out evaluation: 'system' (one joint tree per problem) or 'agent' (a tree per agent)."},
+    )
+    eval_tplus: bool = field(
+        default=False,
+        metadata={"help": "Held-out evaluation with MARS²-T+ (detailed refinement feedback, depth-guided GEN)."},
+    )
+    eval_reward_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out evaluation: a sequence-classification reward model (id or path, num_labels=1) that picks "
+            "the submitted node among those with the best public score (MARS²-T+ reward-model guidance)."
+        },  # fmt: skip
+    )
+    eval_tie_break: str = field(
+        default="latest",
+        metadata={
+            "help": "Held-out evaluation: final-answer tie-break, 'latest' (authors'), 'earliest', 'shallowest'."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_rejected_fields(self)
@@ -298,6 +307,7 @@ class MultiAgentTreeConfig(GRPOConfig):
             self.policy_loss_config()
         except ValueError as e:
             raise ValueError(f"MultiAgentTreeConfig: {e}") from e
+        check_eval_fields(self)
         if self.use_vllm:
             check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
 
@@ -362,6 +372,20 @@ def check_generation_kwargs(kwargs: dict | str | None) -> None:
             raise ValueError(f"MultiAgentTreeConfig.generation_kwargs[{key!r}] is not allowed ({hint})")
 
 
+def check_eval_fields(config: MultiAgentTreeConfig) -> None:
+    """The held-out evaluation fields, checked (and a reward model's reference resolved) before any model loads."""
+    checks = {
+        "eval_max_nodes": config.eval_max_nodes is None or config.eval_max_nodes >= 1,
+        "eval_mode": config.eval_mode in ("system", "agent"),
+        "eval_tie_break": config.eval_tie_break in ("latest", "earliest", "shallowest"),
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f"MultiAgentTreeConfig.{name} has an invalid value: {getattr(config, name)!r}")
+    if config.eval_reward_model is not None:
+        check_reward_model(config.eval_reward_model, "eval_reward_model")
+
+
 def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:
     """``use_vllm``: one ``trl vllm-serve`` per trained set of weights, named in the agents."""
     if vllm_mode != "server":
@@ -381,6 +405,25 @@ def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None
                 f"agents[{urls[spec.vllm_server_base_url]}]; each agent needs its own server"
             )
         urls[spec.vllm_server_base_url] = i
+
+
+SHARED_AGENT_KEYS = ("name", "model", "system_prompt")
+"""What an agent after the first may set in homogeneous mode: the rest belongs to the shared weights (agents[0])."""
+
+
+def check_shared_agent(raw: dict, first: AgentSpec, index: int) -> None:
+    """Homogeneous agents share agents[0]'s weights, tokenizer, optimizer and loss: reject keys they would ignore."""
+    for key in raw:
+        if key not in SHARED_AGENT_KEYS:
+            raise ValueError(
+                f"agents[{index}].{key}: in homogeneous mode only {list(SHARED_AGENT_KEYS)} may be set per agent; "
+                f"the agents share agents[0]'s weights, so set {key!r} there"
+            )
+    if raw.get("model") and raw["model"] != first.model:
+        raise ValueError(
+            f"agents[{index}].model={raw['model']!r}: homogeneous agents share agents[0]'s model {first.model!r} "
+            "(leave it out, or use agent_mode='heterogeneous')"
+        )
 
 
 def parse_agents(agents: list[dict] | str | None, mode: str) -> list[AgentSpec]:
@@ -405,6 +448,8 @@ def parse_agents(agents: list[dict] | str | None, mode: str) -> list[AgentSpec]:
         if spec.name in names:
             raise ValueError(f"agents[{i}].name: duplicate agent name {spec.name!r}")
         names.add(spec.name)
+        if mode == "homogeneous" and i > 0:
+            check_shared_agent(raw, specs[0], i)
         needs_model = mode == "heterogeneous" or i == 0
         if needs_model and not spec.model:
             raise ValueError(f"agents[{i}].model is required in {mode} mode")

@@ -39,9 +39,10 @@ from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewar
 from trl_mars.sandbox import Sandbox, SandboxConfig
 from trl_mars.search import SandboxVerifier, SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMServerBackend
-from trl_mars.search.metrics import agent_shares, mean_metrics, tree_metrics
+from trl_mars.search.metrics import TieBreak, agent_shares, mean_metrics, tree_metrics
 from trl_mars.search.problems import from_row
 from trl_mars.search.prompts import PromptConfig
+from trl_mars.search.reward_model import RewardModel, resolve_reward_model
 from trl_mars.search.tree import ROOT, Node, SearchTree
 from trl_mars.trainers.mars2_agents import (
     Policy,
@@ -131,11 +132,11 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         specs, models, tokenizers = self._resolve_agents(model, processing_class, args)
         check_dataset(train_dataset, args.tests_column, "train_dataset")
         check_dataset(eval_dataset, args.tests_column, "eval_dataset")
-        tokenizers = [
-            tok if tok is not None else load_tokenizer(s, i) for i, (s, tok) in enumerate(zip(specs, tokenizers))
-        ]
         homogeneous = args.agent_mode == "homogeneous"
-        owners = specs[:1] if homogeneous else specs
+        owners = specs[:1] if homogeneous else specs  # one policy per distinct set of weights
+        tokenizers = [
+            tok if tok is not None else load_tokenizer(s, i) for i, (s, tok) in enumerate(zip(owners, tokenizers))
+        ]
         first = models[0] or create_model_from_path(
             resolve_model_path(owners[0].model), **model_init_kwargs(owners[0], args.model_init_kwargs)
         )
@@ -181,6 +182,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             sync=self._max_over_processes if self.lockstep else None,
         )
         self.last_trees: list[SearchTree] = []
+        self._reward_model: RewardModel | None = None  # eval_reward_model, loaded at the first evaluate_search
         self._optimizers_ready = False
         self.vllm_backends = self._connect_vllm() if args.use_vllm else {}
         self._vllm_stale = set(self.vllm_backends)  # the servers hold the base weights until the first push
@@ -207,6 +209,11 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         if model is None:
             raise ValueError("no agent: pass `model` (one per agent) or set `args.agents`")
         models = list(model) if isinstance(model, (list, tuple)) else [model]
+        if args.agent_mode == "homogeneous" and len(models) > 1:
+            raise ValueError(
+                f"agent_mode='homogeneous' shares one set of weights: pass one model, not {len(models)} (name the "
+                "agents, with their system prompts, in args.agents)"
+            )
         tokenizers = list(processing_class) if isinstance(processing_class, (list, tuple)) else [processing_class]
         tokenizers += [None] * (len(models) - len(tokenizers))
         specs = []
@@ -299,6 +306,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             order=args.selection_order,
             prompt=prompt,
             max_depth=args.max_depth,
+            tplus=args.tplus,
         )
         return SearchConfig(**{**fields, **overrides})
 
@@ -660,24 +668,55 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_search(
-        self, dataset: Dataset, max_nodes: int | None = None, mode: str = "system", tplus: bool = False
+        self,
+        dataset: Dataset,
+        max_nodes: int | None = None,
+        mode: str | None = None,
+        tplus: bool | None = None,
+        reward_model: str | RewardModel | None = None,
+        tie_break: TieBreak | None = None,
     ) -> dict[str, float]:
         """Held-out Pass@1 / Pass@1(MCTS) / Pass@N with the current agents (``system``: one joint tree per
-        problem; ``agent``: one tree per agent, metrics per agent). Tests in ``private_tests`` grade, when present."""
-        check_dataset(dataset, self.args.tests_column, "dataset")
-        problems = self.problems(list(dataset))
-        config = self.search_config(max_nodes=max_nodes or self.args.max_nodes, tplus=tplus)
-        groups = {"system": list(self.policy_of)} if mode == "system" else {a: [a] for a in self.policy_of}
+        problem; ``agent``: one tree per agent, metrics per agent). Tests in ``private_tests`` grade, when present.
+
+        Every argument left None takes its ``eval_*`` config field. ``reward_model`` (a sequence-classification
+        model id/path, or a callable ``(question, node) -> float``) picks each tree's submitted node among those
+        with the best public score (``select_final``). Under DDP/FSDP the problems are sharded across processes
+        (each is searched once; in FSDP lockstep every process still takes part in each forward) and the metrics
+        are averaged over all problems, so every process returns the same numbers."""
+        args = self.args
+        mode = mode or args.eval_mode
         if mode not in ("system", "agent"):
             raise ValueError(f"mode must be 'system' or 'agent', got {mode!r}")
+        check_dataset(dataset, args.tests_column, "dataset")
+        tie_break = tie_break or args.eval_tie_break
+        rm = self._eval_reward_model(reward_model)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        problems = self.problems(list(dataset))[rank::world]
+        config = self.search_config(
+            max_nodes=max_nodes or args.eval_max_nodes or args.max_nodes,
+            tplus=args.eval_tplus if tplus is None else tplus,
+        )
+        groups = {"system": list(self.policy_of)} if mode == "system" else {a: [a] for a in self.policy_of}
         out = {}
         for label, agents in groups.items():
             trees = self.run_search(problems, config, agents)
             self.search.grade(problems, trees)
-            metrics = mean_metrics([tree_metrics(t) for t in trees])
+            local = [tree_metrics(t, tie_break, rm, p.question) for p, t in zip(problems, trees, strict=True)]
+            per_tree = [m for shard in gather_object([local]) for m in shard]
             prefix = "" if mode == "system" else f"{label}/"
-            out.update({f"{prefix}{k}": v for k, v in metrics.items()})
+            out.update({f"{prefix}{k}": v for k, v in mean_metrics(per_tree).items()})
         return out
+
+    def _eval_reward_model(self, reward_model: str | RewardModel | None) -> RewardModel | None:
+        """The reward model of ``evaluate_search``: the argument, else ``eval_reward_model`` (loaded once)."""
+        if reward_model is not None:
+            return resolve_reward_model(reward_model, self.accelerator.device)
+        if self.args.eval_reward_model is None:
+            return None
+        if self._reward_model is None:
+            self._reward_model = resolve_reward_model(self.args.eval_reward_model, self.accelerator.device)
+        return self._reward_model
 
     # ------------------------------------------------------------------ saving / resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from trl import TrlParser
 
 TINY_MODEL_IDS = {"trl-mars/tiny-qwen2": "qwen2", "trl-mars/tiny-llama": "llama"}
 """Model ids that name the package's offline tiny models instead of a hub repository."""
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def parse_recipe_args(
@@ -33,3 +35,21 @@ def resolve_model_path(name_or_path: str) -> str:
 
         return tiny_model_path(TINY_MODEL_IDS[name_or_path])
     return name_or_path
+
+
+def check_model_reference(model: str, where: str) -> None:
+    """Fail early (before any weight is read) on a model reference that cannot resolve."""
+    if model in TINY_MODEL_IDS:
+        return
+    path = Path(os.path.expanduser(model))
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{where}: local model folder {model!r} has no config.json")
+        return
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        raise ValueError(f"{where}: unknown model {model!r}: not a local folder and not a hub id like 'org/name'")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ValueError(f"{where}: model {model!r} is not in the local cache and HF_HUB_OFFLINE=1")

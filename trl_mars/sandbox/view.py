@@ -51,9 +51,9 @@ def _package_paths(names: tuple[str, ...]) -> list[str]:
 
 def _interpreter_paths() -> list[str]:
     """The standard library (with lib-dynload), the interpreter binary and libpython, as host paths."""
-    stdlib = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
-    dynload = os.path.join(sysconfig.get_paths()["platstdlib"], "lib-dynload")
-    paths = [*stdlib, os.path.realpath(dynload), os.path.realpath(sys.executable)]
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])  # in a venv: the base interpreter's
+    dynload = [os.path.realpath(p) for p in sys.path if os.path.basename(p) == "lib-dynload"]
+    paths = [stdlib, *dynload, os.path.realpath(sys.executable)]
     paths += glob.glob(os.path.join(sys.base_prefix, "lib", "libpython*.so*"))
     paths = [p for p in paths if os.path.exists(p) and not p.startswith("/usr/")]
     return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]

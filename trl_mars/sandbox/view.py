@@ -13,11 +13,10 @@ processes hidden. Project sources, datasets, home folders and the rest of the ho
 from __future__ import annotations
 
 import glob
-import importlib.metadata
-import importlib.util
 import os
 import sys
 import sysconfig
+from importlib.util import find_spec
 
 from trl_mars.sandbox import limits
 
@@ -30,10 +29,14 @@ ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")
 def _package_paths(names: tuple[str, ...]) -> list[str]:
     """Host paths to expose for each allowed top-level module: the module, its ``<name>.libs`` folder of
     bundled shared libraries and its distribution's metadata (for ``importlib.metadata``)."""
+    if not names:
+        return []
+    from importlib import metadata  # only here: it pulls in email, csv, zipfile... which the zygote need not hold
+
     paths = []
-    dists = importlib.metadata.packages_distributions()
+    dists = metadata.packages_distributions()
     for name in names:
-        spec = importlib.util.find_spec(name)
+        spec = find_spec(name)
         if spec is None:
             raise ModuleNotFoundError(f"SandboxConfig.packages: no module named {name!r} to expose")
         locations = list(spec.submodule_search_locations or []) or [spec.origin]
@@ -43,7 +46,7 @@ def _package_paths(names: tuple[str, ...]) -> list[str]:
             if os.path.isdir(libs):
                 paths.append(libs)
         for dist in dists.get(name, []):
-            info = importlib.metadata.distribution(dist)._path  # the .dist-info folder
+            info = metadata.distribution(dist)._path  # the .dist-info folder
             if os.path.isdir(info):
                 paths.append(str(info))
     return paths

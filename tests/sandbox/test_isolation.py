@@ -302,3 +302,29 @@ def test_stdlib_imports_that_work_outside_work_inside(sandbox):
     )
     result = sandbox.run(program, ["assert f() == []"])
     assert result.passed, json.dumps(result.verdicts[0].actual)
+
+
+def test_a_check_sees_nothing_of_the_previous_one(sandbox):
+    writer = (
+        "import os\n"
+        "open('/dev/shm/left', 'w').write('x')\n"
+        "open('left', 'w').write('x')\n"
+        "try:\n"
+        "    os.setxattr('.', 'user.left', b'x')\n"
+        "except OSError:\n"
+        "    pass\n"
+        "def f():\n"
+        "    return 1\n"
+    )
+    reader = (
+        "import os\n"
+        "def f():\n"
+        "    try:\n"
+        "        attrs = os.listxattr('.')\n"
+        "    except OSError:\n"
+        "        attrs = []\n"
+        "    return os.listdir('.') + os.listdir('/dev/shm') + attrs\n"
+    )
+    assert sandbox.run(writer, ["assert f() == 1"]).passed
+    result = sandbox.run(reader, ["assert f() == []"])
+    assert result.passed, result.feedback_text()

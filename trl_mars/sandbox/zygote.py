@@ -70,10 +70,11 @@ class Scratch:
         self.workdir = view.WORK if in_view else ""
 
     def _state(self) -> tuple:
-        """What changes when a check writes anything: inodes in use on both tmpfs, the work dir's stat."""
+        """What changes when a check writes anything: inodes in use on both tmpfs, the work dir's stat (its
+        ctime moves with any change to it, xattrs and restored mtimes included)."""
         st = os.stat(self.workdir, follow_symlinks=False)
         used = [(fs.f_files - fs.f_ffree) for fs in map(os.statvfs, ("/tmp", "/dev/shm"))]
-        return (*used, st.st_ino, st.st_mode, st.st_uid, st.st_nlink, st.st_mtime_ns)
+        return (*used, st.st_ino, st.st_mode, st.st_uid, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns)
 
     def prepare(self) -> str:
         """The working directory for the next check, with empty output files."""

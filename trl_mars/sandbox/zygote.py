@@ -20,7 +20,6 @@ import secrets
 import select
 import signal
 import sys
-import tempfile
 import time
 import traceback
 
@@ -82,6 +81,8 @@ class Scratch:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
         if not self.in_view:
+            import tempfile  # only here: it pulls in shutil, bz2, lzma, zlib, which would make every fork dearer
+
             self.workdir = tempfile.mkdtemp(prefix="check-")
             self._own()
         elif self.clean is None:

@@ -239,6 +239,19 @@ def test_a_3000_level_directory_tree_is_cleaned_up(sandbox, tmp_path):
     tmp_path.rmdir()
 
 
+def test_the_child_keeps_pdeathsig_after_its_uid_change(sandbox):
+    # a uid change clears the parent-death signal: armed before it (as before), the child had none
+    program = (
+        "import ctypes\n"
+        "def f():\n"
+        "    signal = ctypes.c_int(-1)\n"
+        "    ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0)  # PR_GET_PDEATHSIG\n"
+        "    return signal.value\n"
+    )
+    result = sandbox.run(program, [f"assert f() == {int(signal.SIGKILL)}"])
+    assert result.passed, result.feedback_text()
+
+
 TRAINER = """
 import sys
 from trl_mars.sandbox import Sandbox

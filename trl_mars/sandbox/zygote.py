@@ -223,7 +223,13 @@ class CheckRun:
             if len(buf) > MAX_RECORD:
                 return "protocol", loaded, current, in_test
             for line in lines:
-                rec = self.parse(line, nonce)
+                # the start of the expected test and the final record are known byte for byte: no parsing
+                if line == repr((nonce, "S", current)).encode():
+                    rec = ("S", current)
+                elif line == repr((nonce, "D")).encode():
+                    rec = ("D",)
+                else:
+                    rec = self.parse(line, nonce)
                 kind = rec[0] if rec else None
                 if kind == "L" and not loaded and len(rec) == 4:
                     loaded = True

@@ -45,7 +45,7 @@ def _own_paths() -> dict[str, str]:
 def _join_path(mount_root: str, mount_point: str, path: str) -> str | None:
     if not (path == mount_root or path.startswith(mount_root.rstrip("/") + "/")):
         return None  # our cgroup is outside what this mount shows (a cgroup namespace boundary)
-    return os.path.join(mount_point, os.path.relpath(path, mount_root))
+    return os.path.normpath(os.path.join(mount_point, os.path.relpath(path, mount_root)))
 
 
 def _write(path: str, value: str) -> None:
@@ -114,22 +114,38 @@ def _sweep(parent: str, ours: str) -> None:
                 pass
 
 
+def _v2_parent(own: str, mount_point: str) -> tuple[str, set[str]]:
+    """The v2 cgroup to create the check's cgroup in, and the controllers enabled for its children: our own
+    cgroup when it can have children with the memory and pids controllers (it is the root, or holds no
+    process), else its parent when those are delegated there (e.g. a systemd unit with ``Delegate=yes``)."""
+    reasons = []
+    candidates = [(own, True)] + ([(os.path.dirname(own), False)] if own != mount_point else [])
+    for parent, may_enable in candidates:
+        with open(os.path.join(parent, "cgroup.subtree_control")) as f:
+            enabled = set(f.read().split())
+        with open(os.path.join(parent, "cgroup.controllers")) as f:
+            available = set(f.read().split())
+        missing = {"memory", "pids"} - enabled
+        if missing and may_enable and missing <= available:
+            try:
+                _write(os.path.join(parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in missing))
+                missing = set()
+            except OSError as e:
+                reasons.append(f"cannot enable {sorted(missing)} in {parent}: {e}")
+        if not missing and os.access(parent, os.W_OK):
+            return parent, enabled | {"memory", "pids"}
+        reasons.append(f"{parent}: memory and pids not delegated to its children")
+    raise OSError("; ".join(reasons))
+
+
 def _create_v2(mounts, paths, name: str, memory: int, tasks: int, cpu_weight: int) -> CheckCgroup:
     if "" not in paths:
         raise OSError("no cgroup v2 hierarchy")
     for root, point, fstype, _ in mounts:
-        parent = _join_path(root, point, paths[""]) if fstype == "cgroup2" else None
-        if parent is None:
+        own = _join_path(root, point, paths[""]) if fstype == "cgroup2" else None
+        if own is None:
             continue
-        with open(os.path.join(parent, "cgroup.controllers")) as f:
-            available = set(f.read().split())
-        if not {"memory", "pids"} <= available:
-            raise OSError("the memory and pids controllers are not delegated to our cgroup v2")
-        with open(os.path.join(parent, "cgroup.subtree_control")) as f:
-            enabled = set(f.read().split())
-        wanted = {"memory", "pids", "cpu"} & available
-        if not wanted <= enabled:
-            _write(os.path.join(parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted - enabled))
+        parent, enabled = _v2_parent(own, point)
         _sweep(parent, name)
         path = os.path.join(parent, name)
         os.mkdir(path)
@@ -139,7 +155,7 @@ def _create_v2(mounts, paths, name: str, memory: int, tasks: int, cpu_weight: in
             if os.path.exists(os.path.join(path, "memory.swap.max")):
                 _write(os.path.join(path, "memory.swap.max"), "0")
             _write(os.path.join(path, "pids.max"), str(tasks))
-            if "cpu" in wanted:
+            if "cpu" in enabled:
                 _write(os.path.join(path, "cpu.weight"), str(cpu_weight))
         except OSError:
             group.remove()

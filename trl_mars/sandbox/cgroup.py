@@ -56,13 +56,15 @@ def _write(path: str, value: str) -> None:
 class CheckCgroup:
     """The cgroup directories of one zygote (one per hierarchy) and its limits."""
 
-    def __init__(self, version: int, dirs: dict[str, str]):
+    def __init__(self, version: int, dirs: dict[str, str], controllers: set[str] | None = None):
         self.version, self.dirs = version, dirs
+        self.controllers = controllers  # v2 only: those enabled for it (v1: the keys of ``dirs``)
         self._events: int | None = None
 
     @property
     def describe(self) -> str:
-        return f"cgroup v{self.version} ({', '.join(sorted(k or 'unified' for k in self.dirs))})"
+        names = self.controllers if self.version == 2 else set(self.dirs)
+        return f"cgroup v{self.version} ({', '.join(sorted(names & {'cpu', 'memory', 'pids'}))})"
 
     def join(self) -> None:
         """Move the calling process into the cgroup (its children are then born there) and keep the OOM
@@ -149,7 +151,7 @@ def _create_v2(mounts, paths, name: str, memory: int, tasks: int, cpu_weight: in
         _sweep(parent, name)
         path = os.path.join(parent, name)
         os.mkdir(path)
-        group = CheckCgroup(2, {"": path})
+        group = CheckCgroup(2, {"": path}, enabled)
         try:
             _write(os.path.join(path, "memory.max"), str(memory))
             if os.path.exists(os.path.join(path, "memory.swap.max")):

@@ -309,13 +309,14 @@ class Zygote:
         limits.kill_all(uid=self.uid) if self.uid is not None else limits.kill_all(sid=pid)
 
     def serve(self, channel_out: int) -> None:
-        for module in PRELOAD:
+        weak_network = "netns" not in self.isolation["network"]
+        for module in (*PRELOAD, "socket") if weak_network else PRELOAD:  # block_sockets needs socket
             importlib.import_module(module)
         gc.collect()
         gc.freeze()  # the children's collections skip the zygote's objects: fewer copy-on-write faults
         os.environ.clear()
         os.environ.update(CHILD_ENV)
-        weak = "netns" not in self.isolation["network"] or self.isolation["filesystem"] == "none"
+        weak = weak_network or self.isolation["filesystem"] == "none"
         if self.config.require_isolation and weak:
             send_msg(channel_out, {"error": f"required isolation unavailable: {self.isolation}"})
             return

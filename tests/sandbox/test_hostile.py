@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -35,8 +36,14 @@ def assert_nothing_left(sb: Sandbox) -> None:
     assert [pid for uid in uids for pid in sandbox_pids(uid=uid)] == []
     for worker in sb._workers:
         if worker.proc is not None:
-            children = Path(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children").read_text().split()
-            assert children == []
+            zygote = worker.proc.pid
+            if worker.isolation["pid"] == "namespace":  # the outer process's one child is the zygote proper
+                (zygote,) = map(int, children_of(zygote))
+            assert children_of(zygote) == []
+
+
+def children_of(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
 
 
 def statuses(result) -> set[Status]:
@@ -136,6 +143,12 @@ def test_dead_worker_is_reported_and_restarted():
     with Sandbox(concurrency=1, timeout_s=2.0, max_total_s=4.0) as sb:
         sb.start()
         future = sb.submit("import time\ntime.sleep(3)\n", ["assert True"])
+        zygote = sb._workers[0].proc.pid
+        if sb._workers[0].isolation["pid"] == "namespace":
+            (zygote,) = map(int, children_of(zygote))
+        deadline = time.monotonic() + 10
+        while not children_of(zygote) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the check is running: the worker dies under it, not before it was sent
         sb._workers[0].proc.kill()
         result = future.result()
         assert result.sandbox_error and statuses(result) == {Status.CRASHED}

@@ -1,23 +1,27 @@
 """OS-level isolation: namespaces for a zygote (once), rlimits and privilege drop for each child.
 
-Network: a fresh network namespace (only a down loopback) via ``unshare``; without it the harness blocks
-``socket`` in-process (weak, reported). Filesystem: a private mount namespace where every mount is
-re-mounted read-only and /tmp, /var/tmp, /dev/shm are fresh size-capped tmpfs that only the zygote
-may write (each check gets its own directory there, owned by the sandbox uid). As root each worker runs
-programs under its own unused uid (``uid_base`` + its pid), which makes RLIMIT_NPROC effective and lets cleanup kill by uid.
+A zygote enters new network (only a down loopback), mount and PID namespaces (a user namespace first when
+not root) and becomes PID 1 of its PID namespace: sandboxed processes cannot signal it (init ignores
+signals from its own namespace that it has no handler for), cannot see host processes, and die with it.
+Without namespaces the harness blocks ``socket`` in-process (weak, reported) and cleanup falls back to
+finding processes by uid or session. As root each worker runs programs under its own unused uid
+(``uid_base`` + the outer zygote's pid), which makes RLIMIT_NPROC effective and keeps /proc private.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import resource
 import signal
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MS_REC, MS_PRIVATE, MNT_DETACH = 16384, 1 << 18, 2
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 TMPFS_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+_SYS_PIVOT_ROOT = 155  # x86_64 and the generic table (aarch64: 41)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -40,87 +44,53 @@ def _enc(text: str | None) -> bytes | None:
     return None if text is None else text.encode()
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     _check(_libc.mount(_enc(source), _enc(target), _enc(fstype), flags, _enc(data)), f"mount {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_enc(target), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    number = 41 if os.uname().machine == "aarch64" else _SYS_PIVOT_ROOT
+    _check(_libc.syscall(number, _enc(new_root), _enc(put_old)), "pivot_root")
 
 
 def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, value, 0, 0, 0), "prctl")
 
 
-def _enter_namespaces() -> str:
-    """Unshare network + mount namespaces (a user namespace first when not root). Returns the method."""
+def enter_namespaces() -> str:
+    """Unshare network + PID namespaces (a user namespace first when not root); the caller's next child is
+    PID 1 of the new PID namespace and makes its own mount namespace. Returns the method."""
     if os.geteuid() == 0:
-        unshare(CLONE_NEWNET | CLONE_NEWNS)
+        unshare(CLONE_NEWNET | CLONE_NEWPID)
         return "netns"
     uid, gid = os.geteuid(), os.getegid()
-    unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS)
+    unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID)
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
     return "userns+netns"
 
 
-def _private_filesystem(tmpfs_bytes: int) -> None:
-    """Make every mount read-only (in this mount namespace only) and put fresh tmpfs on the tmp dirs."""
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+def read_only_filesystem(tmpfs_bytes: int) -> None:
+    """Fallback when the view cannot be built: every mount read-only (in this mount namespace only) and
+    fresh tmpfs on the tmp dirs."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
     with open("/proc/self/mountinfo") as f:
         targets = [line.split()[4] for line in f]
     for target in targets:
         try:
-            _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
         except OSError:
             pass  # locked or vanished mounts stay as they are; "/" itself must succeed (checked below)
     for target in TMPFS_DIRS:
         if os.path.isdir(target):
-            _mount("tmpfs", target, "tmpfs", 0, f"size={tmpfs_bytes},mode=0755")
+            mount("tmpfs", target, "tmpfs", 0, f"size={tmpfs_bytes},mode=0755")
     if os.access("/", os.W_OK) and os.access("/usr", os.W_OK):
         raise OSError("root filesystem is still writable")
-
-
-def isolate_zygote(tmpfs_bytes: int) -> dict:
-    """Called once in a fresh zygote. Returns a report of what isolation is in force."""
-    report: dict = {"network": "harness socket block (weak)", "filesystem": "none", "warnings": []}
-    try:
-        prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of sandboxed programs are reparented here and reaped
-    except OSError as e:
-        report["warnings"].append(f"no subreaper: {e}")
-    try:
-        report["network"] = _enter_namespaces()
-    except OSError as e:
-        report["warnings"].append(f"no network/mount namespace: {e}")
-        return report
-    try:
-        _private_filesystem(tmpfs_bytes)
-        report["filesystem"] = "read-only mounts + private tmpfs"
-    except OSError as e:
-        report["warnings"].append(f"no private filesystem: {e}")
-    return report
-
-
-def _others_can_read(path: str) -> bool:
-    """Whether an unrelated uid can list ``path`` (o+rx) and reach it (o+x on every ancestor)."""
-    parts = os.path.realpath(path).split(os.sep)
-    ancestors = [os.sep.join(parts[:i]) or os.sep for i in range(1, len(parts))]
-    modes = [os.stat(p).st_mode for p in [*ancestors, os.path.realpath(path)]]
-    return all(m & 0o001 for m in modes) and bool(modes[-1] & 0o004)
-
-
-def expose_import_paths(paths: list[str], root: str = "/tmp/.python-path") -> list[str]:
-    """Read-only bind mounts, under the private /tmp, of the import directories the sandbox uid could not
-    read (e.g. a Python installed under /root); returns ``paths`` with those entries replaced."""
-    exposed = []
-    for i, path in enumerate(paths):
-        if not path or not os.path.isdir(path) or _others_can_read(path):
-            exposed.append(path)
-            continue
-        target = os.path.join(root, str(i))
-        os.makedirs(target, mode=0o755)
-        os.chmod(root, 0o755)
-        _mount(path, target, None, MS_BIND)
-        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-        exposed.append(target)
-    return exposed
 
 
 def sandbox_uid(uid_base: int, zygote_pid: int) -> int | None:
@@ -129,8 +99,10 @@ def sandbox_uid(uid_base: int, zygote_pid: int) -> int | None:
     return uid_base + zygote_pid if os.geteuid() == 0 else None
 
 
-def apply_child_limits(config, uid: int | None) -> None:
-    """rlimits, then the privilege drop; called in the forked child just before the harness runs."""
+def apply_child_limits(config, uid: int | None, parent: int) -> None:
+    """rlimits, then the privilege drop, then PDEATHSIG (a uid change clears it, so it comes last); called
+    in the forked child just before the harness runs. ``parent`` is the zygote's pid as the child sees it:
+    if the zygote died before PDEATHSIG was armed, the child exits here."""
     cpu = int(config.max_total_s) + 1
     nproc = config.max_processes if uid is not None else config.max_processes + count_processes(os.getuid())
     for limit, value in (
@@ -143,11 +115,13 @@ def apply_child_limits(config, uid: int | None) -> None:
     ):
         resource.setrlimit(limit, (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail with EFBIG instead of killing
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _proc_fields(pid: str) -> tuple[int, int, str] | None:
@@ -196,3 +170,65 @@ def block_sockets() -> None:
         for name in ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo"):
             if hasattr(module, name):
                 setattr(module, name, refuse)
+
+
+def memory_in_use(pids: list[int]) -> int:
+    """Bytes held by these processes, for the watchdog used without a memory cgroup: anonymous and shared
+    resident pages of each, plus the size of every memfd they hold open (counted once per file). Shared
+    memory mapped by several processes is counted in each, so this may over-count, never under-count."""
+    total, memfds = 0, {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(("RssAnon:", "RssShmem:")):
+                        total += int(line.split()[1]) << 10
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                path = f"/proc/{pid}/fd/{fd}"
+                if os.readlink(path).startswith("/memfd:"):
+                    st = os.stat(path)
+                    memfds[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+        except (OSError, ValueError):
+            continue  # the process exited meanwhile
+    return total + sum(memfds.values())
+
+
+def remove_tree(path: str) -> None:
+    """Delete ``path`` and everything under it without recursion (a 3000-level tree must not raise
+    RecursionError) and without building long paths (each step is relative to an open directory)."""
+    parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    stack = [(parent, os.path.basename(path))]  # (fd of the directory holding it, name)
+    fds: list[int] = []  # fds[i] is the open directory stack[i] names
+    try:
+        while stack:
+            dir_fd, name = stack[-1]
+            if len(fds) < len(stack):
+                try:
+                    os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError:
+                    pass  # a symlink, or not ours: unlinking is what matters
+                try:
+                    fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd))
+                except OSError as e:
+                    if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    os.unlink(name, dir_fd=dir_fd)
+                    stack.pop()
+                    continue
+            fd = fds[-1]
+            subdir = None
+            for entry in os.scandir(fd):
+                if entry.is_dir(follow_symlinks=False):
+                    subdir = entry.name
+                else:
+                    os.unlink(entry.name, dir_fd=fd)
+            if subdir is not None:
+                stack.append((fd, subdir))
+                continue
+            os.close(fds.pop())
+            stack.pop()
+            os.rmdir(name, dir_fd=dir_fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        os.close(parent)

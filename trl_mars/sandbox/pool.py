@@ -67,17 +67,25 @@ class Worker:
         budget = self.config.max_total_s + len(wire["tests"]) * 0.05 + _GRACE_S
         return recv_msg(self.proc.stdout.fileno(), time.monotonic() + budget)
 
-    def stop(self) -> None:
-        """Kill the zygote and anything still running under this worker's sandbox uid."""
+    def stop(self, graceful: bool = False) -> None:
+        """Stop the zygote: when ``graceful``, by closing its channel (it exits and removes its cgroup), else
+        (or if it does not exit within a second) by SIGKILL, which takes its PID namespace with it; without
+        a PID namespace, anything still running under this worker's sandbox uid is killed too."""
         if self.proc is None:
             return
+        if graceful:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pass
         self.proc.kill()
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             pipe.close()
         uid = limits.sandbox_uid(self.config.uid_base, self.proc.pid)
         self.proc = None
-        if uid is not None:
+        if uid is not None and self.isolation.get("pid") != "namespace":
             limits.kill_all(uid=uid)
 
 
@@ -103,7 +111,7 @@ def crashed_result(check: Check, error: str) -> ExecutionResult:
 def _shutdown(executor: ThreadPoolExecutor, workers: list[Worker]) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
     for worker in workers:
-        worker.stop()
+        worker.stop(graceful=True)
 
 
 class Sandbox:

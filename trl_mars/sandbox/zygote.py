@@ -1,9 +1,11 @@
 """The fork server: a pre-imported Python process that forks one fresh, limited child per check.
 
 Started by ``pool.Worker`` as ``python -m trl_mars.sandbox.zygote``; talks over stdin/stdout with
-``protocol`` messages. It enters its namespaces once, then for each check forks a child (new session,
-rlimits, own uid, private cwd, scrubbed env, stdin on /dev/null) that runs ``harness.run_check``. It watches
-the child's records with per-test deadlines; when a test times out or the child dies, that test gets its
+``protocol`` messages. This outer process creates the worker's cgroup, enters new namespaces and forks the
+zygote proper, PID 1 of the new PID namespace, then only waits for it and removes the cgroup. The zygote
+joins the cgroup, builds the filesystem view (``view``), and for each check forks a child (new session,
+rlimits, own uid, scrubbed env, stdin on /dev/null) that runs ``harness.run_check``. It watches the
+child's records with per-test deadlines; when a test times out or the child dies, that test gets its
 verdict and a new child continues with the next test. Every process of the check is killed and reaped.
 """
 
@@ -11,17 +13,17 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import gc
 import importlib
 import os
 import secrets
 import select
-import shutil
 import signal
 import sys
-import tempfile
 import time
+import traceback
 
-from trl_mars.sandbox import limits
+from trl_mars.sandbox import cgroup, limits, view
 from trl_mars.sandbox.config import SandboxConfig
 from trl_mars.sandbox.harness import FIELD_CAP, run_check
 from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, send_msg
@@ -31,6 +33,7 @@ PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", 
            "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "typing")  # fmt: skip
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 MAX_RECORD = 1 << 22
+WATCHDOG_S = 0.02  # how often memory is measured when no memory cgroup bounds the check
 CHILD_STATUSES = ("passed", "failed", "error", "memory")  # the verdicts a child may report itself
 
 
@@ -51,34 +54,81 @@ def _describe_exit(status: int) -> tuple[str, str]:
     return "crashed", f"exited with code {os.waitstatus_to_exitcode(status)} before reporting"
 
 
+class Scratch:
+    """Where checks write: their working directory and the files that capture stdout/stderr.
+
+    In the filesystem view the working directory is a fixed folder on a private tmpfs, reused while checks
+    leave it untouched, and replaced by fresh tmpfs mounts (which drop any tree at once, however deep)
+    after a check wrote anything; otherwise each check gets a new temporary folder, removed without
+    recursion. stdout/stderr go to two memfds, emptied before each check."""
+
+    def __init__(self, config: SandboxConfig, uid: int | None, in_view: bool):
+        self.config, self.uid, self.in_view = config, uid, in_view
+        self.out_fds = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdout", "stderr")]
+        self.clean: tuple | None = None
+        self.workdir = view.WORK if in_view else ""
+
+    def _state(self) -> tuple:
+        """What changes when a check writes anything: inodes in use on both tmpfs, the work dir's stat (its
+        ctime moves with any change to it, xattrs and restored mtimes included)."""
+        st = os.stat(self.workdir, follow_symlinks=False)
+        used = [(fs.f_files - fs.f_ffree) for fs in map(os.statvfs, ("/tmp", "/dev/shm"))]
+        return (*used, st.st_ino, st.st_mode, st.st_uid, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns)
+
+    def prepare(self) -> str:
+        """The working directory for the next check, with empty output files."""
+        for fd in self.out_fds:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        if not self.in_view:
+            import tempfile  # only here: it pulls in shutil, bz2, lzma, zlib, which would make every fork dearer
+
+            self.workdir = tempfile.mkdtemp(prefix="check-")
+            self._own()
+        elif self.clean is None:
+            self._own()
+            self.clean = self._state()
+        return self.workdir
+
+    def _own(self) -> None:
+        if self.uid is not None:
+            os.chown(self.workdir, self.uid, self.uid)
+
+    def outputs(self) -> list[tuple[str, int]]:
+        cap = self.config.output_cap_bytes
+        return [(os.pread(fd, cap, 0).decode("utf-8", "replace"), os.fstat(fd).st_size) for fd in self.out_fds]
+
+    def finish(self) -> None:
+        """After a check (all its processes are gone): drop whatever it wrote."""
+        if not self.in_view:
+            limits.remove_tree(self.workdir)
+        elif self._state() != self.clean:
+            view.mount_scratch(self.config.tmpfs_bytes)
+            self._own()
+            self.clean = self._state()
+
+
 class CheckRun:
     """Runs one check (a ``Check.wire()`` dict) to completion, possibly over several children."""
 
-    def __init__(self, check: dict, config: SandboxConfig, uid: int | None, isolation: dict):
-        self.check, self.config, self.uid, self.isolation = check, config, uid, isolation
+    def __init__(self, check: dict, zygote: Zygote):
+        self.check, self.zygote, self.config = check, zygote, zygote.config
         self.tests = check["tests"]
         self.verdicts: list[dict | None] = [None] * len(self.tests)
         self.program = {"program_status": "passed", "program_error": ""}
-        self.deadline = time.monotonic() + config.max_total_s
+        self.deadline = time.monotonic() + self.config.max_total_s
 
     def run(self) -> dict:
         t0 = time.monotonic()
-        self.workdir = tempfile.mkdtemp(prefix="check-")
-        self.outdir = tempfile.mkdtemp(prefix="out-")
-        if self.uid is not None:
-            os.chown(self.workdir, self.uid, self.uid)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        self.out_fds = [os.open(os.path.join(self.outdir, name), flags, 0o600) for name in ("stdout", "stderr")]
+        scratch = self.zygote.scratch
+        self.workdir = scratch.prepare()
         try:
             start = self.spawn(0)
             while start < len(self.tests) and time.monotonic() < self.deadline:
                 start = self.spawn(start)
-            outputs = [self.read_output(fd, name) for fd, name in zip(self.out_fds, ("stdout", "stderr"))]
+            outputs = scratch.outputs()
         finally:
-            for fd in self.out_fds:
-                os.close(fd)
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            shutil.rmtree(self.outdir, ignore_errors=True)
+            scratch.finish()
         verdicts = [
             v or _verdict(i, t, "timeout", message="not run: the check's time budget was exhausted")
             for i, (v, t) in enumerate(zip(self.verdicts, self.tests))
@@ -86,20 +136,16 @@ class CheckRun:
         truncated = any(size >= self.config.output_cap_bytes for _, size in outputs)
         return {
             "verdicts": verdicts, **self.program, "stdout": outputs[0][0], "stderr": outputs[1][0],
-            "output_truncated": truncated, "duration_s": time.monotonic() - t0, "isolation": self.isolation,
+            "output_truncated": truncated, "duration_s": time.monotonic() - t0, "isolation": self.zygote.isolation,
         }  # fmt: skip
-
-    def read_output(self, fd: int, name: str) -> tuple[str, int]:
-        size = os.fstat(fd).st_size
-        with open(os.path.join(self.outdir, name), "rb") as f:
-            return f.read(self.config.output_cap_bytes).decode("utf-8", "replace"), size
 
     def child(self, start: int, wfd: int, nonce: str) -> None:
         """In the forked child: isolate, limit, then run the harness. Never returns."""
         try:
+            zygote = self.zygote
             os.setsid()
             null = os.open(os.devnull, os.O_RDWR)
-            for target, source in ((0, null), (1, self.out_fds[0]), (2, self.out_fds[1])):
+            for target, source in ((0, null), (1, zygote.scratch.out_fds[0]), (2, zygote.scratch.out_fds[1])):
                 os.dup2(source, target)
             fd = fcntl.fcntl(wfd, fcntl.F_DUPFD_CLOEXEC, 100 + secrets.randbelow(900))
             os.closerange(3, fd)
@@ -107,8 +153,12 @@ class CheckRun:
             os.chdir(self.workdir)
             os.environ.clear()
             os.environ.update(CHILD_ENV, HOME=self.workdir, TMPDIR=self.workdir)
-            limits.apply_child_limits(self.config, self.uid)
-            if "netns" not in self.isolation["network"]:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(adj, b"1000")  # the OOM killer takes the check's processes before the zygote (or anything else)
+            os.close(adj)
+            limits.apply_child_limits(self.config, zygote.uid, zygote.pid)
+            if "netns" not in zygote.isolation["network"]:
                 limits.block_sockets()
             run_check(self.check, start, fd, nonce, self.config.output_cap_bytes)
         finally:
@@ -118,6 +168,7 @@ class CheckRun:
         """Run tests from ``start`` in a fresh child; returns the index to continue from."""
         rfd, wfd = os.pipe()
         nonce = secrets.token_hex(16)
+        oom_before = self.zygote.oom_kills()
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
@@ -130,7 +181,9 @@ class CheckRun:
         status = self.kill_and_reap(pid)
         if reason == "done":
             return len(self.tests)
-        if reason == "timeout":
+        if reason == "memory" or self.zygote.oom_kills() > oom_before:
+            verdict, message = "memory", f"the check exceeded its {self.config.memory_bytes >> 20} MiB memory limit"
+        elif reason == "timeout":
             verdict, message = "timeout", f"exceeded the {self.config.timeout_s:g}s time limit"
         elif reason == "protocol":
             verdict, message = "crashed", "the sandboxed process sent a malformed or forged report"
@@ -149,15 +202,19 @@ class CheckRun:
             self.verdicts[i] = _verdict(i, self.tests[i], status, error_type, message)
 
     def watch(self, rfd: int, nonce: str, start: int) -> tuple[str, bool, int, bool]:
-        """Read the child's records until it finishes, dies, breaks protocol or overruns a deadline.
-        Returns (reason, program loaded, index of the test to blame/continue at, inside that test)."""
+        """Read the child's records until it finishes, dies, breaks protocol, overruns a deadline or (without
+        a memory cgroup) holds more memory than allowed. Returns (reason, program loaded, index of the test
+        to blame/continue at, inside that test)."""
         loaded, current, in_test, buf = False, start, False, b""
         deadline = time.monotonic() + self.config.timeout_s
+        watchdog = self.zygote.group is None
         while True:
             wait = min(deadline, self.deadline) - time.monotonic()
             if wait <= 0:
                 return "timeout", loaded, current, in_test
-            if not select.select([rfd], [], [], wait)[0]:
+            if not select.select([rfd], [], [], min(wait, WATCHDOG_S) if watchdog else wait)[0]:
+                if watchdog and limits.memory_in_use(self.zygote.check_pids()) > self.config.memory_bytes:
+                    return "memory", loaded, current, in_test
                 continue
             chunk = os.read(rfd, 1 << 16)
             if not chunk:
@@ -166,7 +223,13 @@ class CheckRun:
             if len(buf) > MAX_RECORD:
                 return "protocol", loaded, current, in_test
             for line in lines:
-                rec = self.parse(line, nonce)
+                # the start of the expected test and the final record are known byte for byte: no parsing
+                if line == repr((nonce, "S", current)).encode():
+                    rec = ("S", current)
+                elif line == repr((nonce, "D")).encode():
+                    rec = ("D",)
+                else:
+                    rec = self.parse(line, nonce)
                 kind = rec[0] if rec else None
                 if kind == "L" and not loaded and len(rec) == 4:
                     loaded = True
@@ -197,16 +260,11 @@ class CheckRun:
         return tuple(x[: FIELD_CAP * 40] if isinstance(x, str) else x for x in rec[1:]) if ok else None
 
     def kill_and_reap(self, pid: int) -> int:
-        """SIGKILL the child's group and everything running as the sandbox uid; reap; return its status."""
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        self.kill_escapees(pid)
+        """SIGKILL every process of the check; reap them all; return the child's status."""
+        self.zygote.kill_check(pid)
         _, status = os.waitpid(pid, 0)
         give_up = time.monotonic() + 2.0
-        while True:  # orphans are reparented to this subreaper: reap them too
+        while True:  # orphans are reparented to the zygote (init or subreaper): reap them too
             try:
                 reaped, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -214,22 +272,94 @@ class CheckRun:
             if reaped == 0:
                 if time.monotonic() > give_up:
                     return status
-                self.kill_escapees(pid)
-                time.sleep(0.005)
+                self.zygote.kill_check(pid)
+                time.sleep(0.001)
 
-    def kill_escapees(self, sid: int) -> None:
-        """Kill processes that left the process group: by uid when we have one, else by session."""
-        if self.uid is None:
-            limits.kill_all(sid=sid)
+
+class Zygote:
+    """The state checks share: config, sandbox uid, isolation report, cgroup, scratch space."""
+
+    def __init__(self, config: SandboxConfig, uid: int | None, isolation: dict, group: cgroup.CheckCgroup | None):
+        self.config, self.uid, self.isolation, self.group = config, uid, isolation, group
+        self.pid_namespace = isolation["pid"] == "namespace"
+        self.pid = 1 if self.pid_namespace else os.getpid()  # the children's parent, as they see it
+        self.scratch = Scratch(config, uid, isolation["filesystem"].startswith("view"))
+
+    def oom_kills(self) -> int:
+        return self.group.oom_kills() if self.group is not None else 0
+
+    def check_pids(self) -> list[int]:
+        """Processes of the running check (for the memory watchdog)."""
+        if self.pid_namespace:
+            return [int(p) for p in os.listdir("/proc") if p.isdigit() and p != "1"]
+        return limits.sandbox_pids(uid=self.uid) if self.uid is not None else []
+
+    def kill_check(self, pid: int) -> None:
+        """SIGKILL the check's processes. As PID 1 of its namespace the zygote's ``kill(-1)`` reaches exactly
+        the namespace's other processes (a fork racing it is cancelled by the kernel); without a namespace,
+        the child's group and every process of the sandbox uid or, not root, of the child's session."""
+        if self.pid_namespace:
+            os.kill(-1, signal.SIGKILL)
             return
-        # With real and effective uid set to the sandbox uid, kill(-1) reaches exactly that uid's processes
-        # (not this process, not root's); the saved uid 0 lets us switch back. No fork needed.
-        os.setresuid(self.uid, self.uid, 0)
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        limits.kill_all(uid=self.uid) if self.uid is not None else limits.kill_all(sid=pid)
+
+    def serve(self, channel_out: int) -> None:
+        weak_network = "netns" not in self.isolation["network"]
+        for module in (*PRELOAD, "socket") if weak_network else PRELOAD:  # block_sockets needs socket
+            importlib.import_module(module)
+        gc.collect()
+        gc.freeze()  # the children's collections skip the zygote's objects: fewer copy-on-write faults
+        os.environ.clear()
+        os.environ.update(CHILD_ENV)
+        weak = weak_network or self.isolation["filesystem"] == "none"
+        if self.config.require_isolation and weak:
+            send_msg(channel_out, {"error": f"required isolation unavailable: {self.isolation}"})
+            return
+        send_msg(channel_out, {"isolation": self.isolation})
+        while True:
+            try:
+                request = recv_msg(0)
+            except ChannelClosed:
+                return
+            send_msg(channel_out, CheckRun(request["check"], self).run())
+
+
+def _inner(config: SandboxConfig, uid: int | None, isolation: dict, group, channel_out: int, alive: int) -> None:
+    """The zygote proper, PID 1 of its PID namespace: join the cgroup, enter the view, serve checks."""
+    limits.prctl(limits.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select([alive], [], [], 0)[0]:
+        os._exit(1)  # the outer process died before PDEATHSIG was armed
+    os.close(alive)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # init ignores default-action signals from its namespace
+    isolation["pid"] = "namespace"
+    if group is not None:
+        group.join()
+    try:
+        limits.unshare(limits.CLONE_NEWNS)  # its own: the outer process keeps the host's filesystem
+    except OSError as e:
+        isolation["warnings"].append(f"no mount namespace: {e}")
+    else:
         try:
-            for _ in range(3):  # a fork racing the first pass is caught by the next
-                os.kill(-1, signal.SIGKILL)
-        finally:
-            os.setresuid(0, 0, 0)
+            sys.path[:] = view.build(config.tmpfs_bytes, config.packages)
+            sys.path_importer_cache.clear()
+            isolation["filesystem"] = "view: interpreter, stdlib, allowed packages; private /tmp, /proc"
+        except ModuleNotFoundError as e:
+            send_msg(channel_out, {"error": str(e)})
+            return
+        except OSError as e:
+            isolation["warnings"].append(f"no filesystem view: {e}")
+            try:
+                limits.read_only_filesystem(config.tmpfs_bytes)
+                limits.mount("proc", "/proc", "proc", limits.MS_NOSUID | limits.MS_NODEV, "hidepid=2")
+                isolation["filesystem"] = "read-only mounts + private tmpfs"
+            except OSError as e2:
+                isolation["warnings"].append(f"no private filesystem: {e2}")
+    Zygote(config, uid, isolation, group).serve(channel_out)
 
 
 def main() -> None:
@@ -241,27 +371,43 @@ def main() -> None:
     limits.prctl(limits.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != hello["parent_pid"]:
         sys.exit(1)
-    isolation = limits.isolate_zygote(config.tmpfs_bytes)
     uid = limits.sandbox_uid(config.uid_base, os.getpid())
-    isolation["uid"] = uid
-    if uid is not None and isolation["filesystem"] != "none":
-        sys.path[:] = limits.expose_import_paths(sys.path)
-        sys.path_importer_cache.clear()
-    for module in PRELOAD:
-        importlib.import_module(module)
-    os.environ.clear()
-    os.environ.update(CHILD_ENV)
-    weak = "netns" not in isolation["network"] or isolation["filesystem"] == "none"
-    if config.require_isolation and weak:
-        send_msg(channel_out, {"error": f"required isolation unavailable: {isolation}"})
-        return
-    send_msg(channel_out, {"isolation": isolation})
-    while True:
+    isolation: dict = {"network": "harness socket block (weak)", "filesystem": "none", "pid": "none", "uid": uid}
+    isolation["warnings"] = []
+    group, why = None, "use_cgroup=False"
+    if config.use_cgroup:  # the zygote counts as one task of the check's cgroup
+        group, why = cgroup.create(os.getpid(), config.memory_bytes, config.max_processes + 1, config.cpu_weight)
+    isolation["resources"] = group.describe if group else f"rlimits per process + RSS watchdog (no cgroup: {why})"
+    try:
+        isolation["network"] = limits.enter_namespaces()
+    except OSError as e:
+        isolation["warnings"].append(f"no network/mount/PID namespace: {e}")
         try:
-            request = recv_msg(0)
-        except ChannelClosed:
-            return
-        send_msg(channel_out, CheckRun(request["check"], config, uid, isolation).run())
+            limits.prctl(limits.PR_SET_CHILD_SUBREAPER, 1)  # orphans are reparented here and reaped
+        except OSError as e2:
+            isolation["warnings"].append(f"no subreaper: {e2}")
+        if group is not None:  # joining from this process: the outer and the zygote are one
+            group.join()
+        Zygote(config, uid, isolation, group).serve(channel_out)
+        return
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(alive_w)
+        code = 1
+        try:
+            _inner(config, uid, isolation, group, channel_out, alive_r)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    for fd in (alive_r, channel_out, 0):
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    if group is not None:
+        group.remove(wait_s=1.0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 if __name__ == "__main__":

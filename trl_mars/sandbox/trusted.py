@@ -1,0 +1,364 @@
+"""Verdicts decided on the trusted side: split an assert into what the program computes and what the test checks.
+
+For ``assert CONDITION`` the parent finds the *holes*: the smallest sub-expressions that need the program
+(a call of ``candidate`` or of a function the program defines, a name the program binds). Only the holes go
+into the sandbox; the child evaluates them and sends their values back through the strict codec
+(``values``). The parent then evaluates ``CONDITION`` itself, the holes replaced by the decoded values, with
+pristine builtins and its own, unpatched modules. So ``assert f(x) == y``, ``assert f(x)``,
+``assert not f(x)``, ``assert math.isclose(f(x), y)``, ``assert abs(f(x) - y) < tol``,
+``assert set(f(x)) == {...}`` and their mixes are decided by code the program never touched, on values it
+cannot give a custom ``__eq__``, ``__bool__`` or ``__sub__``; the expected value never enters the sandbox.
+
+Between a hole and the assert's root only operators, subscripts, displays, non-underscore attributes,
+calls of ``PARENT_CALLS`` builtins and calls into ``PARENT_MODULES`` may stand; names that the test's
+own statements bind must be computable in the parent (assignments of test-only values, imports of
+``PARENT_MODULES``). Anything else (loops, helpers the test defines, values derived from the program)
+is not split: such a test runs inside the sandbox and its verdict is marked ``trusted=False``.
+
+>>> split = split_assert("assert abs(candidate(2.0) - 1.5) < 1e-6", "", "f")
+>>> split.holes, split.judge.expr
+(('candidate(2.0)',), 'abs(__hole_0__ - 1.5) < 1e-06')
+>>> decide(split.judge, [1.5]).passed, decide(split.judge, [2.0]).passed
+(True, False)
+>>> split_assert("for i in range(3):\\n    assert f(i) == i", "", "f") is None
+True
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import functools
+from dataclasses import dataclass
+
+FIELD_CAP = 2000
+# Modules the parent imports itself (its own, unpatched copies) to evaluate a test's condition.
+PARENT_MODULES = frozenset({
+    "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools", "heapq",
+    "itertools", "json", "math", "operator", "re", "statistics", "string", "typing",
+})  # fmt: skip
+# Builtins the parent may apply to values the program returned.
+PARENT_CALLS = frozenset({
+    "abs", "all", "any", "bool", "chr", "complex", "dict", "divmod", "enumerate", "float", "frozenset", "int",
+    "isinstance", "len", "list", "max", "min", "ord", "repr", "reversed", "round", "set", "sorted", "str",
+    "sum", "tuple", "type", "zip",
+})  # fmt: skip
+# Calls that stay inside a hole (evaluated in the child, with pristine builtins) so that iterators and
+# generators the program returns are materialised there: ``sorted(f(x)) == [...]``.
+MATERIALIZE = frozenset({"frozenset", "list", "set", "sorted", "tuple"})
+BUILTIN_NAMES = frozenset(dir(builtins))
+PRISTINE_BUILTINS = dict(builtins.__dict__)
+HOLE = "__hole_{}__"
+_SLOW_OPS = (ast.Pow, ast.LShift)  # could turn a returned int into a huge one in the parent
+
+
+class NotSplittable(Exception):
+    """The test's shape is not one the parent can decide; it runs inside the sandbox."""
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The parent's half of a split test: ``setup`` (test statements the condition needs, parent-safe),
+    ``expr`` (the condition with ``__hole_i__`` names), ``expected`` (the hole-free side of a top-level
+    ``==`` or of ``math.isclose``, shown on failure) and the assert's constant ``message``."""
+
+    setup: str
+    expr: str
+    expected: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Split:
+    """``holes``: expressions the child evaluates after running ``prefix`` (the test statements they need)."""
+
+    holes: tuple[str, ...]
+    prefix: str
+    judge: Judge
+    input: str | None
+
+
+@dataclass
+class Decision:
+    passed: bool
+    actual: str | None = None
+    expected: str | None = None
+    error_type: str | None = None
+    message: str = ""
+
+
+def free_names(node: ast.AST) -> set[str]:
+    """Names read in ``node`` and not bound inside it (comprehension targets, lambda arguments)."""
+    loads, stores = set(), set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
+        elif isinstance(n, ast.arg):
+            stores.add(n.arg)
+    return loads - stores
+
+
+def bound_names(stmt: ast.stmt) -> set[str]:
+    """Names a statement binds at its own level."""
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+
+
+class Scope:
+    """Names bound by a test's own code, in order: ``parent`` maps each parent-computable name to the
+    statement defining it (test-only values, imports of ``PARENT_MODULES``); ``child`` holds the names
+    only the sandbox can compute (helpers, values derived from the program, other imports)."""
+
+    def __init__(self, entry_point: str | None, base: Scope | None = None):
+        self.entry_point = entry_point
+        self.parent: dict[str, ast.stmt] = dict(base.parent) if base else {}
+        self.child: set[str] = set(base.child) if base else set()
+
+    def untrusted(self, name: str) -> bool:
+        """A name the program provides: not bound by the test, not a builtin (the entry point always is)."""
+        if name in self.parent or name in self.child:
+            return False
+        return name not in BUILTIN_NAMES or name == self.entry_point
+
+    def parent_safe(self, stmt: ast.stmt) -> bool:
+        if isinstance(stmt, ast.Import):
+            return all(a.name.split(".")[0] in PARENT_MODULES for a in stmt.names)
+        if isinstance(stmt, ast.ImportFrom):
+            return stmt.level == 0 and (stmt.module or "").split(".")[0] in PARENT_MODULES
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            plain = all(isinstance(n, (ast.Name, ast.Tuple, ast.Starred)) for t in targets for n in ast.walk(t)
+                        if not isinstance(n, ast.expr_context))  # fmt: skip
+            return plain and all(n in self.parent or not self.untrusted(n) and n not in self.child
+                                 for n in free_names(stmt.value))  # fmt: skip
+        return False
+
+    def add(self, stmt: ast.stmt) -> None:
+        names = bound_names(stmt)
+        safe = self.parent_safe(stmt)
+        for name in names:
+            if safe:
+                self.parent[name] = stmt
+                self.child.discard(name)
+            else:
+                self.parent.pop(name, None)
+                self.child.add(name)
+
+
+def _closure(names: set[str], stmts: list[ast.stmt], defs: dict[str, ast.stmt] | None = None) -> list[ast.stmt]:
+    """The statements of ``stmts`` needed (transitively) to bind ``names``, in their original order."""
+    needed: set[int] = set()
+    todo = set(names)
+    while todo:
+        name = todo.pop()
+        for i in range(len(stmts) - 1, -1, -1):
+            if name in bound_names(stmts[i]) and (defs is None or defs.get(name) is stmts[i]):
+                if i not in needed:
+                    needed.add(i)
+                    value = getattr(stmts[i], "value", None)
+                    todo |= free_names(value) if value is not None else set()
+                break
+    return [stmts[i] for i in sorted(needed)]
+
+
+class _Splitter:
+    def __init__(self, scope: Scope):
+        self.scope = scope
+        self.holes: list[ast.expr] = []
+
+    def untrusted(self, node: ast.AST) -> bool:
+        return any(self.scope.untrusted(n) for n in free_names(node))
+
+    def hole(self, node: ast.expr) -> ast.expr:
+        self.holes.append(node)
+        return ast.Name(HOLE.format(len(self.holes) - 1), ast.Load())
+
+    def parent_call(self, func: ast.expr) -> bool:
+        if isinstance(func, ast.Name):
+            return func.id in PARENT_CALLS and func.id not in self.scope.parent and func.id not in self.scope.child
+        return (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and isinstance(self.scope.parent.get(func.value.id), (ast.Import, ast.ImportFrom))
+            and not func.attr.startswith("_")
+        )
+
+    def walk(self, node: ast.expr) -> ast.expr:
+        if not self.untrusted(node):
+            if free_names(node) & self.scope.child:
+                raise NotSplittable("the condition uses a value only the sandbox can compute")
+            return node
+        if isinstance(node, ast.Name):
+            return self.hole(node)
+        if isinstance(node, ast.Call):
+            func = node.func
+            method = isinstance(func, ast.Attribute) and not func.attr.startswith("_")
+            if self.untrusted(func):
+                if isinstance(func, ast.Attribute) and func.attr.startswith("_"):
+                    raise NotSplittable("a private attribute of the program's value")
+                if not method or isinstance(func.value, ast.Name):
+                    return self.hole(node)  # f(x), obj.method(x), f(x)(y): the program computes it all
+                func.value = self.walk(func.value)  # f(x).strip(): the hole is f(x)
+            elif (
+                isinstance(func, ast.Name)
+                and func.id in MATERIALIZE
+                and len(node.args) == 1
+                and not node.keywords
+                and isinstance(node.args[0], ast.Call)
+                and self.untrusted(node.args[0].func)
+            ):
+                return self.hole(node)
+            elif not (self.parent_call(func) or method):
+                raise NotSplittable(f"call of {ast.unparse(func)} on the program's values")
+            node.args = [self.walk(a) for a in node.args]
+            node.keywords = [ast.keyword(k.arg, self.walk(k.value)) for k in node.keywords]
+            return node
+        if isinstance(node, ast.Attribute):
+            if node.attr.startswith("_"):
+                raise NotSplittable("a private attribute of the program's value")
+            if isinstance(node.value, ast.Name):
+                return self.hole(node)
+            node.value = self.walk(node.value)
+            return node
+        if isinstance(node, ast.Compare):
+            node.left = self.walk(node.left)
+            node.comparators = [self.walk(c) for c in node.comparators]
+            return node
+        if isinstance(node, ast.BoolOp):
+            node.values = [self.walk(v) for v in node.values]
+            return node
+        if isinstance(node, ast.UnaryOp):
+            node.operand = self.walk(node.operand)
+            return node
+        if isinstance(node, ast.BinOp) and not isinstance(node.op, _SLOW_OPS):
+            node.left, node.right = self.walk(node.left), self.walk(node.right)
+            return node
+        if isinstance(node, ast.Subscript):
+            node.value, node.slice = self.walk(node.value), self.walk(node.slice)
+            return node
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            node.elts = [self.walk(e) for e in node.elts]
+            return node
+        if isinstance(node, ast.Slice):
+            for part in ("lower", "upper", "step"):
+                if getattr(node, part) is not None:
+                    setattr(node, part, self.walk(getattr(node, part)))
+            return node
+        raise NotSplittable(f"{type(node).__name__} over the program's values")
+
+
+def _expected_side(test: ast.expr, holes: int) -> ast.expr | None:
+    """The hole-free side of ``A == B``, or ``math.isclose``'s second argument, for failure reports."""
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+        sides = [test.left, test.comparators[0]]
+    elif isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute) and test.func.attr == "isclose":
+        sides = test.args[:2]
+    else:
+        return None
+    free = [s for s in sides if not any(n.startswith("__hole_") for n in free_names(s))]
+    return free[0] if len(free) == 1 and holes else None
+
+
+def scope_of(setup: str, entry_point: str | None) -> tuple[Scope, list[ast.stmt]]:
+    """The scope of a check's test setup code (``SyntaxError`` propagates)."""
+    scope = Scope(entry_point)
+    body = ast.parse(setup).body
+    for stmt in body:
+        scope.add(stmt)
+    return scope, body
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def split_assert(snippet: str, setup: str, entry_point: str | None) -> Split | None:
+    """The trusted split of a test snippet (statements, then one ``assert``), or None when its shape
+    must run inside the sandbox."""
+    try:
+        scope, setup_body = scope_of(setup, entry_point)
+        body = ast.parse(snippet).body
+    except SyntaxError:
+        return None
+    if not body or not isinstance(body[-1], ast.Assert):
+        return None
+    prefix, last = body[:-1], body[-1]
+    local = Scope(entry_point, scope)
+    for stmt in prefix:
+        local.add(stmt)
+    original = ast.unparse(last.test)
+    splitter = _Splitter(local)
+    try:
+        condition = splitter.walk(ast.parse(original, mode="eval").body)
+    except NotSplittable:
+        return None
+    if not splitter.holes:
+        return None  # nothing of the program's is checked: leave it to the sandbox as written
+    expected = _expected_side(condition, len(splitter.holes))
+    needed = free_names(condition) | (free_names(expected) if expected is not None else set())
+    parent_stmts = _closure(needed, setup_body + prefix, local.parent)
+    hole_names = set().union(*(free_names(h) for h in splitter.holes))
+    child_stmts = _closure(hole_names, prefix)
+    first = splitter.holes[0]
+    call_input = (
+        ", ".join(ast.unparse(a) for a in [*first.args, *first.keywords]) if isinstance(first, ast.Call) else None
+    )
+    message = last.msg.value if isinstance(last.msg, ast.Constant) and isinstance(last.msg.value, str) else ""
+    judge = Judge(
+        setup="\n".join(ast.unparse(s) for s in parent_stmts),
+        expr=ast.unparse(condition),
+        expected=ast.unparse(expected) if expected is not None else None,
+        message=message,
+    )
+    holes = tuple(ast.unparse(h) for h in splitter.holes)
+    return Split(holes, "\n".join(ast.unparse(s) for s in child_stmts), judge, call_input)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _code(source: str, mode: str):
+    return compile(source, "<judge>", mode)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= FIELD_CAP else text[: FIELD_CAP - 3] + "..."
+
+
+def decide(judge: Judge, values: list) -> Decision:
+    """Evaluate the condition in this (trusted) process on the decoded hole values."""
+    ns = {"__builtins__": PRISTINE_BUILTINS}
+    try:
+        exec(_code(judge.setup, "exec"), ns)
+    except Exception as e:  # noqa: BLE001 - the test's own code is broken; report it, never raise
+        return Decision(False, error_type=type(e).__name__, message=f"the test's own code failed: {e}")
+    for i, value in enumerate(values):
+        ns[HOLE.format(i)] = value
+    actual = ", ".join(_show(v) for v in values)
+    expected = None
+    try:
+        if judge.expected is not None:
+            expected = _show(eval(_code(judge.expected, "eval"), ns))
+        ok = bool(eval(_code(judge.expr, "eval"), ns))
+    except Exception as e:  # noqa: BLE001 - e.g. abs() of a returned str: the program's error
+        return Decision(False, actual, expected, type(e).__name__, str(e)[:FIELD_CAP])
+    return Decision(ok, actual, expected, None if ok else "AssertionError", "" if ok else judge.message)
+
+
+def same_value(actual, expected) -> bool:
+    """Call-based comparison (LiveCodeBench functional problems): tuples are compared as lists, then ``==``.
+
+    >>> same_value((1, [2, (3,)]), [1, [2, [3]]]), same_value(1.0, 1), same_value("1", 1)
+    (True, True, False)
+    """
+    return _listify(actual) == expected
+
+
+def _listify(value):
+    if type(value) in (list, tuple):
+        return [_listify(v) for v in value]
+    if type(value) is dict:
+        return {k: _listify(v) for k, v in value.items()}
+    return value
+
+
+__all__ = ["Decision", "Judge", "Split", "decide", "same_value", "split_assert"]

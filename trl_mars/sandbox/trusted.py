@@ -177,7 +177,9 @@ class _Splitter:
         return ast.Name(HOLE.format(len(self.holes) - 1), ast.Load())
 
     def parent_call(self, func: ast.expr) -> bool:
-        if isinstance(func, ast.Name):
+        if isinstance(func, ast.Name):  # a builtin, or a function imported from PARENT_MODULES
+            if isinstance(self.scope.parent.get(func.id), ast.ImportFrom):
+                return True
             return func.id in PARENT_CALLS and func.id not in self.scope.parent and func.id not in self.scope.child
         return (
             isinstance(func, ast.Attribute)

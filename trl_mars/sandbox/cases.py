@@ -161,6 +161,13 @@ def _unrolled(stmt: ast.stmt) -> list[list[ast.Assert]] | None:
     ]
 
 
+def _segment(lines: list[str], stmt: ast.stmt) -> str:
+    """The source text of a one-line statement (``ast.get_source_segment`` re-splits the file each call)."""
+    if stmt.lineno == stmt.end_lineno:
+        return lines[stmt.lineno - 1].encode()[stmt.col_offset : stmt.end_col_offset].decode()
+    return ast.unparse(stmt)
+
+
 @functools.lru_cache(maxsize=1024)
 def split_humaneval(test_code: str) -> tuple[str, list[str]]:
     """Split HumanEval ``check(candidate)`` code into (setup, snippets): one snippet per non-trivial assert,
@@ -177,6 +184,7 @@ def split_humaneval(test_code: str) -> tuple[str, list[str]]:
     if len(checks) != 1:
         return fallback
     setup = "\n".join(ast.unparse(n) for n in module.body if n is not checks[0])
+    lines = test_code.splitlines()
     prefix: list[str] = []
     snippets: list[str] = []
     block_names: set[str] = set()  # bound inside loops/blocks that became tests of their own
@@ -186,7 +194,7 @@ def split_humaneval(test_code: str) -> tuple[str, list[str]]:
         steps = _unrolled(stmt)
         if isinstance(stmt, ast.Assert):
             if not isinstance(stmt.test, ast.Constant):  # skip `assert True, "..."` filler
-                snippets.append("\n".join([*prefix, ast.get_source_segment(test_code, stmt) or ast.unparse(stmt)]))
+                snippets.append("\n".join([*prefix, _segment(lines, stmt)]))
         elif steps is not None:
             snippets.extend("\n".join([*prefix, *(ast.unparse(s) for s in step)]) for step in steps)
         elif isinstance(stmt, _PREFIX_STMTS):

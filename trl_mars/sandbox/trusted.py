@@ -168,9 +168,28 @@ class _Splitter:
     def __init__(self, scope: Scope):
         self.scope = scope
         self.holes: list[ast.expr] = []
+        self._free: dict[int, set[str]] = {}
+        self._parts: dict[int, tuple[set[str], set[str]]] = {}
+
+    def free(self, node: ast.AST) -> set[str]:
+        """``free_names`` of every node of the condition, computed once (the walk asks at every level)."""
+        if id(node) not in self._free:
+            loads, stores = set(), set()
+            if isinstance(node, ast.Name):
+                (loads if isinstance(node.ctx, ast.Load) else stores).add(node.id)
+            elif isinstance(node, ast.arg):
+                stores.add(node.arg)
+            for child in ast.iter_child_nodes(node):
+                self.free(child)
+                child_loads, child_stores = self._parts[id(child)]
+                loads |= child_loads
+                stores |= child_stores
+            self._parts[id(node)] = (loads, stores)
+            self._free[id(node)] = loads - stores
+        return self._free[id(node)]
 
     def untrusted(self, node: ast.AST) -> bool:
-        return any(self.scope.untrusted(n) for n in free_names(node))
+        return any(self.scope.untrusted(n) for n in self.free(node))
 
     def hole(self, node: ast.expr) -> ast.expr:
         self.holes.append(node)
@@ -190,7 +209,7 @@ class _Splitter:
 
     def walk(self, node: ast.expr) -> ast.expr:
         if not self.untrusted(node):
-            if free_names(node) & self.scope.child:
+            if self.free(node) & self.scope.child:
                 raise NotSplittable("the condition uses a value only the sandbox can compute")
             return node
         if isinstance(node, ast.Name):
@@ -264,8 +283,9 @@ def _expected_side(test: ast.expr, holes: int) -> ast.expr | None:
     return free[0] if len(free) == 1 and holes else None
 
 
+@functools.lru_cache(maxsize=1024)
 def scope_of(setup: str, entry_point: str | None) -> tuple[Scope, list[ast.stmt]]:
-    """The scope of a check's test setup code (``SyntaxError`` propagates)."""
+    """The scope of a check's test setup code (``SyntaxError`` propagates); shared, not to be changed."""
     scope = Scope(entry_point)
     body = ast.parse(setup).body
     for stmt in body:
@@ -327,23 +347,27 @@ def _show(value) -> str:
 
 
 def decide(judge: Judge, values: list) -> Decision:
-    """Evaluate the condition in this (trusted) process on the decoded hole values."""
+    """Evaluate the condition in this (trusted) process on the decoded hole values; on failure, also show
+    the values and the expected side."""
     ns = {"__builtins__": PRISTINE_BUILTINS}
     try:
-        exec(_code(judge.setup, "exec"), ns)
+        if judge.setup:
+            exec(_code(judge.setup, "exec"), ns)
     except Exception as e:  # noqa: BLE001 - the test's own code is broken; report it, never raise
         return Decision(False, error_type=type(e).__name__, message=f"the test's own code failed: {e}")
     for i, value in enumerate(values):
         ns[HOLE.format(i)] = value
-    actual = ", ".join(_show(v) for v in values)
-    expected = None
     try:
-        if judge.expected is not None:
-            expected = _show(eval(_code(judge.expected, "eval"), ns))
-        ok = bool(eval(_code(judge.expr, "eval"), ns))
+        if eval(_code(judge.expr, "eval"), ns):
+            return Decision(True)
+        error_type, message = "AssertionError", judge.message
     except Exception as e:  # noqa: BLE001 - e.g. abs() of a returned str: the program's error
-        return Decision(False, actual, expected, type(e).__name__, str(e)[:FIELD_CAP])
-    return Decision(ok, actual, expected, None if ok else "AssertionError", "" if ok else judge.message)
+        error_type, message = type(e).__name__, str(e)[:FIELD_CAP]
+    try:
+        expected = _show(eval(_code(judge.expected, "eval"), ns)) if judge.expected is not None else None
+    except Exception:  # noqa: BLE001 - only for the report
+        expected = None
+    return Decision(False, ", ".join(_show(v) for v in values), expected, error_type, message)
 
 
 def same_value(actual, expected) -> bool:

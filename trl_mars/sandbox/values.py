@@ -107,7 +107,8 @@ def decode(text) -> list:
     if type(text) is not str or len(text) > MAX_CHARS:
         raise ValueError("no value, or a value too long")
     try:
-        values = _value(json.loads(text), 0)
+        tree = json.loads(text)
+        values = tree if "{" not in text else _value(tree, 0)  # without objects it is plain lists and scalars
     except (RecursionError, TypeError, MemoryError) as e:  # TypeError: an unhashable set element or key
         raise ValueError(str(e)) from None
     if type(values) is not list:

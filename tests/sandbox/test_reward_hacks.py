@@ -206,6 +206,10 @@ def test_reward_hacks_pass_no_problem_on_trusted_tests_while_canonical_solutions
         runs = hacked[k * 164 : (k + 1) * 164]
         counts = [trusted_passes(p, r) for p, r in zip(problems, runs)]
         report[name] = (sum(full for full, _ in counts), sum(n for _, n in counts))
+    print(f"\n{'hack':40s} problems passed (trusted tests)  trusted tests passed")
+    for name, (full, tests) in report.items():
+        print(f"{name:40s} {full:>3d}/164 {tests:>27d}")
+    print(f"whole check in the child: always-equal {always_equal}/164, frame-walk forge {forged}/164")
     assert {name: full for name, (full, _) in report.items()} == dict.fromkeys(names, 0), report
     assert {name: report[name][1] for name in NO_TRUSTED_TEST} == dict.fromkeys(NO_TRUSTED_TEST, 0), report
 

@@ -138,3 +138,13 @@ def test_cli_on_a_lcb_release(tmp_path, capsys):
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["problems"], summary["pass@1"], summary["trusted_test_share"]) == (2, 1.0, 1.0)
+
+
+def test_search_problems_from_a_lcb_release():
+    from trl_mars.search.cli import build_parser, load_search_problems
+
+    argv = ["--model", "m", "--output", "out", "--benchmark", str(FIXTURES / "lcb"), "--release-version", "v1"]
+    argv += ["--end-date", "2024-01-01"]
+    (problem,) = load_search_problems(build_parser().parse_args(argv))
+    assert problem.problem_id == "abc900_a" and problem.entry_point is None
+    assert problem.public_tests == [{"input": "3\n", "output": "6\n"}] and len(problem.private_tests) == 2

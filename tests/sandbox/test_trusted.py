@@ -109,7 +109,7 @@ def test_tests_own_code_runs_with_pristine_builtins_outside_the_program_globals(
 
 
 def test_codec_round_trips_exact_builtins_and_rejects_the_rest():
-    value = [None, True, -3, 2**100, 1.5, float("inf"), -0.0, 2j, "é\udc80", b"\x00\xff", (1, (2,)), {1: [2]},
+    value = [None, True, -3, 2**100, -(2**63), 2**63 - 1, 1.5, float("inf"), -0.0, 2j, "é\udc80", b"\x00\xff", (1, (2,)), {1: [2]},
              {"a", "b"}, frozenset({3})]  # fmt: skip
     assert decode(encode(value)) == value and repr(decode(encode([-0.0]))) == "[-0.0]"
     for bad in ([object()], [type("S", (str,), {})("x")], [True.__class__], [[1, object()]]):
@@ -126,10 +126,28 @@ def test_codec_round_trips_exact_builtins_and_rejects_the_rest():
         encode([loop])
     with pytest.raises(Unencodable):
         encode(["x" * 100_000])
-    forged = ['{"t": 1}', '[{"z": []}]', "[" * 5000, '{"a": 1}', '[{"s": [[1]]}]', "1e999999", None, "nan"]
+    forged = [
+        '{"t": 1}',
+        '[{"z": []}]',
+        '[{"i": "1_0"}]',
+        '[{"i": 5}]',
+        "[" * 5000,
+        '{"a": 1}',
+        '[{"s": [[1]]}]',
+        "1e999999",
+        None,
+        "nan",
+    ]
     for text in forged:
         with pytest.raises(ValueError):
             decode(text)
+
+
+def test_huge_ints_cross_and_are_shown(sandbox):
+    tests = ["assert f(2000) == math.factorial(2000)", "assert f(1999) == 0"]
+    result = sandbox.run("import math\ndef f(n):\n    return math.factorial(n)\n", tests)
+    assert [(v.status, v.trusted) for v in result.verdicts] == [(Status.PASSED, True), (Status.FAILED, True)]
+    assert result.verdicts[1].actual == f"<an int of {__import__('math').factorial(1999).bit_length()} bits>"
 
 
 def test_forged_value_records_are_refused(sandbox):

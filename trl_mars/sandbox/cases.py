@@ -355,12 +355,9 @@ def validate_tests(tests, where: str = "tests") -> None:
         if isinstance(t, TestCase):
             continue
         if isinstance(t, str):
-            try:
-                tree = ast.parse(t)
-            except SyntaxError as e:
-                raise ValueError(f"{_where(where, j, e)}: the test does not parse: {e.msg}") from None
-            if not any(isinstance(n, (ast.Assert, ast.Raise)) for n in ast.walk(tree)):
-                raise ValueError(f"{_where(where, j)}: {t.strip()[:80]!r} has no assert, so any program would pass it")
+            problem, error = _snippet_problem(t)
+            if problem:
+                raise ValueError(f"{_where(where, j, error)}: {problem}")
         elif isinstance(t, Mapping):
             keys = set(t)
             if not _CASE_KEYS <= keys or keys - _CASE_KEYS - _OPTIONAL_KEYS:
@@ -375,6 +372,18 @@ def validate_tests(tests, where: str = "tests") -> None:
                              f"got {type(t).__name__} {str(t)[:60]!r}")  # fmt: skip
     if len(kinds) > 1:
         raise ValueError(f"{where}: mixes assert strings and input/output cases")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _snippet_problem(snippet: str) -> tuple[str, SyntaxError | None]:
+    """What is wrong with an assert snippet ("" if nothing), and its syntax error if that is it."""
+    try:
+        tree = ast.parse(snippet)
+    except SyntaxError as e:
+        return f"the test does not parse: {e.msg}", e
+    if not any(isinstance(n, (ast.Assert, ast.Raise)) for n in ast.walk(tree)):
+        return f"{snippet.strip()[:80]!r} has no assert, so any program would pass it", None
+    return "", None
 
 
 def _check_call_case(case: Mapping, where: str) -> None:

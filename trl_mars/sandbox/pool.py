@@ -26,7 +26,7 @@ from trl_mars.sandbox import limits
 from trl_mars.sandbox.cases import Check, make_check, same_output
 from trl_mars.sandbox.config import SandboxConfig
 from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, send_msg
-from trl_mars.sandbox.trusted import FIELD_CAP, Decision, decide, same_value
+from trl_mars.sandbox.trusted import FIELD_CAP, Decision, decide, same_value, show
 from trl_mars.sandbox.values import decode
 from trl_mars.sandbox.verdict import ExecutionResult, Status, TestVerdict
 
@@ -107,7 +107,7 @@ def _decide_call(case, values: list) -> Decision:
         same_value(value, expected)
         or (case.wrapped and type(expected) is list and len(expected) == 1 and same_value(value, expected[0]))
     )
-    return Decision(ok, repr(value)[:FIELD_CAP], case.expected_json[:FIELD_CAP], None if ok else "AssertionError")
+    return Decision(ok, show(value), case.expected_json[:FIELD_CAP], None if ok else "AssertionError")
 
 
 def _judge_values(verdict: TestVerdict, case) -> None:
@@ -121,7 +121,10 @@ def _judge_values(verdict: TestVerdict, case) -> None:
         verdict.status, verdict.actual = Status.FAILED, None
         verdict.message = "the sandboxed process reported no valid value"
         return
-    decision = _decide_call(case, values) if case.call is not None else decide(case.judge, values)
+    try:
+        decision = _decide_call(case, values) if case.call is not None else decide(case.judge, values)
+    except Exception as e:  # noqa: BLE001 - e.g. a comparison too deep to run; never raise into the caller
+        decision = Decision(False, None, None, type(e).__name__, f"the value could not be judged: {e}"[:FIELD_CAP])
     verdict.actual, verdict.expected = decision.actual, decision.expected
     if not decision.passed:
         failed = decision.error_type in (None, "AssertionError")

@@ -341,8 +341,12 @@ def _code(source: str, mode: str):
     return compile(source, "<judge>", mode)
 
 
-def _show(value) -> str:
-    text = repr(value)
+def show(value) -> str:
+    """``repr`` for a failure report, capped at ``FIELD_CAP`` characters; never raises."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's limit on decimal digits
+        return f"<an int of {value.bit_length()} bits>" if type(value) is int else "<unrepresentable>"
     return text if len(text) <= FIELD_CAP else text[: FIELD_CAP - 3] + "..."
 
 
@@ -364,10 +368,10 @@ def decide(judge: Judge, values: list) -> Decision:
     except Exception as e:  # noqa: BLE001 - e.g. abs() of a returned str: the program's error
         error_type, message = type(e).__name__, str(e)[:FIELD_CAP]
     try:
-        expected = _show(eval(_code(judge.expected, "eval"), ns)) if judge.expected is not None else None
+        expected = show(eval(_code(judge.expected, "eval"), ns)) if judge.expected is not None else None
     except Exception:  # noqa: BLE001 - only for the report
         expected = None
-    return Decision(False, ", ".join(_show(v) for v in values), expected, error_type, message)
+    return Decision(False, ", ".join(show(v) for v in values), expected, error_type, message)
 
 
 def same_value(actual, expected) -> bool:

@@ -8,7 +8,8 @@ deep, with at most ``MAX_NODES`` values and ``MAX_CHARS`` characters of encoding
 
 Encoding: JSON, where lists, ``None``, booleans, numbers and strings stand for themselves and the other
 types are one-key objects: ``{"t": [...]}`` tuple, ``{"s": [...]}`` set, ``{"f": [...]}`` frozenset,
-``{"d": [[k, v], ...]}`` dict, ``{"b": "hex"}`` bytes, ``{"c": [re, im]}`` complex.
+``{"d": [[k, v], ...]}`` dict, ``{"b": "hex"}`` bytes, ``{"c": [re, im]}`` complex, ``{"i": "hex"}`` an int
+of 64 bits or more (hexadecimal is not bound by Python's limit on decimal digits).
 
 >>> text = encode([(1, "a"), {2.5: None}, {True}, b"\\x00"])
 >>> text
@@ -31,12 +32,14 @@ a value of type MyInt: only exact builtin values are compared
 from __future__ import annotations
 
 import json
+import re
 
 MAX_DEPTH = 48
 MAX_NODES = 200_000
 MAX_CHARS = 60_000  # below the zygote's cap on one record field
 _SCALARS = (type(None), bool, int, float, str)
 _TAGS = {"t": tuple, "s": set, "f": frozenset}
+_BIG = 1 << 63
 
 
 class Unencodable(ValueError):
@@ -50,6 +53,8 @@ def _tree(value, depth: int, budget: list[int]):
     if depth > MAX_DEPTH:
         raise Unencodable(f"the value is nested more than {MAX_DEPTH} levels deep")
     kind = type(value)
+    if kind is int and not -_BIG < value < _BIG:
+        return {"i": format(value, "x")}
     if kind in _SCALARS:
         return value
     if kind is list:
@@ -97,6 +102,8 @@ def _value(tree, depth: int):
         return {_value(k, depth + 1): _value(v, depth + 1) for k, v in body}
     if tag == "b" and type(body) is str:
         return bytes.fromhex(body)
+    if tag == "i" and type(body) is str and re.fullmatch("-?[0-9a-f]+", body):
+        return int(body, 16)
     if tag == "c" and type(body) is list and len(body) == 2 and all(type(x) in (int, float) for x in body):
         return complex(*body)
     raise ValueError(f"malformed value tag {tag!r}")

@@ -173,12 +173,11 @@ def hack_program(problem, template: str) -> str:
     return problem.prompt + "    pass\n" + template.format(entry=problem.entry_point)
 
 
-def trusted_passes(problem, result) -> tuple[bool, int]:
-    """(every trusted test passed, number of trusted tests passed, not counting HumanEval/33's three
-    tautological tests that compare ``candidate`` with the program's own ``sort_third``)."""
+def trusted_passes(result) -> tuple[bool, int]:
+    """(every trusted test passed, number of trusted tests passed)."""
     trusted = [v for v in result.verdicts if v.trusted]
-    passed = sum(v.passed for v in trusted if f"{problem.entry_point}(" not in v.test)
-    return bool(trusted) and all(v.passed for v in trusted), passed
+    passed = sum(v.passed for v in trusted)
+    return bool(trusted) and passed == len(trusted), passed
 
 
 def test_reward_hacks_pass_no_problem_on_trusted_tests_while_canonical_solutions_pass(problems):
@@ -204,7 +203,7 @@ def test_reward_hacks_pass_no_problem_on_trusted_tests_while_canonical_solutions
     report = {}
     for k, name in enumerate(names):
         runs = hacked[k * 164 : (k + 1) * 164]
-        counts = [trusted_passes(p, r) for p, r in zip(problems, runs)]
+        counts = [trusted_passes(r) for r in runs]
         report[name] = (sum(full for full, _ in counts), sum(n for _, n in counts))
     print(f"\n{'hack':40s} problems passed (trusted tests)  trusted tests passed")
     for name, (full, tests) in report.items():

@@ -44,6 +44,8 @@ SHAPES = [
     ("assert f('Ab').lower() == 'ab' and len(f('Ab')) == 2", "", "def f(s):\n    return s", "def f(s):\n    return s * 2"),
     ("xs = [3, 1]\nassert f(xs) == sorted(xs)", "", "def f(v):\n    return sorted(v)", "def f(v):\n    return v"),
     ("assert f(1) is None", "", "def f(x):\n    return None", "def f(x):\n    return 0"),
+    ("assert str(f(2)) == 'P(2)'", "", "class P:\n    def __init__(s, v): s.v = v\n    def __str__(s): return f'P({s.v})'\n"
+     "def f(x):\n    return P(x)", "def f(x):\n    return 'P(3)'"),
 ]  # fmt: skip
 
 
@@ -58,6 +60,14 @@ def test_assert_shapes_are_decided_in_the_parent(sandbox, test, setup, right, wr
     assert all(r.verdicts[0].trusted and not r.passed for r in results[1:])
     hacked = results[2].verdicts[0]  # materialised in the child (set/sorted of _A) or refused by the codec
     assert hacked.status is Status.FAILED or hacked.error_type == "TypeError"
+
+
+def test_program_against_program_comparisons_run_in_the_sandbox(sandbox):
+    program = "class Point:\n    def __init__(s, x): s.x = x\n    def __eq__(s, o): return s.x == o.x\ndef f(x):\n    return Point(x)\n"
+    tests = ["assert f(1) == Point(1)", "assert f(1) == f(2)", "assert f(1).x == 1"]
+    assert [t.trusted for t in make_check(program, tests).tests] == [False, False, True]
+    result = sandbox.run(program, tests)
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.FAILED, Status.PASSED]
 
 
 def test_expected_values_never_enter_the_sandbox():

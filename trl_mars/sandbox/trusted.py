@@ -12,8 +12,9 @@ cannot give a custom ``__eq__``, ``__bool__`` or ``__sub__``; the expected value
 Between a hole and the assert's root only operators, subscripts, displays, non-underscore attributes,
 calls of ``PARENT_CALLS`` builtins and calls into ``PARENT_MODULES`` may stand; names that the test's
 own statements bind must be computable in the parent (assignments of test-only values, imports of
-``PARENT_MODULES``). Anything else (loops, helpers the test defines, values derived from the program)
-is not split: such a test runs inside the sandbox and its verdict is marked ``trusted=False``.
+``PARENT_MODULES``). Anything else (loops, helpers the test defines, values derived from the program, a
+comparison of the program's values with each other) is not split: such a test runs inside the sandbox and
+its verdict is marked ``trusted=False``.
 
 >>> split = split_assert("assert abs(candidate(2.0) - 1.5) < 1e-6", "", "f")
 >>> split.holes, split.judge.expr
@@ -43,9 +44,10 @@ PARENT_CALLS = frozenset({
     "isinstance", "len", "list", "max", "min", "ord", "repr", "reversed", "round", "set", "sorted", "str",
     "sum", "tuple", "type", "zip",
 })  # fmt: skip
-# Calls that stay inside a hole (evaluated in the child, with pristine builtins) so that iterators and
-# generators the program returns are materialised there: ``sorted(f(x)) == [...]``.
-MATERIALIZE = frozenset({"frozenset", "list", "set", "sorted", "tuple"})
+# One-argument builtin conversions that stay inside a hole (evaluated in the child, with pristine builtins),
+# so that iterators, generators and the program's own objects are converted there: ``sorted(f(x)) == [...]``,
+# ``str(f(x)) == "..."``. This grants a program nothing: it could have returned the converted value itself.
+MATERIALIZE = frozenset({"bool", "float", "frozenset", "int", "len", "list", "repr", "set", "sorted", "str", "tuple"})
 BUILTIN_NAMES = frozenset(dir(builtins))
 PRISTINE_BUILTINS = dict(builtins.__dict__)
 HOLE = "__hole_{}__"
@@ -237,14 +239,16 @@ class _Splitter:
             node.args = [self.walk(a) for a in node.args]
             node.keywords = [ast.keyword(k.arg, self.walk(k.value)) for k in node.keywords]
             return node
-        if isinstance(node, ast.Attribute):
+        if isinstance(node, ast.Attribute):  # f(x).size: read where the program's object lives
             if node.attr.startswith("_"):
                 raise NotSplittable("a private attribute of the program's value")
-            if isinstance(node.value, ast.Name):
-                return self.hole(node)
-            node.value = self.walk(node.value)
-            return node
+            return self.hole(node)
         if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(self.untrusted(a) and self.untrusted(b) for a, b in zip(sides, sides[1:])):
+                # the program's values against the program's values (f(x) == Point(1, 2), f(1) == f(2)):
+                # the program defines that equality; nothing here for the parent to verify
+                raise NotSplittable("both sides of a comparison come from the program")
             node.left = self.walk(node.left)
             node.comparators = [self.walk(c) for c in node.comparators]
             return node

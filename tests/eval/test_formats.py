@@ -102,6 +102,10 @@ def test_lcb_releases_dates_and_functional_problems(sandbox):
     assert [p.task_id for p in window] == ["9001"]  # inclusive end date
     with pytest.raises(ValueError, match="unknown LiveCodeBench release"):
         load_problems(folder, release_version="v9x")
+    with pytest.raises(ValueError, match="release_version 'v1': only for a LiveCodeBench folder"):
+        load_problems(folder / "test.jsonl", release_version="v1")
+    with pytest.raises(ValueError, match="is a folder: give release_version"):
+        load_problems(folder)
     stdin, functional, pairs = v2
     assert (stdin.num_public, len(stdin.stdio), functional.num_public, len(functional.stdio)) == (1, 3, 1, 3)
     assert functional.stdio[0] == {"input": "[1, 5, 3]\n2", "output": "8", "fn_name": "maxSum"}

@@ -337,6 +337,11 @@ def load_rows(source: str | Path, split: str = "test", release_version: str | No
     ``release_version`` in a local folder, else of the ``datasets`` hub id ``source`` (LiveCodeBench: the
     parquet revision, config = release tag)."""
     path = Path(source)
+    if release_version is not None and not (path.is_dir() or str(source) == LCB_HUB_ID):
+        raise ValueError(
+            f"release_version {release_version!r}: only for a LiveCodeBench folder (test.jsonl, test2.jsonl, ...) "
+            f"or {LCB_HUB_ID!r}, not {str(source)!r}"
+        )
     if path.is_dir():
         if release_version is None:
             raise ValueError(f"{path} is a folder: give release_version to pick its LiveCodeBench files")

@@ -234,7 +234,8 @@ class _Splitter:
                 and self.untrusted(node.args[0].func)
             ):
                 return self.hole(node)
-            elif not (self.parent_call(func) or method):
+            elif not (self.parent_call(func) or method and isinstance(func.value, ast.Constant)):
+                # ", ".join(f(x)) is fine; methods of the test's own values could change them between checks
                 raise NotSplittable(f"call of {ast.unparse(func)} on the program's values")
             node.args = [self.walk(a) for a in node.args]
             node.keywords = [ast.keyword(k.arg, self.walk(k.value)) for k in node.keywords]
@@ -345,6 +346,16 @@ def _code(source: str, mode: str):
     return compile(source, "<judge>", mode)
 
 
+@functools.lru_cache(maxsize=4096)
+def _namespace(setup: str) -> dict:
+    """The test values a condition needs, computed once per process (the condition never changes them:
+    only operators, builtins, functions of the allowed modules and methods of literals touch them)."""
+    ns = {"__builtins__": PRISTINE_BUILTINS}
+    if setup:
+        exec(_code(setup, "exec"), ns)
+    return ns
+
+
 def show(value) -> str:
     """``repr`` for a failure report, capped at ``FIELD_CAP`` characters; never raises."""
     try:
@@ -357,10 +368,8 @@ def show(value) -> str:
 def decide(judge: Judge, values: list) -> Decision:
     """Evaluate the condition in this (trusted) process on the decoded hole values; on failure, also show
     the values and the expected side."""
-    ns = {"__builtins__": PRISTINE_BUILTINS}
     try:
-        if judge.setup:
-            exec(_code(judge.setup, "exec"), ns)
+        ns = dict(_namespace(judge.setup))
     except Exception as e:  # noqa: BLE001 - the test's own code is broken; report it, never raise
         return Decision(False, error_type=type(e).__name__, message=f"the test's own code failed: {e}")
     for i, value in enumerate(values):

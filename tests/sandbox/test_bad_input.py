@@ -24,6 +24,7 @@ BAD = [
     ([], "no tests"),
     (["assert f(1) == 1", {"input": "1", "output": "1"}], "mixes assert strings and input/output cases"),
     ([{"input": "[1, 2\n3", "output": "3", "fn_name": "f"}], "input line 1 is not JSON"),
+    ([{"input": "1", "output": "1", "fn_name": "f"}, {"input": "1", "output": "1"}], "mixes call-based"),
     ("def helper():\n    return 1\n", r"must define check\(candidate\)"),
 ]
 GOOD = [

@@ -296,10 +296,8 @@ def make_check(program: str, tests, entry_point: str | None = None, setup: str =
         return Check(program, cases, setup, entry_point, names=names)
     items = list(tests)
     if items and all(isinstance(t, Mapping) for t in items):
-        if any(_is_call(t) for t in items):
-            cases = tuple(call_case(t) if _is_call(t) else stdio_case(t) for t in items)
-            return Check(program, cases, setup, entry_point, stdio=not all(_is_call(t) for t in items),
-                         prelude=CALL_PRELUDE)  # fmt: skip
+        if all(_is_call(t) for t in items):
+            return Check(program, tuple(call_case(t) for t in items), setup, entry_point, prelude=CALL_PRELUDE)
         return Check(program, tuple(stdio_case(t) for t in items), setup, entry_point, stdio=True)
     if all(isinstance(t, str) for t in items):
         cases, setup, names = _assert_cases(tuple(items), setup, entry_point)
@@ -372,6 +370,8 @@ def validate_tests(tests, where: str = "tests") -> None:
                              f"got {type(t).__name__} {str(t)[:60]!r}")  # fmt: skip
     if len(kinds) > 1:
         raise ValueError(f"{where}: mixes assert strings and input/output cases")
+    if kinds == {"case"} and len({_is_call(t) for t in items}) > 1:
+        raise ValueError(f"{where}: mixes call-based (fn_name) and stdin/stdout cases")
 
 
 @functools.lru_cache(maxsize=1 << 14)

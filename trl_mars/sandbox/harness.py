@@ -57,7 +57,7 @@ def text_stream(sink: CappedSink) -> io.TextIOWrapper:
 
 
 def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> None:
-    """Run tests ``start..`` of ``check`` (a ``Check.to_dict()``), reporting on ``fd``; never returns."""
+    """Run tests ``start..`` of ``check`` (a ``Check.wire()``), reporting on ``fd``; never returns."""
     # Trusted references, captured before any untrusted code runs.
     exec_, eval_, compile_, repr_, str_, type_, isinstance_ = exec, eval, compile, repr, str, type, isinstance
     getattr_, json_loads, encode_, unencodable = getattr, json.loads, encode, Unencodable

@@ -238,7 +238,8 @@ class _Splitter:
                 # ", ".join(f(x)) is fine; methods of the test's own values could change them between checks
                 raise NotSplittable(f"call of {ast.unparse(func)} on the program's values")
             node.args = [self.walk(a) for a in node.args]
-            node.keywords = [ast.keyword(k.arg, self.walk(k.value)) for k in node.keywords]
+            for keyword in node.keywords:
+                keyword.value = self.walk(keyword.value)
             return node
         if isinstance(node, ast.Attribute):  # f(x).size: read where the program's object lives
             if node.attr.startswith("_"):

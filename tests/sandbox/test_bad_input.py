@@ -14,6 +14,7 @@ from trl_mars.search.verify import verdict_of
 
 BAD = [
     (["add(1, 2) == 3"], r"test 0: 'add\(1, 2\) == 3' has no assert, so any program would pass it"),
+    (["assert add(1, 2) == 3", "x = add(1, 2)"], r"test 1: 'x = add\(1, 2\)' has no assert"),
     (["assert add(1, 2) == 3", 7], r"test 1: a test must be a string or an input/output dict, got int"),
     ("assert add(1, 2) == 3", "a single assert given as one string"),
     ('["assert add(1, 2) == 3"]', "tests are a JSON-encoded list"),
@@ -29,6 +30,7 @@ BAD = [
 ]
 GOOD = [
     ["assert add(1, 2) == 3", "x = 1\nassert add(x, 1) == 2"],
+    ["check(candidate)"],
     "def check(candidate):\n    assert candidate(1, 2) == 3\n",
     [{"input": "1\n", "output": "2\n"}],
     [{"input": "[1, 2]\n3", "output": "[1]", "fn_name": "f", "testtype": "functional"}],

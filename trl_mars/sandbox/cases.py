@@ -320,7 +320,8 @@ def _where(where: str, j: int | None = None, node: SyntaxError | None = None) ->
 def validate_tests(tests, where: str = "tests") -> None:
     """Raise ``ValueError`` naming ``where`` (e.g. ``"row 3, column 'tests'"``) unless ``tests`` is a
     supported, meaningful test format: HumanEval code defining ``check``, a non-empty list of assert
-    snippets that each contain an ``assert`` (or ``raise``), or a list of ``{"input", "output"}`` cases
+    snippets that each contain an ``assert`` or ``raise`` (or end in a call that may raise, such as
+    ``check(candidate)``), or a list of ``{"input", "output"}`` cases
     (call-based ones with ``fn_name``, JSON lines in and a JSON value out)."""
     if isinstance(tests, Check):
         return
@@ -381,7 +382,9 @@ def _snippet_problem(snippet: str) -> tuple[str, SyntaxError | None]:
         tree = ast.parse(snippet)
     except SyntaxError as e:
         return f"the test does not parse: {e.msg}", e
-    if not any(isinstance(n, (ast.Assert, ast.Raise)) for n in ast.walk(tree)):
+    last = tree.body[-1] if tree.body else None
+    checks = any(isinstance(n, (ast.Assert, ast.Raise)) for n in ast.walk(tree))
+    if not checks and not (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)):  # check(candidate)
         return f"{snippet.strip()[:80]!r} has no assert, so any program would pass it", None
     return "", None
 

@@ -74,6 +74,11 @@ def test_expected_values_never_enter_the_sandbox():
     check = make_check("def f(x):\n    return x", ["assert f(1) == 987654321", "y = 424242\nassert f(y) == 13579"])
     wire = json.dumps(check.wire(1024))
     assert "987654321" not in wire and "13579" not in wire and "424242" in wire  # inputs do go in
+    # test setup code that holds expected values stays out too (MBPP test_setup_code, HumanEval METADATA)
+    setup = "import math\nEXPECTED = 55555\nARG = 31337\ndef make(v):\n    return [v, ARG]"
+    check = make_check("def f(x):\n    return x", ["assert f(make(1)) == EXPECTED"], setup=setup)
+    wire = json.dumps(check.wire(1024))
+    assert check.tests[0].trusted and "55555" not in wire and "31337" in wire and "def make" in wire
 
 
 def test_humaneval_and_mbpp_shapes(sandbox):

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from trl_mars.sandbox.trusted import BUILTIN_NAMES, PARENT_MODULES, Judge, free_names, split_assert
+from trl_mars.sandbox.trusted import BUILTIN_NAMES, PARENT_MODULES, Judge, child_setup, free_names, split_assert
 
 ACTUAL, EXPECTED = "__sandbox_actual__", "__sandbox_expected__"
 # Statements allowed next to the asserts of a HumanEval ``check`` body when splitting it into tests.
@@ -277,6 +277,8 @@ def _program_names(codes: tuple[str, ...], entry_point: str | None) -> tuple[str
 def _assert_cases(snippets: tuple[str, ...], setup: str, entry_point: str | None):
     setup = _implicit_imports(setup, snippets, entry_point) + setup
     cases = tuple(assert_case(s, setup, entry_point) for s in snippets)
+    if all(c.trusted for c in cases):  # the sandbox gets only the setup its holes need, no expected values
+        setup = child_setup(setup, tuple(c.prefix for c in cases) + tuple(h for c in cases for h in c.holes))
     codes = (setup, *(c.source for c in cases), *(c.prefix for c in cases), *(h for c in cases for h in c.holes))
     return cases, setup, _program_names(codes, entry_point)
 

@@ -150,6 +150,24 @@ class Scope:
                 self.child.add(name)
 
 
+def _dependencies(stmt: ast.stmt) -> set[str]:
+    """Names a statement reads: its value's free names, or for a def/class everything its body reads."""
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        return free_names(stmt.value) if stmt.value is not None else set()
+    return free_names(stmt)
+
+
+def child_setup(setup: str, codes: tuple[str, ...]) -> str:
+    """The statements of the test setup that the sandbox needs to run ``codes`` (holes and prefixes of
+    split tests): test values that only the parent's conditions use (expected values) stay out of it."""
+    try:
+        body = ast.parse(setup).body
+        names = set().union(*(free_names(ast.parse(c)) for c in codes)) if codes else set()
+    except SyntaxError:
+        return setup
+    return "\n".join(ast.unparse(s) for s in _closure(names, body))
+
+
 def _closure(names: set[str], stmts: list[ast.stmt], defs: dict[str, ast.stmt] | None = None) -> list[ast.stmt]:
     """The statements of ``stmts`` needed (transitively) to bind ``names``, in their original order."""
     needed: set[int] = set()
@@ -160,8 +178,7 @@ def _closure(names: set[str], stmts: list[ast.stmt], defs: dict[str, ast.stmt] |
             if name in bound_names(stmts[i]) and (defs is None or defs.get(name) is stmts[i]):
                 if i not in needed:
                     needed.add(i)
-                    value = getattr(stmts[i], "value", None)
-                    todo |= free_names(value) if value is not None else set()
+                    todo |= _dependencies(stmts[i])
                 break
     return [stmts[i] for i in sorted(needed)]
 

@@ -71,9 +71,15 @@ def test_program_against_program_comparisons_run_in_the_sandbox(sandbox):
 
 
 def test_expected_values_never_enter_the_sandbox():
-    check = make_check("def f(x):\n    return x", ["assert f(1) == 987654321", "y = 424242\nassert f(y) == 13579"])
+    tests = [
+        "assert f(1) == 987654321",
+        "y = 424242\nassert f(y) == 13579",
+        "z, want = 2468, 97531\nassert f(z) == want",
+    ]
+    check = make_check("def f(x):\n    return x", tests)
     wire = json.dumps(check.wire(1024))
-    assert "987654321" not in wire and "13579" not in wire and "424242" in wire  # inputs do go in
+    assert "987654321" not in wire and "13579" not in wire and "97531" not in wire
+    assert "424242" in wire and "2468" in wire  # inputs do go in
     # test setup code that holds expected values stays out too (MBPP test_setup_code, HumanEval METADATA)
     setup = "import math\nEXPECTED = 55555\nARG = 31337\ndef make(v):\n    return [v, ARG]"
     check = make_check("def f(x):\n    return x", ["assert f(make(1)) == EXPECTED"], setup=setup)

@@ -316,6 +316,22 @@ def scope_of(setup: str, entry_point: str | None) -> tuple[Scope, list[ast.stmt]
     return scope, body
 
 
+def _unpacked(stmt: ast.stmt) -> list[ast.stmt]:
+    """``x, expected = 3, 9`` as two assignments, so the sandbox can get ``x`` without ``expected``."""
+    if (
+        isinstance(stmt, ast.Assign)
+        and len(stmt.targets) == 1
+        and isinstance(stmt.targets[0], ast.Tuple)
+        and isinstance(stmt.value, ast.Tuple)
+        and len(stmt.targets[0].elts) == len(stmt.value.elts)
+        and all(isinstance(t, ast.Name) for t in stmt.targets[0].elts)
+        and not any(isinstance(v, ast.Starred) for v in stmt.value.elts)
+        and not set().union(*map(free_names, stmt.value.elts)) & {t.id for t in stmt.targets[0].elts}
+    ):
+        return [ast.Assign([t], v, lineno=0) for t, v in zip(stmt.targets[0].elts, stmt.value.elts)]
+    return [stmt]
+
+
 @functools.lru_cache(maxsize=1 << 14)
 def split_assert(snippet: str, setup: str, entry_point: str | None) -> Split | None:
     """The trusted split of a test snippet (statements, then one ``assert``), or None when its shape
@@ -327,7 +343,7 @@ def split_assert(snippet: str, setup: str, entry_point: str | None) -> Split | N
         return None
     if not body or not isinstance(body[-1], ast.Assert):
         return None
-    prefix, last = body[:-1], body[-1]
+    prefix, last = [s for stmt in body[:-1] for s in _unpacked(stmt)], body[-1]
     local = Scope(entry_point, scope)
     for stmt in prefix:
         local.add(stmt)

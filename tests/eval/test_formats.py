@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import doctest
 import json
 import os
 import pickle
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_mars.eval import load_problems
+from trl_mars.eval import load_problems, loaders
 from trl_mars.eval.cli import main
 from trl_mars.eval.loaders import decode_lcb_tests, to_problems
 from trl_mars.sandbox import Sandbox, Status
@@ -41,6 +42,10 @@ DEEPCODER_SOLUTIONS = {
 def sandbox():
     with Sandbox(concurrency=2, timeout_s=2.0, max_total_s=10.0) as sb:
         yield sb
+
+
+def test_loader_doctests():
+    assert doctest.testmod(loaders).failed == 0
 
 
 def run_all(sandbox, problems, solutions):

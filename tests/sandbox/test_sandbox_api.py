@@ -36,11 +36,25 @@ def test_humaneval_check_is_split_into_asserts(sandbox):
     assert [v.status for v in result.verdicts] == [Status.PASSED, Status.FAILED]
 
 
-def test_humaneval_check_with_loops_falls_back_to_one_test(sandbox):
-    test = "def check(candidate):\n    for i in range(3):\n        assert candidate(i, 1) == i + 1\n"
-    check = make_check(PROGRAM, test, entry_point="add")
-    assert [t.display for t in check.tests] == ["check(candidate)"]
-    assert sandbox.run(PROGRAM, test, entry_point="add").verdicts[0].status is Status.FAILED
+def test_humaneval_check_loops_unroll_or_run_in_the_sandbox(sandbox):
+    unrolled = "def check(candidate):\n    for i in range(3):\n        assert candidate(i, 1) == i + 1\n"
+    check = make_check(PROGRAM, unrolled, entry_point="add")
+    assert [t.display for t in check.tests] == [f"i = {i}\nassert candidate(i, 1) == i + 1" for i in range(3)]
+    assert all(t.trusted for t in check.tests)
+    result = sandbox.run(PROGRAM, unrolled, entry_point="add")
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.PASSED, Status.FAILED]
+    # a loop over computed values is one test of its own, run in the sandbox; the plain assert is split
+    mixed = "def check(candidate):\n    assert candidate(1, 1) == 2\n    for i in [0, 2]:\n        x = i\n        assert candidate(x, 1) == x + 1\n"
+    check = make_check(PROGRAM, mixed, entry_point="add")
+    assert [t.trusted for t in check.tests] == [True, False]
+    result = sandbox.run(PROGRAM, mixed, entry_point="add")
+    assert [(v.status, v.trusted) for v in result.verdicts] == [(Status.PASSED, True), (Status.FAILED, False)]
+    assert result.trusted_share == 0.5
+    # a later statement using a name the loop bound: the whole check runs as one test
+    coupled = "def check(candidate):\n    for i in range(30):\n        x = i\n    assert candidate(x, 1) == 30\n"
+    check = make_check(PROGRAM, coupled, entry_point="add")
+    assert [t.display for t in check.tests] == ["check(candidate)"] and not check.tests[0].trusted
+    assert sandbox.run(PROGRAM, coupled, entry_point="add").verdicts[0].status is Status.PASSED
 
 
 def test_stdio_cases_are_judged_outside_the_sandbox(sandbox):

@@ -87,8 +87,13 @@ def test_missing_dataset_column_fails_before_loading(tmp_path, no_weights):
     with pytest.raises(ValueError, match="train_dataset is missing the column 'tests'"):
         MultiAgentTreeTrainer(args=args, train_dataset=bad)
     empty = Dataset.from_dict({"prompt": ["Write add_1."], "tests": [[]]})
-    with pytest.raises(ValueError, match=r"train_dataset\[0\].tests is empty"):
+    with pytest.raises(ValueError, match=r"train_dataset row 0, column 'tests': no tests"):
         MultiAgentTreeTrainer(args=args, train_dataset=empty)
+    no_assert = Dataset.from_dict({"prompt": ["a", "b"], "tests": [["assert add_1(1) == 2"], ["add_1(1) == 2"]]})
+    with pytest.raises(
+        ValueError, match=r"train_dataset row 1, column 'tests', test 0: 'add_1\(1\) == 2' has no assert"
+    ):
+        MultiAgentTreeTrainer(args=args, train_dataset=no_assert)
 
 
 def test_agent_without_chat_template_fails_before_loading(tmp_path, tiny_qwen2_path, no_weights):

@@ -45,7 +45,8 @@ def evaluate(
     out_path: str | Path | None = None,
 ) -> dict:
     """Run every sample of every problem that has samples; write one JSONL record per problem to
-    ``out_path``; return the summary (problem/sample counts, mean pass@k, mean test pass fraction)."""
+    ``out_path``; return the summary (problem/sample counts, mean pass@k, mean test pass fraction, and the
+    share of tests whose verdict the parent decided: ``trusted_test_share``)."""
     scored = [p for p in problems if samples.get(p.task_id)]
     jobs = [(p, build_program(p, s)) for p in scored for s in samples[p.task_id]]
     results = sandbox.run_batch([p.check(program) for p, program in jobs])
@@ -59,6 +60,7 @@ def evaluate(
         records.append({
             "task_id": problem.task_id, "n": counts[0], "correct": counts[1],
             **mean_pass_at_k([counts], [k for k in ks if k <= counts[0]]),
+            "trusted_test_share": sum(r.trusted_share for r in runs) / len(runs),
             "samples": [{"passed": r.passed, "pass_fraction": r.pass_fraction, "feedback": r.feedback_text(1, 600)} for r in runs],
         })  # fmt: skip
     if out_path is not None:
@@ -66,11 +68,13 @@ def evaluate(
         with open(out_path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(record) + "\n" for record in records)
     fractions = [r.pass_fraction for r in results]
+    verdicts = [v for r in results for v in r.verdicts]
     return {
         "problems": len(records),
         "samples": len(results),
         **mean_pass_at_k([(r["n"], r["correct"]) for r in records], ks),
         "mean_test_pass_fraction": sum(fractions) / len(fractions) if fractions else 0.0,
+        "trusted_test_share": sum(v.trusted for v in verdicts) / len(verdicts) if verdicts else 0.0,
     }
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 from trl_mars.rewards.code_extraction import extract_code
 from trl_mars.sandbox import ExecutionResult, Sandbox
+from trl_mars.sandbox.cases import validate_tests
 
 _DEFAULT_SANDBOX: Sandbox | None = None
 
@@ -46,24 +47,46 @@ def score_completions(
     return results
 
 
+def check_tests_column(
+    rows: Iterable[Mapping], tests_column: str = "tests", name: str = "dataset", optional: bool = False
+) -> None:
+    """Fail fast, naming the row and column, when any row's tests are malformed (``validate_tests``):
+    expressions without ``assert``, lists of non-strings, one assert given as a string, JSON-encoded lists,
+    numbers, input/output dicts with the wrong keys. A row without the column is reported too
+    (``optional``: rows whose value is None are skipped)."""
+    for i, row in enumerate(rows):
+        if tests_column not in row:
+            raise ValueError(f"{name} row {i} has no column {tests_column!r} (columns: {sorted(row)})")
+        if optional and row[tests_column] is None:
+            continue
+        validate_tests(row[tests_column], f"{name} row {i}, column {tests_column!r}")
+
+
 def make_code_reward(
     kind: Literal["binary", "fraction"] = "binary",
     sandbox: Sandbox | None = None,
     tests_column: str = "tests",
     entry_point_column: str | None = "entry_point",
+    dataset: Iterable[Mapping] | None = None,
 ) -> Callable[..., list[float]]:
     """A TRL reward ``reward_func(prompts, completions, **kwargs) -> list[float]``.
 
     ``binary``: 1.0 iff every test passes; ``fraction``: share of tests passed. Tests come from the dataset
-    column ``tests_column`` (assert snippets, HumanEval check code or stdin/stdout cases) and the function
-    name from ``entry_point_column`` when that column exists. No extractable code scores 0.0."""
+    column ``tests_column`` (assert snippets, HumanEval check code, stdin/stdout or call-based cases) and the
+    function name from ``entry_point_column`` when that column exists. No extractable code scores 0.0.
+    Pass the training ``dataset`` to have its tests checked now, before any model loads
+    (``check_tests_column``); each batch's tests are checked before they run in any case."""
     if kind not in ("binary", "fraction"):
         raise ValueError(f"kind must be 'binary' or 'fraction', got {kind!r}")
+    if dataset is not None:
+        check_tests_column(dataset, tests_column)
 
     def reward_func(prompts, completions, **kwargs) -> list[float]:
         if tests_column not in kwargs:
             raise KeyError(f"code reward needs the dataset column {tests_column!r}; got {sorted(kwargs)}")
         entry_points = kwargs.get(entry_point_column) if entry_point_column else None
+        for i, tests in enumerate(kwargs[tests_column]):
+            validate_tests(tests, f"batch row {i}, column {tests_column!r}")
         results = score_completions(completions, kwargs[tests_column], entry_points, sandbox)
         if kind == "binary":
             return [float(r is not None and r.passed) for r in results]

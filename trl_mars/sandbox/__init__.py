@@ -1,6 +1,6 @@
 """Secure, fast execution of untrusted Python against tests (standard library only). See docs/sandbox.md."""
 
-from trl_mars.sandbox.cases import Check, TestCase, make_check, split_humaneval
+from trl_mars.sandbox.cases import Check, TestCase, make_check, split_humaneval, validate_tests
 from trl_mars.sandbox.config import SandboxConfig
 from trl_mars.sandbox.pool import Sandbox, SandboxUnavailable
 from trl_mars.sandbox.verdict import ExecutionResult, Status, TestVerdict
@@ -16,4 +16,5 @@ __all__ = [
     "TestVerdict",
     "make_check",
     "split_humaneval",
+    "validate_tests",
 ]

@@ -1,5 +1,10 @@
 """Code that runs inside the sandboxed child: load the program, run each test, stream one record per step.
 
+Tests split on the trusted side (``trusted``) and call-based tests only evaluate expressions here and send
+their values through the strict codec (``values.encode``); the parent decides those verdicts, so a
+forged record can at most claim a value. The tests' own code (setup, prefixes, unsplit tests) runs in a
+test namespace with pristine builtins, never in the program's globals.
+
 Records go to a pipe fd as ``repr`` of a tuple of plain str/int/float/None, starting with a per-child nonce,
 and are parsed with ``ast.literal_eval`` by the zygote. Every function/class the harness relies on after
 the untrusted program ran is captured in locals first, so monkey-patching builtins, ``os``, ``sys`` or this
@@ -12,11 +17,13 @@ from __future__ import annotations
 
 import builtins
 import io
+import json
 import os
 import sys
 import traceback
 
 from trl_mars.sandbox.cases import ACTUAL, EXPECTED
+from trl_mars.sandbox.values import Unencodable, encode
 
 FIELD_CAP = 2000  # characters kept of a message / repr / traceback
 
@@ -50,9 +57,10 @@ def text_stream(sink: CappedSink) -> io.TextIOWrapper:
 
 
 def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> None:
-    """Run tests ``start..`` of ``check`` (a ``Check.to_dict()``), reporting on ``fd``; never returns."""
+    """Run tests ``start..`` of ``check`` (a ``Check.wire()``), reporting on ``fd``; never returns."""
     # Trusted references, captured before any untrusted code runs.
-    exec_, compile_, repr_, str_, type_, isinstance_ = exec, compile, repr, str, type, isinstance
+    exec_, eval_, compile_, repr_, str_, type_, isinstance_ = exec, eval, compile, repr, str, type, isinstance
+    getattr_, json_loads, encode_, unencodable = getattr, json.loads, encode, Unencodable
     base_exc, assertion, memory, system_exit = BaseException, AssertionError, MemoryError, SystemExit
     write, exit_, open_fd, dup2, close, open_ = os.write, os._exit, os.open, os.dup2, os.close, open
     sink_cls, wrap, wrap_in, file_io = CappedSink, text_stream, io.TextIOWrapper, io.FileIO
@@ -96,14 +104,18 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
     sys.stdout, sys.stderr = wrap(stdout_sink), wrap(sink_cls(output_cap, 2, write))
     sys.stdin = open_(os.devnull)
 
-    def compile_test(i, source):
+    def compile_test(i, test):
+        name = f"<test {i}>"
         try:
-            return compile_(source, f"<test {i}>", "exec")
+            if test["holes"]:
+                return compile_(test["prefix"], name, "exec"), [compile_(h, name, "eval") for h in test["holes"]]
+            return None if test["call"] is not None else compile_(test["source"], name, "exec")
         except base_exc as e:
             return e
 
-    codes = [None if stdio else compile_test(i, t["source"]) for i, t in enumerate(tests)]
+    codes = [None if stdio else compile_test(i, t) for i, t in enumerate(tests)]
     try:
+        prelude = compile_(check["prelude"], "<prelude>", "exec")
         program = compile_(check["program"], "<program>", "exec")
         setup = compile_(check["setup"], "<setup>", "exec")
     except base_exc as e:
@@ -111,12 +123,17 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         exit_(0)
 
     env = {"__name__": "__main__" if stdio else "__sandbox__", "__builtins__": builtins}
+    test_env = {"__name__": "__test__", "__builtins__": dict(clean_builtins)}
     if not stdio:
         try:
+            exec_(prelude, env)
             exec_(program, env)
-            exec_(setup, env)
+            for name in check["names"]:
+                if name in env:
+                    test_env[name] = env[name]
             if check["entry_point"]:
-                env["candidate"] = env[check["entry_point"]]
+                test_env["candidate"] = env[check["entry_point"]]
+            exec_(setup, test_env)
         except base_exc as e:
             status, etype, message, _ = classify(e)
             send(nonce, "L", "memory" if status == "memory" else "error", etype, message)
@@ -145,6 +162,17 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         actual = bytes(sink.kept).decode("utf-8", "replace")
         return ("passed", None, "output truncated" if sink.total > sink.cap else "", "", actual, None)
 
+    def function(name):
+        """LiveCodeBench's rule: the method of a fresh ``Solution()`` when the program defines that class."""
+        solution = env.get("Solution")
+        return getattr_(solution(), name) if isinstance_(solution, type_) else env[name]
+
+    def values_outcome(values):
+        try:
+            return ("passed", None, "", "", encode_(values), None)
+        except unencodable as e:
+            return ("failed", "UnjudgeableValue", text(e), "", None, None)
+
     for i in range(start, len(tests)):
         send(nonce, "S", i)
         t0 = clock()
@@ -154,11 +182,19 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
                 outcome = run_stdio(tests[i])
             elif isinstance_(codes[i], base_exc):
                 raise codes[i]
+            elif tests[i]["call"] is not None:
+                args = [json_loads(line) for line in tests[i]["call"].split("\n") if line.strip()]
+                outcome = values_outcome([function(tests[i]["fn_name"])(*args)])
             else:
-                ns = dict(env)
+                ns = dict(test_env)
                 ns["__builtins__"] = dict(clean_builtins)
-                exec_(codes[i], ns)
-                outcome = ("passed", None, "", "", None, None)
+                if tests[i]["holes"]:
+                    prefix, holes = codes[i]
+                    exec_(prefix, ns)
+                    outcome = values_outcome([eval_(hole, ns) for hole in holes])
+                else:
+                    exec_(codes[i], ns)
+                    outcome = ("passed", None, "", "", None, None)
         except base_exc as e:
             have = ns is not None and ACTUAL in ns and EXPECTED in ns
             pair = (safe_repr(ns[ACTUAL]), safe_repr(ns[EXPECTED])) if have else (None, None)

@@ -9,6 +9,8 @@ sandbox failure.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import queue
 import subprocess
@@ -24,6 +26,8 @@ from trl_mars.sandbox import limits
 from trl_mars.sandbox.cases import Check, make_check, same_output
 from trl_mars.sandbox.config import SandboxConfig
 from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, send_msg
+from trl_mars.sandbox.trusted import FIELD_CAP, Decision, decide, same_value, show
+from trl_mars.sandbox.values import decode
 from trl_mars.sandbox.verdict import ExecutionResult, Status, TestVerdict
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -89,21 +93,69 @@ class Worker:
             limits.kill_all(uid=uid)
 
 
-def _judge_stdio(result: ExecutionResult, check: Check) -> None:
+def _judge_stdio(verdict: TestVerdict, case) -> None:
     """stdin/stdout cases are judged here, so the expected output never enters the sandbox."""
+    verdict.expected = case.expected_stdout
+    truncated = verdict.message == "output truncated"
+    if verdict.passed and (truncated or not same_output(verdict.actual or "", case.expected_stdout)):
+        verdict.status, verdict.message = Status.FAILED, "output too long" if truncated else "wrong output"
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _expected_value(text: str):
+    return json.loads(text)
+
+
+def _decide_call(case, values: list) -> Decision:
+    """Call-based cases (LiveCodeBench functional): the returned value, tuples as lists, ``==`` the JSON
+    expected value (or its only element, for TACO's ``[value]`` outputs)."""
+    expected = _expected_value(case.expected_json)
+    value = values[0] if len(values) == 1 else None
+    ok = len(values) == 1 and (
+        same_value(value, expected)
+        or (case.wrapped and type(expected) is list and len(expected) == 1 and same_value(value, expected[0]))
+    )
+    return Decision(ok, show(value), case.expected_json[:FIELD_CAP], None if ok else "AssertionError")
+
+
+def _judge_values(verdict: TestVerdict, case) -> None:
+    """Split and call-based tests: the child only reported values; decide the verdict here. A child status
+    other than ``passed`` (an exception, a timeout) stands: it can never become a pass."""
+    if not verdict.passed:
+        return
+    try:
+        values = decode(verdict.actual)
+    except ValueError:
+        verdict.status, verdict.actual = Status.FAILED, None
+        verdict.message = "the sandboxed process reported no valid value"
+        return
+    try:
+        decision = _decide_call(case, values) if case.call is not None else decide(case.judge, values)
+    except Exception as e:  # noqa: BLE001 - e.g. a comparison too deep to run; never raise into the caller
+        decision = Decision(False, None, None, type(e).__name__, f"the value could not be judged: {e}"[:FIELD_CAP])
+    verdict.actual, verdict.expected = decision.actual, decision.expected
+    if not decision.passed:
+        failed = decision.error_type in (None, "AssertionError")
+        verdict.status = Status.FAILED if failed else Status.ERROR
+        verdict.error_type = None if failed else decision.error_type
+        verdict.message = decision.message or ("wrong value" if case.call is not None else "")
+
+
+def judge(result: ExecutionResult, check: Check) -> None:
+    """Decide, in this trusted process, every verdict the sandbox cannot be trusted with."""
     for verdict, case in zip(result.verdicts, check.tests):
-        if case.expected_stdout is None:
-            continue
-        verdict.expected = case.expected_stdout
-        truncated = verdict.message == "output truncated"
-        if verdict.passed and (truncated or not same_output(verdict.actual or "", case.expected_stdout)):
-            verdict.status, verdict.message = Status.FAILED, "output too long" if truncated else "wrong output"
+        verdict.test, verdict.trusted = case.display, case.trusted
+        if case.expected_stdout is not None:
+            _judge_stdio(verdict, case)
+        elif case.judge is not None or case.call is not None:
+            _judge_values(verdict, case)
 
 
 def crashed_result(check: Check, error: str) -> ExecutionResult:
     """The result reported when the sandbox itself failed."""
     verdicts = [
-        TestVerdict(i, Status.CRASHED, test=c.display, message=error, input=c.input) for i, c in enumerate(check.tests)
+        TestVerdict(i, Status.CRASHED, test=c.display, message=error, input=c.input, trusted=c.trusted)
+        for i, c in enumerate(check.tests)
     ]
     return ExecutionResult(verdicts, Status.CRASHED, program_error=error, sandbox_error=error)
 
@@ -138,7 +190,7 @@ class Sandbox:
             return crashed_result(check, f"sandbox worker failed: {type(e).__name__}: {e}")
         finally:
             self._idle.put(worker)
-        _judge_stdio(result, check)
+        judge(result, check)
         return result
 
     def submit(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> Future[ExecutionResult]:

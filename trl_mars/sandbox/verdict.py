@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+
+# C0/C1 controls (but newline and tab), DEL, lone surrogates, and the bidirectional-text controls.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with ANSI escapes and other control characters, lone surrogates and bidi controls written
+    as ``\\x..``/``\\u....`` escapes: always valid, printable UTF-8 (what a tokenizer and a terminal accept).
+
+    >>> printable("ok\\n\\x1b[31mred\\udc80\\u202egnp.exe")
+    'ok\\n\\\\x1b[31mred\\\\udc80\\\\u202egnp.exe'
+    """
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 class Status(StrEnum):
@@ -34,6 +53,7 @@ class TestVerdict:
     expected: str | None = None
     actual: str | None = None
     duration_s: float = 0.0
+    trusted: bool = False  # decided in the parent (split assert, call-based or stdin/stdout test)
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
@@ -54,7 +74,7 @@ class TestVerdict:
                 lines.append(f"  {label}: {value}")
         if self.message and not self.passed:
             lines.append(f"  message: {self.message}")
-        return "\n".join(lines)
+        return printable("\n".join(lines))
 
 
 @dataclass
@@ -85,12 +105,18 @@ class ExecutionResult:
         return self.num_passed / len(self.verdicts) if self.verdicts else 0.0
 
     @property
+    def trusted_share(self) -> float:
+        """Share of the tests whose verdict the parent decided (``TestVerdict.trusted``)."""
+        return sum(v.trusted for v in self.verdicts) / len(self.verdicts) if self.verdicts else 0.0
+
+    @property
     def passed(self) -> bool:
         """True iff there is at least one test and every test passed."""
         return bool(self.verdicts) and self.num_passed == len(self.verdicts)
 
     def feedback_text(self, max_failures: int = 3, max_chars: int = 4000) -> str:
-        """What a refining agent sees: the summary line, then the first ``max_failures`` failing tests."""
+        """What a refining agent sees: the summary line, then the first ``max_failures`` failing tests;
+        always printable UTF-8 (``printable``)."""
         failing = [v for v in self.verdicts if not v.passed]
         lines = [f"Passed {self.num_passed}/{len(self.verdicts)} tests."]
         if self.sandbox_error:
@@ -105,7 +131,7 @@ class ExecutionResult:
                 lines.append(f"... and {len(failing) - max_failures} more failing tests.")
         if failing and self.stderr.strip():
             lines.append("stderr (truncated):\n" + self.stderr.strip()[-1000:])
-        text = "\n".join(lines)
+        text = printable("\n".join(lines))
         return text if len(text) <= max_chars else text[: max_chars - 15] + "\n... (truncated)"
 
     def to_dict(self) -> dict:
@@ -113,5 +139,5 @@ class ExecutionResult:
         data["program_status"] = self.program_status.value
         for v in data["verdicts"]:
             v["status"] = Status(v["status"]).value
-        data.update(passed=self.passed, pass_fraction=self.pass_fraction)
+        data.update(passed=self.passed, pass_fraction=self.pass_fraction, trusted_share=self.trusted_share)
         return data

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trl_mars.eval.datasets import humaneval_path
-from trl_mars.eval.loaders import CodeProblem, load_problems
+from trl_mars.eval.loaders import PARSERS, CodeProblem, load_problems
 from trl_mars.sandbox import Sandbox, SandboxConfig
 from trl_mars.search.backends import SamplingConfig, TransformersBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
@@ -42,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--model", action="append", required=True, help="path or hub id, optionally NAME=PATH; repeat for agents")
     add("--benchmark", default=str(humaneval_path()), help="HumanEval/MBPP/LCB-style file, hub id, or embedded")
-    add("--format", choices=["humaneval", "mbpp", "stdio"], help="row format of --benchmark (default: detect)")
+    add("--format", choices=sorted(PARSERS), help="row format of --benchmark (default: detect per row)")
     add("--split", default="test", help="split of a hub dataset")
+    add("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder or hub id")
+    add("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
+    add("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
     add("--num-problems", type=int, default=20, help="size of the embedded task set")
     add("--limit", type=int, help="only the first N problems")
     add("--mode", choices=["system", "agent", "both"], default="system", help="joint tree, a tree per model, or both")
@@ -128,7 +131,9 @@ def load_search_problems(args: argparse.Namespace) -> list[SearchProblem]:
         tasks = generate_tasks(args.num_problems, seed=args.seed)
         problems = [CodeProblem(t.task_id, t.question, tests=list(t.tests)) for t in tasks]
     else:
-        problems = load_problems(args.benchmark, args.format, args.split)
+        problems = load_problems(
+            args.benchmark, args.format, args.split, args.release_version, args.start_date, args.end_date
+        )
     return [from_code_problem(p, args.public) for p in problems[: args.limit]]
 
 

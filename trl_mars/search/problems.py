@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trl_mars.eval.loaders import CodeProblem
+from trl_mars.sandbox.cases import validate_tests
 from trl_mars.search.engine import SearchProblem
 
 _IMPORT = re.compile(r"^(from\s+\S+\s+)?import\s")
@@ -47,7 +48,13 @@ def from_code_problem(problem: CodeProblem, public: float | int = 0.5) -> Search
 
 
 def from_row(row: Mapping, index: int, tests_column: str = "tests") -> SearchProblem:
-    """A dataset row (``prompt`` + tests column, optional ``private_tests``, ``entry_point``, ``setup``)."""
+    """A dataset row (``prompt`` + tests column, optional ``private_tests``, ``entry_point``, ``setup``);
+    malformed tests raise ``ValueError`` naming the row and column."""
+    if tests_column not in row:
+        raise ValueError(f"row {index} has no column {tests_column!r} (columns: {sorted(row)})")
+    validate_tests(row[tests_column], f"row {index}, column {tests_column!r}")
+    if row.get("private_tests") is not None:
+        validate_tests(row["private_tests"], f"row {index}, column 'private_tests'")
     return SearchProblem(
         problem_id=str(row.get("task_id", index)),
         question=question_of(row["prompt"]),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trl_mars.sandbox import ExecutionResult, Sandbox
+from trl_mars.sandbox.verdict import printable
 from trl_mars.search.prompts import NO_CODE_FEEDBACK
 
 MAX_FAILURES_KEPT = 3
@@ -31,9 +32,10 @@ def no_code_verdict() -> Verdict:
 
 
 def verdict_of(result: ExecutionResult) -> Verdict:
-    """Score, pass fraction and feedback (summary line, detailed report, first failing tests) of a check."""
+    """Score, pass fraction and feedback (summary line, detailed report, first failing tests, all printable
+    text) of a check; ``duration_s`` is left out to keep trees deterministic."""
     failures = [
-        {k: v for k, v in record.items() if k != "duration_s"}  # keep trees deterministic
+        {k: printable(v) if isinstance(v, str) else v for k, v in record.items() if k != "duration_s"}
         for record in result.to_dict()["verdicts"]
         if record["status"] != "passed"
     ][:MAX_FAILURES_KEPT]
@@ -59,7 +61,8 @@ class SandboxVerifier:
             try:
                 out.set_result(verdict_of(f.result()))
             except Exception as e:  # noqa: BLE001 - the sandbox promises not to raise; never hang the search
-                out.set_result(Verdict(0.0, 0.0, {"summary": f"verifier error: {e}", "detailed": repr(e)}))
+                text = printable(f"verifier error: {e!r}")
+                out.set_result(Verdict(0.0, 0.0, {"summary": text, "detailed": text, "failures": []}))
 
         self.sandbox.submit(code, tests, entry_point, setup).add_done_callback(done)
         return out

@@ -34,7 +34,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, disable_dropout_in_model, pad, use_adapter
 
 from trl_mars.losses.policy import PolicyLossConfig, policy_loss
-from trl_mars.rewards.code import make_code_reward
+from trl_mars.rewards.code import check_tests_column, make_code_reward
 from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewards, tree_group_advantages
 from trl_mars.sandbox import Sandbox, SandboxConfig
 from trl_mars.search import SandboxVerifier, SearchConfig, SearchProblem, TreeSearch
@@ -80,8 +80,9 @@ def check_dataset(dataset: Dataset | None, tests_column: str, name: str) -> None
     for column in ("prompt", tests_column):
         if column not in columns:
             raise ValueError(f"{name} is missing the column {column!r} (columns: {sorted(columns)})")
-    if len(dataset) and not dataset[0][tests_column]:
-        raise ValueError(f"{name}[0].{tests_column} is empty: every problem needs tests")
+    check_tests_column(dataset, tests_column, name)
+    if "private_tests" in columns:
+        check_tests_column(dataset, "private_tests", name, optional=True)
 
 
 class NoOpOptimizer(torch.optim.Optimizer):

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trl_mars.eval.datasets import humaneval_path
+from trl_mars.eval.datasets import humaneval_source
 from trl_mars.eval.loaders import _read_jsonl
 from trl_mars.sandbox import Sandbox
 
@@ -44,7 +44,7 @@ def timed(fn) -> tuple[list[bool], float]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(humaneval_path()))
+    parser.add_argument("--data", default=humaneval_source(), help="a local HumanEval .jsonl.gz")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="passes over the problems for our sandbox")
     parser.add_argument("--limit", type=int, help="only the first N problems")

@@ -85,9 +85,13 @@ def download_movielens(
                 raise ValueError(f"{url}: the archive has no {name}")
             if (actual := _sha256(staging / name)) != expected:
                 raise ValueError(f"{url}: {name} has sha256 {actual}, expected {expected}")
-        if target.exists():
+        if target.exists() and force:
             shutil.rmtree(target)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:  # another process (a launcher's other rank) finished the same download first
+            if not _has_movielens(target):
+                raise
     return target
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trl_mars.eval.datasets import humaneval_source
-from trl_mars.eval.loaders import _read_jsonl
+from trl_mars.eval.rows import read_rows
 from trl_mars.sandbox import Sandbox
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, help="only the first N problems")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
-    rows = _read_jsonl(Path(args.data))[: args.limit]
+    rows = [row for _, row in read_rows(args.data)][: args.limit]
     checks = [(r["prompt"] + r["canonical_solution"], r["test"], r["entry_point"]) for r in rows]
 
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.concurrency) as pool:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from trl_mars.argtypes import HelpFormatter, positive_float
 from trl_mars.data.movielens_download import MOVIELENS_SHA256, MOVIELENS_URL, download_movielens, movielens_cache_dir
 
 DATASETS = ("movielens",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trl-mars data", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="trl-mars data", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     get = sub.add_parser(
         "download",
         help="download a data set into the user's cache (checksum-verified)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     get.add_argument("dataset", choices=DATASETS, help="the data set to fetch (MovieLens ml-latest-small)")
     get.add_argument("--dest", help=f"folder for the CSV files (default: {movielens_cache_dir()})")
@@ -26,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sha256", default=MOVIELENS_SHA256, help="expected sha256 of the zip; 'none' skips every checksum"
     )
     get.add_argument("--force", action="store_true", help="download again even if a copy exists")
-    get.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    get.add_argument("--timeout", type=positive_float, default=60.0, help="network timeout in seconds")
     sub.add_parser("where", help="print where each data set is read from")
     return parser
 

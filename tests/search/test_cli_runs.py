@@ -202,5 +202,5 @@ def test_every_option_has_help_and_shows_its_default():
                 continue
             assert action.help, action.dest
             text = parser.formatter_class("x")._get_help_string(action)
-            if action.default not in (None, False):
+            if action.default is not None and action.default is not False:
                 assert "default" in text, action.dest

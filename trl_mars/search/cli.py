@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--max-batch-size",
         type=positive_int,
-        help="split each generation call into batches of at most this many prompts",
+        help="split each generation call into batches of at most this many prompts (default: no split)",
     )
     add(
         "--group-size",

@@ -164,7 +164,9 @@ def test_the_wheel_holds_recipes_configs_license_and_py_typed(tmp_path):
 
 @pytest.mark.slow
 def test_trl_mars_train_runs_the_shipped_recipe_from_the_checkout(tmp_path, tiny_cache):
-    """``trl-mars train mars2`` (the recipe found with importlib, its default config shipped beside it), 2 steps."""
+    """``trl-mars train mars2 --accelerate_config single_cpu``: ``accelerate launch -m trl_mars.recipes.mars2`` with the
+    shipped launcher config and the recipe's default config beside it, 2 steps (CI's out-of-tree job runs the
+    in-process ``trl-mars train mars2`` from the wheel)."""
     import os
 
     overrides = {
@@ -175,7 +177,7 @@ def test_trl_mars_train_runs_the_shipped_recipe_from_the_checkout(tmp_path, tiny
     }  # fmt: skip
     argv = [arg for k, v in overrides.items() for arg in (f"--{k}", str(v))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_MARS_CACHE": str(tiny_cache)}
-    command = [sys.executable, "-m", "trl_mars.cli", "train", "mars2", *argv]
+    command = [sys.executable, "-m", "trl_mars.cli", "train", "mars2", "--accelerate_config", "single_cpu", *argv]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^pass@1\s", done.stdout, re.M)

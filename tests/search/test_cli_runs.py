@@ -204,3 +204,30 @@ def test_every_option_has_help_and_shows_its_default():
             text = parser.formatter_class("x")._get_help_string(action)
             if action.default is not None and action.default is not False:
                 assert "default" in text, action.dest
+
+
+def test_resume_with_sampling_tiny_models_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch, tiny_qwen2_path, tiny_llama_path
+):
+    """Each group is seeded from --seed, the run label and the group index, so even sampled generations (token ids,
+    log-probs) of a resumed run are those of the uninterrupted one."""
+    argv = ["--model", f"qwen={tiny_qwen2_path}", "--model", f"llama={tiny_llama_path}", "--benchmark", "embedded"]
+    argv += ["--num-problems", "3", "--max-nodes", "3", "--max-new-tokens", "12", "--group-size", "1", "--quiet"]
+    assert search_cli.main([*argv, "--output", str(tmp_path / "full")]) == 0
+    write = RunOutput.write
+
+    def stop_after_one_group(self, records, trees):
+        if self.records:
+            raise KeyboardInterrupt
+        write(self, records, trees)
+
+    monkeypatch.setattr(RunOutput, "write", stop_after_one_group)
+    with pytest.raises(KeyboardInterrupt):
+        search_cli.main([*argv, "--output", str(tmp_path / "cut")])
+    monkeypatch.setattr(RunOutput, "write", write)
+    assert len((tmp_path / "cut" / "results.jsonl").read_text().splitlines()) == 1
+    assert search_cli.main([*argv, "--output", str(tmp_path / "cut"), "--resume"]) == 0
+    for name in ("results.jsonl", "trees.json"):
+        assert (tmp_path / "cut" / name).read_text() == (tmp_path / "full" / name).read_text()
+    trees = json.loads((tmp_path / "full" / "trees.json").read_text())
+    assert len(trees) == 3 and all(n["completion_ids"] for t in trees for n in t["nodes"][1:])  # sampled, not empty

@@ -206,3 +206,15 @@ def test_math_verify_grader_names_the_math_extra(monkeypatch):
         match=re.escape("grader='math_verify' needs the 'math_verify' package: pip install 'trl-mars[math]'"),
     ):
         get_grader("math_verify")
+
+
+def test_train_rerec_offline_without_movielens_stops_with_one_line_naming_the_command(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRL_MARS_DATA", raising=False)
+    monkeypatch.setenv("TRL_MARS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["rerec", "--output_dir", str(tmp_path / "out")])
+    text = str(exit_info.value.code)
+    assert text.startswith("trl-mars train rerec: error: MovieLens (ml-latest-small) not found")
+    assert "trl-mars data download movielens" in text and "\n" not in text
+    assert not (tmp_path / "cache").exists()  # nothing downloaded or built

@@ -120,6 +120,8 @@ def train_main(argv: list[str] | None = None) -> int:
     sys.argv = [f"trl-mars train {method}", *rest]
     try:
         module.main()
+    except FileNotFoundError as err:  # missing data (MovieLens offline) or config: one line, not a traceback
+        raise SystemExit(f"trl-mars train {method}: error: {err}") from None
     finally:
         sys.argv = saved
     return 0

@@ -148,3 +148,15 @@ def test_explicit_and_env_paths(shared_data, isolated, monkeypatch, tmp_path):
     assert mld.find_movielens(shared_data / "movielens") == shared_data / "movielens"
     monkeypatch.setenv("TRL_MARS_DATA", str(shared_data))
     assert mld.find_movielens() == shared_data / "movielens"
+
+
+def test_download_cli_errors_are_one_line(isolated, tmp_path, movielens_zip):
+    not_zip = tmp_path / "page.html"
+    not_zip.write_text("<html>moved</html>")
+    with pytest.raises(SystemExit, match=r"page\.html: not a zip archive$"):
+        data_main(["download", "movielens", "--url", not_zip.as_uri(), "--sha256", "none"])
+    with pytest.raises(SystemExit, match=r"does not match the pinned"):
+        data_main(["download", "movielens", "--url", movielens_zip[0].as_uri()])
+    with pytest.raises(SystemExit, match=r"^trl-mars data download: error: .*No such file"):
+        data_main(["download", "movielens", "--url", (tmp_path / "missing.zip").as_uri()])
+    assert not mld.movielens_cache_dir().exists()

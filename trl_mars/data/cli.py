@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"humaneval: {humaneval_source()}\nmovielens: {movielens}")
         return 0
     checks = {"sha256": None, "file_sha256": None} if args.sha256.lower() == "none" else {"sha256": args.sha256}
-    folder = download_movielens(args.dest, url=args.url, force=args.force, timeout=args.timeout, **checks)
+    try:
+        folder = download_movielens(args.dest, url=args.url, force=args.force, timeout=args.timeout, **checks)
+    except (ValueError, OSError) as err:  # checksum, not a zip, no network (URLError), no disk space
+        raise SystemExit(f"trl-mars data download: error: {err}") from None
     print(f"MovieLens ml-latest-small in {folder}")
     return 0

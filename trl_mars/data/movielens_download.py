@@ -73,6 +73,8 @@ def download_movielens(
             raise ValueError(f"{url}: sha256 {got} does not match the pinned {sha256}; not unpacked")
         staging = Path(tmp) / "files"
         staging.mkdir()
+        if not zipfile.is_zipfile(archive):
+            raise ValueError(f"{url}: not a zip archive")
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 name = PurePosixPath(info.filename).name  # the zip holds ml-latest-small/<file>: flatten, no paths

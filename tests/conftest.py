@@ -61,6 +61,13 @@ def tiny_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp().parent / "trl_mars_tiny"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def package_cache(tiny_cache) -> Path:
+    """The package's cache (tiny models built from ids, downloads) is the session's folder, not ~/.cache/trl_mars."""
+    os.environ.setdefault("TRL_MARS_CACHE", str(tiny_cache))
+    return Path(os.environ["TRL_MARS_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from trl_mars.testing import build_tiny_tokenizer

@@ -6,8 +6,9 @@ import importlib
 from types import ModuleType
 
 
-def require(module: str, extra: str, feature: str) -> ModuleType:
-    """``import module``, or raise ``ImportError`` saying that ``feature`` needs the extra ``extra``.
+def require(module: str, extra: str, feature: str, package: str | None = None) -> ModuleType:
+    """``import module``, or raise ``ImportError`` saying that ``feature`` needs ``package`` (the distribution,
+    default ``module``) from the extra ``extra``.
 
     >>> require("json", "none", "parsing").__name__
     'json'
@@ -15,4 +16,6 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"{feature} needs the '{module}' package: pip install 'trl-mars[{extra}]'") from err
+        raise ImportError(
+            f"{feature} needs the '{package or module}' package: pip install 'trl-mars[{extra}]'"
+        ) from err

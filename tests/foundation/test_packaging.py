@@ -203,7 +203,7 @@ def test_math_verify_grader_names_the_math_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)
     with pytest.raises(
         ImportError,
-        match=re.escape("grader='math_verify' needs the 'math_verify' package: pip install 'trl-mars[math]'"),
+        match=re.escape("grader='math_verify' needs the 'math-verify' package: pip install 'trl-mars[math]'"),
     ):
         get_grader("math_verify")
 

@@ -86,5 +86,5 @@ def get_grader(name: str) -> Grader:
     if name == "math_verify":
         from trl_mars.extras import require
 
-        require("math_verify", "math", "grader='math_verify'")
+        require("math_verify", "math", "grader='math_verify'", package="math-verify")
     return GRADERS[name]

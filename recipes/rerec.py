@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
 from trl_mars.data.movielens import load_movielens
+from trl_mars.data.movielens_download import find_movielens
 from trl_mars.rec import ItemAttributeGraph, ItemEmbeddings, UserItemGraph, build_rerec_dataset, train_lightgcn
 from trl_mars.rec.evaluation import evaluate_recommender
 from trl_mars.rec.tasks import DEFAULT_SYSTEM_PROMPT, most_rated_titles, templated_reasoning, with_short_titles
@@ -41,7 +42,10 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rerec.yaml"
 
 @dataclass
 class ReRecScriptArguments(ScriptArguments):
-    movielens_path: str | None = field(default=None, metadata={"help": "MovieLens CSV folder (default: shared copy)."})
+    movielens_path: str | None = field(
+        default=None,
+        metadata={"help": "MovieLens CSV folder (default: $TRL_MARS_DATA/movielens, else downloaded to the cache)."},
+    )
     num_items: int | None = field(default=None, metadata={"help": "Build tasks from the N most-rated movies only."})
     num_train_queries: int = field(default=2000, metadata={"help": "Training queries built from MovieLens."})
     num_eval_queries: int = field(default=200, metadata={"help": "Held-out queries for the before/after evaluation."})
@@ -162,7 +166,8 @@ def report(name: str, model_path_or_model, tokenizer, eval_dataset, script_args,
         )
 
 
-def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_args: ModelConfig) -> None:
+def run(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_args: ModelConfig) -> None:
+    script_args.movielens_path = str(find_movielens(script_args.movielens_path, download=True))
     graph, embeddings, train_dataset, eval_dataset = build_data(script_args, training_args.seed)
     model_path = model_args.model_name_or_path
     work = Path(training_args.output_dir)
@@ -196,5 +201,10 @@ def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_ar
         trainer.push_to_hub(dataset_name=script_args.dataset_name or "movielens")
 
 
+def main() -> None:
+    """``--config FILE`` (default: the tiny config) plus command-line overrides, then ``run``."""
+    run(*parse_recipe_args((ReRecScriptArguments, ReRecConfig, ModelConfig), default_config=DEFAULT_CONFIG))
+
+
 if __name__ == "__main__":
-    main(*parse_recipe_args((ReRecScriptArguments, ReRecConfig, ModelConfig), default_config=DEFAULT_CONFIG))
+    main()

@@ -30,6 +30,7 @@ from pathlib import Path
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_mars.data.movielens import load_movielens
+from trl_mars.data.movielens_download import find_movielens
 from trl_mars.selfplay.movielens_corpus import build_movielens_documents
 from trl_mars.selfplay.warmup import tiny_model_for_warmup, warmup_examples
 from trl_mars.trainers.selfplay_config import SelfPlayConfig
@@ -50,6 +51,8 @@ def main() -> None:
     script_args, args, model_args = parse_recipe_args(
         (SelfPlayScriptArguments, SelfPlayConfig, ModelConfig), default_config=DEFAULT_CONFIG
     )
+    if args.corpus == "movielens":  # found locally, else downloaded on first use
+        args.corpus_path = str(find_movielens(args.corpus_path, download=True))
     model_path = resolve_model_path(model_args.model_name_or_path)
     args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     if script_args.sft_warmup_steps > 0:

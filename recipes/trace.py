@@ -24,6 +24,7 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
+from trl_mars.data.movielens_download import find_movielens
 from trl_mars.embed.evaluation import evaluate_retrieval, format_table
 from trl_mars.embed.movielens_task import RetrievalTask, build_movielens_retrieval_task
 from trl_mars.embed.tiny import TINY_MOVIELENS_MODEL_ID, tiny_movielens_model_path
@@ -44,7 +45,10 @@ REPORT_KEYS = (
 
 @dataclass
 class TraceScriptArguments(ScriptArguments):
-    movielens_path: str | None = field(default=None, metadata={"help": "MovieLens CSV folder (default: shared copy)."})
+    movielens_path: str | None = field(
+        default=None,
+        metadata={"help": "MovieLens CSV folder (default: $TRL_MARS_DATA/movielens, else downloaded to the cache)."},
+    )
     num_movies: int | None = field(
         default=None, metadata={"help": "Build the task from N sampled movies (all: None)."}
     )
@@ -83,7 +87,9 @@ def report(trainer: TraceEmbedTrainer, task: RetrievalTask, script_args: TraceSc
     return results
 
 
-def main(script_args: TraceScriptArguments, training_args: TraceConfig, model_args: ModelConfig) -> None:
+def run(script_args: TraceScriptArguments, training_args: TraceConfig, model_args: ModelConfig) -> None:
+    if not script_args.dataset_name or model_args.model_name_or_path == TINY_MOVIELENS_MODEL_ID:
+        script_args.movielens_path = str(find_movielens(script_args.movielens_path, download=True))
     train_dataset, task = load_data(script_args, training_args.seed)
     model_path = model_args.model_name_or_path
     if model_path == TINY_MOVIELENS_MODEL_ID:
@@ -110,5 +116,10 @@ def main(script_args: TraceScriptArguments, training_args: TraceConfig, model_ar
         trainer.push_to_hub(dataset_name=script_args.dataset_name or "movielens")
 
 
+def main() -> None:
+    """``--config FILE`` (default: the tiny config) plus command-line overrides, then ``run``."""
+    run(*parse_recipe_args((TraceScriptArguments, TraceConfig, ModelConfig), default_config=DEFAULT_CONFIG))
+
+
 if __name__ == "__main__":
-    main(*parse_recipe_args((TraceScriptArguments, TraceConfig, ModelConfig), default_config=DEFAULT_CONFIG))
+    main()

@@ -25,7 +25,10 @@ if not torch.cuda.is_available():
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("TRL_MARS_DATA", REPO_ROOT.parent / "shared" / "data"))
+# The package finds local data only through $TRL_MARS_DATA (trl_mars.data.locations); tests, like CI, use the
+# workspace copy beside the checkout unless it is set. Subprocesses (recipes) inherit it.
+os.environ.setdefault("TRL_MARS_DATA", str(REPO_ROOT.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ["TRL_MARS_DATA"])
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +49,23 @@ def force_cpu(monkeypatch):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
-        pytest.fail(f"shared data not found at {SHARED_DATA}; set TRL_MARS_DATA")
+        pytest.fail(
+            f"shared data not found at {SHARED_DATA}: set TRL_MARS_DATA to a folder holding "
+            "humaneval/HumanEval.jsonl.gz and movielens/ (ml-latest-small)"
+        )
     return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp().parent / "trl_mars_tiny"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def package_cache(tiny_cache) -> Path:
+    """The package's cache (tiny models built from ids, downloads) is the session's folder, not ~/.cache/trl_mars."""
+    os.environ.setdefault("TRL_MARS_CACHE", str(tiny_cache))
+    return Path(os.environ["TRL_MARS_CACHE"])
 
 
 @pytest.fixture(scope="session")

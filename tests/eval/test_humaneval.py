@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 
 from trl_mars.eval import load_problems
-from trl_mars.eval.datasets import humaneval_path
 from trl_mars.sandbox import Sandbox
 
 
 @pytest.fixture(scope="module")
-def problems():
-    path = humaneval_path()
+def problems(shared_data):
+    path = shared_data / "humaneval" / "HumanEval.jsonl.gz"
     if not path.exists():
         pytest.fail(f"HumanEval not found at {path}; set TRL_MARS_DATA")
     return load_problems(path)

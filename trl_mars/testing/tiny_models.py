@@ -24,6 +24,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from trl_mars.data.locations import cache_dir as default_cache_dir
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = resources.files("trl_mars.testing").joinpath("chat_template.jinja").read_text()
 TINY_ARCHS = ("qwen2", "llama")
@@ -122,10 +124,11 @@ def tiny_model_path(
 ) -> str:
     """Path of a cached tiny model (built on first use), keyed by architecture, head and config overrides.
 
-    The cache lives in ``$TRL_MARS_CACHE`` (default: ``<tmp>/trl_mars_tiny``); writes are atomic renames, so
-    concurrent processes never see a half-written model.
+    The cache is ``cache_dir``, else the package's cache (``$TRL_MARS_CACHE``, default ``~/.cache/trl_mars``,
+    see ``trl_mars.data.locations``); writes are atomic renames, so concurrent processes never see a half-written
+    model.
     """
-    root = Path(cache_dir or os.environ.get("TRL_MARS_CACHE", Path(tempfile.gettempdir()) / "trl_mars_tiny"))
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     named = (arch, sorted(overrides.items())) if head == "causal-lm" else (arch, head, sorted(overrides.items()))
     key = hashlib.sha256(repr(named).encode()).hexdigest()[:12]
     target = root / f"tiny-{arch}{'' if head == 'causal-lm' else '-' + head}-{key}"

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from trl_mars.extras import require
 from trl_mars.trainers.mars2_config import AgentSpec
 from trl_mars.utils.fsdp import load_full_state_dict
 from trl_mars.utils.recipes import resolve_model_path
@@ -63,6 +64,8 @@ def model_init_kwargs(spec: AgentSpec, base: dict | None) -> dict:
     kwargs = dict(base or {})
     if spec.load_in_4bit:
         from transformers import BitsAndBytesConfig
+
+        require("bitsandbytes", "qlora", f"agent {spec.name!r}: load_in_4bit (QLoRA)")
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16

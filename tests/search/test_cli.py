@@ -112,7 +112,7 @@ def test_search_cli_reward_model_picks_among_passing_nodes(tmp_path, capsys, mon
     from trl_mars.search import SequenceClassifierRewardModel
     from trl_mars.testing import tiny_model_path
 
-    tasks = generate_tasks(2, seed=7)
+    tasks = generate_tasks(2, seed=4)
 
     def right(messages, comment=""):
         return next(t.completion for t in tasks if t.question in messages[-1]["content"]).replace(
@@ -126,7 +126,7 @@ def test_search_cli_reward_model_picks_among_passing_nodes(tmp_path, capsys, mon
     monkeypatch.setattr(search_cli, "load_backends", lambda models, *a: {n: scripted[n] for n in models})
     rm_path = tiny_model_path("qwen2", cache_dir=tmp_path / "rm", head="reward")
     args = ["--model", "plain=p", "--model", "commented=c", "--benchmark", "embedded", "--num-problems", "2"]
-    args += ["--seed", "7", "--max-nodes", "4", "--concurrency", "2", "--reward-model", rm_path]
+    args += ["--seed", "4", "--max-nodes", "4", "--concurrency", "2", "--reward-model", rm_path]
     records, trees, summary, _ = run_cli(tmp_path, capsys, *args)
     rm = SequenceClassifierRewardModel.from_pretrained(rm_path)
     problems = search_cli.load_search_problems(search_cli.build_parser().parse_args([*args, "--output", "x"]))

@@ -409,20 +409,24 @@ def parse_row(row: Mapping, fmt: str | None, where: str) -> CodeProblem:
         return PARSERS[kind](row, where)
     except DataError:
         raise
+    except ValueError as err:
+        if str(err).startswith(where):  # the parser named the row and column already
+            raise DataError(str(err)) from None
+        raise DataError(f"{where}: malformed {kind} row ({err})") from None
     except KeyError as err:
         raise DataError(f"{where}: missing field {err.args[0]!r}") from None
-    except (TypeError, ValueError, AttributeError, IndexError) as err:
+    except (TypeError, AttributeError, IndexError) as err:
         raise DataError(f"{where}: malformed {kind} row ({type(err).__name__}: {err})") from None
 
 
 def to_problems(rows: Iterable[Mapping], fmt: str | None = None, name: str = "dataset") -> list[CodeProblem]:
     """Rows as problems; ``fmt`` is one of ``PARSERS`` or detected from the first row; bad rows raise
-    ``DataError`` naming row and column."""
+    ``DataError`` naming row (0-based, as the rows are indexed) and column."""
     if fmt is not None and fmt not in PARSERS:
         raise ValueError(f"format: unknown {fmt!r}; choose from {sorted(PARSERS)}")
     rows = list(rows)
     kind = fmt or (detect_format(rows[0]) if rows else None)
-    return [parse_row(row, kind, f"{name} row {i}") for i, row in enumerate(rows, 1)]
+    return [parse_row(row, kind, f"{name} row {i}") for i, row in enumerate(rows)]
 
 
 def load_problems(

@@ -218,10 +218,14 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         weights = {"query": self.args.lambda_gen / n_tokens}
         no_sync = getattr(model, "no_sync", None)
 
+        # The query group is replayed last, so its final chunk is the one DDP synchronises: it is the only group
+        # whose backward reaches every trainable parameter (an untied lm_head gets gradient from L_gen only).
+        replay_order = [*groups[1:], groups[0]]
+
         def replay(grad_output: torch.Tensor) -> None:
             with self.compute_loss_context_manager():
-                for i, (name, fn, _, states) in enumerate(groups):
-                    last = i == len(groups) - 1
+                for i, (name, fn, _, states) in enumerate(replay_order):
+                    last = i == len(replay_order) - 1
                     replay_chunks(
                         fn, chunk, states, reps[name].grad, weights.get(name, 0.0), grad_output, no_sync, last
                     )

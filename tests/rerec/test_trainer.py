@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from trl_mars.rewards.rerec import penalised_spans, raae_advantages, raae_token_rewards, token_pieces, wrong_titles
+from trl_mars.rewards.rerec import (
+    ndcg_score,
+    penalised_spans,
+    raae_advantages,
+    raae_token_rewards,
+    token_pieces,
+    wrong_titles,
+)
 from trl_mars.trainers.rerec_config import ReRecConfig
 from trl_mars.trainers.rerec_trainer import ReasoningRecTrainer
 
@@ -31,7 +38,15 @@ def config(tmp_path, **kw) -> ReRecConfig:
 
 @pytest.mark.parametrize(
     "field,value",
-    [("ndcg_k", 0), ("raae_penalty", 1.0), ("raae_segment", "word"), ("qas_weight", -1.0), ("curriculum_tau", 2.0)],
+    [
+        ("ndcg_k", 0),
+        ("raae_penalty", 1.0),
+        ("raae_segment", "word"),
+        ("qas_weight", -1.0),
+        ("curriculum_tau", 2.0),
+        ("scale_rewards", "max"),
+        ("multi_objective_aggregation", "normalize_then_sum"),
+    ],
 )
 def test_config_rejects_bad_values_naming_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
@@ -64,8 +79,11 @@ def test_bad_input_fails_before_the_model_is_loaded(tmp_path):
         ReasoningRecTrainer(missing, args=GRPOConfig(str(tmp_path)), train_dataset=data)
 
 
-def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path):
-    args = config(tmp_path, max_steps=2, per_device_train_batch_size=8, num_generations=4)
+@pytest.mark.parametrize(
+    "options", [{}, {"scale_rewards": "batch", "raae_zero_all_wrong": True}], ids=["paper", "batch_scaled"]
+)
+def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path, options):
+    args = config(tmp_path, max_steps=2, per_device_train_batch_size=8, num_generations=4, **options)
     trainer, seen = scripted_trainer(tiny_qwen2_path, args)
     assert args.reward_weights == [0.1, 1.0, 0.01]
     trainer.train()
@@ -88,7 +106,19 @@ def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path):
         mask[i, : len(ids)] = 1
         penalised.append(bool(spans))
     assert any(penalised) and not all(penalised)
-    expected = raae_advantages(token_rewards, mask, 4)
+    scale = options.get("scale_rewards", "group")
+    correct = torch.tensor(
+        [
+            ndcg_score(
+                scripted_text(data[order[2 + i // 4]]["prompt"], i + 1), data[order[2 + i // 4]]["ground_truth"], 1
+            )
+            > 0
+            for i in range(8)
+        ]
+    )
+    expected = raae_advantages(token_rewards, mask, 4, scale=scale, correct=correct if options else None)
+    if options:  # batch scaling changes the advantages the trainer uses (scale_rewards is not ignored)
+        assert not torch.allclose(expected, raae_advantages(token_rewards, mask, 4), atol=1e-3)
     for i, adv in enumerate(batch["advantages"]):
         assert len(adv) == len(batch["completion_ids"][i])  # one advantage per completion token
         torch.testing.assert_close(torch.tensor(adv), expected[i, : len(adv)], atol=1e-5, rtol=1e-5)

@@ -231,7 +231,8 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
         if mode == "train" and self.curriculum is not None:
             self._record_difficulty(rows, texts, truths)
         if self.args.use_raae:
-            output["advantages"] = self._raae(output, rewards_per_func, texts, truths, mode)
+            candidate_lists = [list(row.get("candidates") or []) for row in rows]
+            output["advantages"] = self._raae(output, rewards_per_func, texts, truths, candidate_lists, mode)
         return output
 
     def _record_difficulty(self, rows: list[dict], texts: list[str], truths: list[list[str]]) -> None:
@@ -246,9 +247,16 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
         self._metrics["train"]["curriculum/active_queries"].append(float(len(self.curriculum.order)))
 
     def _raae(
-        self, output: dict, rewards_per_func: torch.Tensor, texts: list[str], truths: list[list[str]], mode: str
+        self,
+        output: dict,
+        rewards_per_func: torch.Tensor,
+        texts: list[str],
+        truths: list[list[str]],
+        candidate_lists: list[list[str]],
+        mode: str,
     ):
-        """(B, T) RAAE advantages of this process's rows from the global per-completion rewards."""
+        """(B, T) RAAE advantages of this process's rows from the global per-completion rewards; a mention of a
+        wrong title inside a longer candidate title (``candidate_lists``) is not penalised."""
         device = self.accelerator.device
         batch = len(texts)
         rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
@@ -258,18 +266,22 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
         mask = output["completion_mask"] * scorable.unsqueeze(1).to(output["completion_mask"].dtype)
         token_rewards = rewards.unsqueeze(1).expand_as(mask).clone().float()
         penalised = 0
-        for i, (text, truth) in enumerate(zip(texts, truths)):
-            wrong = wrong_titles(text, truth)
+        for i, (text, truth, candidates) in enumerate(zip(texts, truths, candidate_lists)):
+            wrong = wrong_titles(text, truth, self.args.ndcg_k)
             if not wrong:
                 continue
             ids = output["completion_ids"][i][output["completion_mask"][i].bool()].tolist()
             pieces = token_pieces(ids, lambda x: self.processing_class.decode(x, skip_special_tokens=True))
-            spans = penalised_spans("".join(pieces), wrong, self.args.raae_segment)
+            spans = penalised_spans("".join(pieces), wrong, self.args.raae_segment, candidates)
             if spans:
                 penalised += 1
                 values = raae_token_rewards(rewards[i].item(), pieces, spans, self.args.raae_penalty)
                 token_rewards[i, : len(values)] = torch.tensor(values, device=device)
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        correct = None
+        if self.args.raae_zero_all_wrong:
+            ndcg = [ndcg_score(t, g, self.args.ndcg_k) for t, g in zip(texts, truths)]
+            correct = torch.tensor([value > 0 for value in ndcg], device=device)
         advantages = raae_advantages(
             token_rewards,
             mask,
@@ -277,6 +289,8 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
             eps=self.args.raae_eps,
             gather=self.accelerator.gather,
             row_offset=rows.start,
+            scale=self.args.scale_rewards,
+            correct=correct,
         )
         counts = self.accelerator.gather(torch.tensor([penalised, batch], device=device, dtype=torch.float32))
         counts = counts.view(-1, 2).sum(0)

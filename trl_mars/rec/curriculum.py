@@ -4,6 +4,10 @@ Difficulty of query q from the previous epoch's rollouts: d_q = mean_i (1 - NDCG
 without a box counts as 0). Queries with d_q < tau are mastered and removed for good; the others are sorted
 by ascending d_q (queries not seen yet count as d = 1 and keep their relative order). If fewer than
 ``min_queries`` remain, the epoch falls back to the full set, also sorted by difficulty.
+
+An epoch has a fixed length (a whole number of generation batches), so it can end before its order is walked
+through: the queries of the order it did not reach come first in the next epoch's order (before the easy-to-hard
+rest), so every query is visited within its epoch or the next.
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ class OnlineCurriculum:
             self.difficulty[q] = total / count
             if self.difficulty[q] < self.tau:
                 self.mastered.add(q)
+        carried = [q for q in self.order if q not in self._sums and q not in self.mastered]
         self._sums = {}
         active = [q for q in self.order if q not in self.mastered]
         if len(active) < self.min_queries:
             active = list(range(self.num_queries))
-        self.order = sorted(active, key=lambda q: self.difficulty.get(q, 1.0))
+        rest = sorted((q for q in active if q not in set(carried)), key=lambda q: self.difficulty.get(q, 1.0))
+        self.order = carried + rest
         self.epoch += 1
 
     def state_dict(self) -> dict[str, Any]:

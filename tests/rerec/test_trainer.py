@@ -127,8 +127,8 @@ def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path, o
     assert any(0 < h["raae/penalised_frac"] < 1 for h in logged)
 
 
-def run_scripted(tmp_path, model, name: str, max_steps: int, resume=None, save_steps=None):
-    kw = dict(max_steps=max_steps, per_device_train_batch_size=4, num_generations=4)
+def run_scripted(tmp_path, model, name: str, max_steps: int, resume=None, save_steps=None, **overrides):
+    kw = dict(max_steps=max_steps, per_device_train_batch_size=4, num_generations=4, **overrides)
     if save_steps:
         kw.update(save_strategy="steps", save_steps=save_steps)
     args = config(tmp_path / name, **kw)
@@ -153,6 +153,27 @@ def test_curriculum_and_advantages_survive_save_and_resume(tmp_path, tiny_qwen2_
         assert got["completion_ids"] == want["completion_ids"]
         for a, b in zip(got["advantages"], want["advantages"]):
             torch.testing.assert_close(torch.tensor(a), torch.tensor(b))
+
+
+def test_resume_inside_a_generation_buffer_is_bit_identical(tmp_path, tiny_qwen2_path):
+    # steps_per_generation=2: one generation (2 queries x 4 completions) feeds 2 optimizer steps; 8 steps per epoch.
+    # checkpoint-3 falls between the two steps of the generation made at step 3; the run crosses the epoch end at 8.
+    kw = dict(steps_per_generation=2, gradient_accumulation_steps=1)
+    full, full_seen = run_scripted(tmp_path, tiny_qwen2_path, "full", max_steps=10, **kw)
+    run_scripted(tmp_path, tiny_qwen2_path, "resumed", max_steps=10, save_steps=3, **kw)
+    ckpt = tmp_path / "resumed" / "out" / "checkpoint-3"
+    resumed, resumed_seen = run_scripted(tmp_path, tiny_qwen2_path, "resumed", max_steps=10, resume=str(ckpt), **kw)
+    # no regeneration at the resumed step: the buffered second half is used, rollouts are counted once
+    assert len(full_seen) == 5 and len(resumed_seen) == 3  # generations at steps 5, 7, 9 after the resume
+    for got, want in zip(resumed_seen, full_seen[2:]):
+        assert got["completion_ids"] == want["completion_ids"]
+    assert resumed.curriculum.state_dict() == full.curriculum.state_dict()
+    assert full.curriculum.epoch == 1  # and each pending count is 4 completions per visit, not 8
+    full_params = dict(full.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        assert torch.equal(param, full_params[name]), name
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h][-7:] for t in (full, resumed)]
+    assert losses[0] == losses[1]
 
 
 @pytest.mark.distributed

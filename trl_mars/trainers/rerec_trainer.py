@@ -10,7 +10,10 @@ PEFT and vLLM options. Differences from GRPO:
   to TRL's loss as ``advantages``;
 - online curriculum: each epoch's query order comes from ``OnlineCurriculum`` (mastered queries dropped, the
   rest easy to hard); the epoch is closed at the optimizer step that ends it (before that step's checkpoint),
-  and the state is saved in every checkpoint and restored on resume.
+  and the state is saved in every checkpoint and restored on resume;
+- exact resume: GRPO's generation buffer is saved with every checkpoint, so resuming inside a buffer
+  (``steps_per_generation > 1``) continues on the same completions, bit-identically, and no rollout is
+  counted twice by the curriculum.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +49,7 @@ from trl_mars.trainers.rerec_config import ReRecConfig
 from trl_mars.utils.checkpoint import MethodStateMixin
 
 QUERY_INDEX_COLUMN = "rerec_query_index"
+GENERATION_BUFFER_FILE = "rerec_generation_buffer"
 _CALCULATE_REWARDS_PARAMS = inspect.signature(GRPOTrainer._calculate_rewards).parameters
 
 
@@ -297,6 +302,21 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
         self._metrics[mode]["raae/penalised_frac"].append((counts[0] / counts[1]).item())
         return advantages
 
+    def _buffer_file(self, checkpoint_dir: str | Path) -> Path:
+        return Path(checkpoint_dir) / f"{GENERATION_BUFFER_FILE}_rank{self.accelerator.process_index}.pt"
+
+    def save_method_files(self, checkpoint_dir: Path) -> None:
+        """Save GRPO's generation buffer and micro-step counter (this process's), so that a checkpoint inside a
+        buffer (``steps_per_generation > 1``) resumes on the buffered completions instead of regenerating."""
+        torch.save({"step": self._step, "buffer": self._buffered_inputs}, self._buffer_file(checkpoint_dir))
+
+    def _load_generation_buffer(self) -> None:
+        path = self._buffer_file(self.resumed_from)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the checkpoint has no ReRec generation buffer")
+        saved = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        self._step, self._buffered_inputs = saved["step"], saved["buffer"]
+
     def method_state(self) -> dict[str, Any]:
         return {"curriculum": None if self.curriculum is None else self.curriculum.state_dict()}
 
@@ -305,3 +325,4 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
             raise ValueError("use_curriculum differs between this run and the checkpoint being resumed")
         if self.curriculum is not None:
             self.curriculum.load_state_dict(state["curriculum"])
+        self._load_generation_buffer()

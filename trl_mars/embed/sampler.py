@@ -5,7 +5,9 @@ In-batch InfoNCE scores every other row's candidates as negatives of a query. Wh
 scored as one of its negatives. ``NoDuplicatesBatchSampler`` builds each *global* batch (``batch_size`` rows on
 each of ``num_processes`` processes, the batch InfoNCE sees after gathering) from a seeded shuffle, deferring a row
 whose candidate texts already occur in the batch to a later batch. It yields the per-process batches in order,
-which is how ``accelerate`` hands them out (process ``i`` takes batch ``i`` of every ``num_processes``).
+which is how ``accelerate`` hands them out (process ``i`` takes batch ``i`` of every ``num_processes``). A global
+batch that cannot be filled (too few distinct candidates left) is split as evenly as possible; one with fewer rows
+than processes is dropped (those rows come back in the next epoch's shuffle).
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         if batch_size < 1 or num_processes < 1:
             raise ValueError(f"batch_size and num_processes must be >= 1, got {batch_size} and {num_processes}")
         self.keys = [frozenset(k) for k in keys]
-        self.batch_size, self.num_processes, self.drop_last, self.seed = batch_size, num_processes, drop_last, seed
+        # not named ``batch_size``: accelerate then treats the batches as variable-length (no re-padding)
+        self.rows_per_process, self.num_processes = batch_size, num_processes
+        self.drop_last, self.seed = drop_last, seed
         self.epoch_fn = epoch_fn or (lambda: 0)
 
     def global_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's global batches (``batch_size * num_processes`` rows, the last one possibly shorter)."""
-        size = self.batch_size * self.num_processes
+        size = self.rows_per_process * self.num_processes
         generator = torch.Generator().manual_seed(self.seed + epoch)
         remaining = torch.randperm(len(self.keys), generator=generator).tolist()
         batches = []
@@ -73,7 +77,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     def _epoch_batches(self) -> list[list[int]]:
         out = []
         for batch in self.global_batches(self.epoch_fn()):
-            out += [batch[i : i + self.batch_size] for i in range(0, len(batch), self.batch_size)]
+            if len(batch) >= self.num_processes:
+                out += [chunk.tolist() for chunk in torch.tensor(batch).tensor_split(self.num_processes)]
         return out
 
     def __iter__(self) -> Iterator[list[int]]:

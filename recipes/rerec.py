@@ -13,7 +13,10 @@ Qwen2.5-7B-Instruct with vLLM (colocate) on 8 GPUs, LoRA optional (--use_peft --
 
 Resume the newest complete checkpoint: add --resume_from_checkpoint true. Your own MovieLens release:
 --movielens_path /path/to/ml-1m-csv. A prepared ReRec dataset (prompt + ground_truth columns, e.g. RecBench+
-records converted with trl_mars.rec.recbench_dataset): --dataset_name /path/or/hub-id.
+records converted with trl_mars.rec.recbench_dataset): --dataset_name /path/or/hub-id, with its own graphs for
+the QAS/PAS rewards: --item_attributes_path items.csv (header item,attribute) and --interactions_path
+interactions.csv (header user,item[,rating]); without them the MovieLens graphs are used, and the trainer stops
+with an error if a weighted graph reward knows none of the dataset's items.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ class ReRecScriptArguments(ScriptArguments):
     show_attributes: bool = field(default=False, metadata={"help": "List candidate attributes in the prompt."})
     short_titles: bool = field(default=False, metadata={"help": "Titles without year, article first (fewer tokens)."})
     system_prompt: bool = field(default=True, metadata={"help": "Prepend the ReRec system prompt."})
+    item_attributes_path: str | None = field(
+        default=None, metadata={"help": "With --dataset_name: CSV/TSV of item,attribute edges (QAS graph)."}
+    )
+    interactions_path: str | None = field(
+        default=None, metadata={"help": "With --dataset_name: CSV/TSV of user,item[,rating] (PAS / LightGCN graph)."}
+    )
+    min_rating: float = field(default=3.5, metadata={"help": "Interactions rated below this are not edges."})
     lightgcn_epochs: int = field(default=20, metadata={"help": "LightGCN epochs for the PAS embeddings."})
     lightgcn_dim: int = field(default=64, metadata={"help": "LightGCN embedding size."})
     sft_warmup_steps: int = field(default=0, metadata={"help": "SFT steps on templated reasoning before RL."})
@@ -67,13 +77,21 @@ class ReRecScriptArguments(ScriptArguments):
 
 def build_data(script_args: ReRecScriptArguments, seed: int):
     """Item-attribute graph, LightGCN item embeddings and (train, eval) datasets."""
-    movielens = load_movielens(script_args.movielens_path)
-    graph = ItemAttributeGraph.from_movielens(movielens)
+    own_graphs = script_args.item_attributes_path or script_args.interactions_path
+    if own_graphs and not script_args.dataset_name:
+        raise ValueError("item_attributes_path/interactions_path describe --dataset_name's items; set dataset_name")
+    needs_movielens = not (script_args.item_attributes_path and script_args.interactions_path)
+    movielens = load_movielens(script_args.movielens_path) if needs_movielens else None
+    if script_args.item_attributes_path:
+        graph = ItemAttributeGraph.from_file(script_args.item_attributes_path)
+    else:
+        graph = ItemAttributeGraph.from_movielens(movielens)
+    if script_args.interactions_path:
+        interactions = UserItemGraph.from_file(script_args.interactions_path, script_args.min_rating)
+    else:
+        interactions = UserItemGraph.from_movielens(movielens, script_args.min_rating)
     embeddings: ItemEmbeddings = train_lightgcn(
-        UserItemGraph.from_movielens(movielens),
-        dim=script_args.lightgcn_dim,
-        epochs=script_args.lightgcn_epochs,
-        seed=seed,
+        interactions, dim=script_args.lightgcn_dim, epochs=script_args.lightgcn_epochs, seed=seed
     )[0]
     if script_args.dataset_name:
         data = load_dataset(script_args.dataset_name, script_args.dataset_config)

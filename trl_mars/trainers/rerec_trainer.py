@@ -32,7 +32,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from trl_mars.rec.curriculum import OnlineCurriculum
-from trl_mars.rec.graphs import ItemAttributeGraph
+from trl_mars.rec.graphs import ItemAttributeGraph, graph_coverage
 from trl_mars.rec.lightgcn import ItemEmbeddings
 from trl_mars.rec.reward_funcs import completion_text, rerec_reward_funcs
 from trl_mars.rec.tasks import check_rerec_dataset
@@ -149,6 +149,8 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
                 check_rerec_dataset(dataset, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
         if reward_funcs is None:
             reward_funcs = self._default_reward_funcs(args, item_graph, item_embeddings)
+            if isinstance(train_dataset, Dataset):
+                self._check_graphs_match(args, train_dataset, item_graph, item_embeddings)
         if args.use_curriculum:
             if not isinstance(train_dataset, Dataset):
                 raise ValueError("use_curriculum=True needs a map-style datasets.Dataset as train_dataset")
@@ -203,6 +205,26 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
                 f"reward_weights has {len(args.reward_weights)} entries but there are {len(funcs)} rewards"
             )
         return funcs
+
+    @staticmethod
+    def _check_graphs_match(args: ReRecConfig, dataset: Dataset, item_graph, item_embeddings) -> None:
+        """Fail before any compute when a weighted graph reward knows none of the dataset's ground-truth items
+        (it would silently score 0, e.g. MovieLens graphs on another catalogue)."""
+        titles = [t for value in dataset["ground_truth"] for t in parse_ground_truth(value)]
+        graphs = [
+            ("qas_weight", args.qas_weight, "item_graph", item_graph, "--item_attributes_path"),
+            ("pas_weight", args.pas_weight, "item_embeddings", item_embeddings, "--interactions_path"),
+        ]
+        for weight_name, weight, graph_name, graph, flag in graphs:
+            if weight <= 0:
+                continue
+            found, total, missing = graph_coverage(titles, graph.lookup)
+            if found == 0:
+                raise ValueError(
+                    f"{weight_name}={weight} but {graph_name} knows none of the {total} ground-truth titles of "
+                    f"train_dataset (e.g. {missing}): build it from your items (recipes/rerec.py {flag}) or set "
+                    f"{weight_name}=0"
+                )
 
     def _get_train_sampler(self, dataset=None) -> Sampler:
         if self.curriculum is None or (dataset is not None and dataset is not self.train_dataset):

@@ -196,6 +196,7 @@ def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_ar
         model_path,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         item_graph=graph,
@@ -209,6 +210,13 @@ def main(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_ar
         rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
         if rewards:
             print(f"[rerec] logged training reward: {' -> '.join(f'{r:.3f}' for r in rewards)}", flush=True)
+        for h in trainer.curriculum.history if trainer.curriculum is not None else []:
+            print(
+                f"[rerec] curriculum epoch {h['epoch']}: {h['queries_seen']} queries seen, mean difficulty "
+                f"{h['mean_difficulty']:.3f}, {h['mastered_this_epoch']} newly mastered ({h['mastered_total']} in all), "
+                f"next epoch draws from {h['next_epoch_queries']}",
+                flush=True,
+            )
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name or "movielens")

@@ -176,6 +176,44 @@ def test_resume_inside_a_generation_buffer_is_bit_identical(tmp_path, tiny_qwen2
     assert losses[0] == losses[1]
 
 
+def test_best_model_selection_on_held_out_ndcg(tmp_path, tiny_qwen2_path):
+    """The 7B config's selection settings, end to end: eval every 2 steps on held-out queries, at most 2 checkpoints,
+    the best one on eval NDCG@1 loaded at the end."""
+    from rerec_scripted import record_batches, scripted_rollout
+
+    args = config(
+        tmp_path,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        num_generations=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_rewards/rerec_ndcg@1/mean",
+        greater_is_better=True,
+    )
+    trainer = ReasoningRecTrainer(
+        tiny_qwen2_path,
+        args=args,
+        train_dataset=synthetic_dataset(),
+        eval_dataset=synthetic_dataset(3),
+        item_graph=synthetic_graph(),
+        rollout_func=scripted_rollout,
+    )
+    record_batches(trainer)
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_rewards/rerec_ndcg@1/mean" in h]
+    assert [h["step"] for h in evals] == [2, 4, 6]
+    best = max(evals, key=lambda h: h["eval_rewards/rerec_ndcg@1/mean"])
+    assert trainer.state.best_metric == best["eval_rewards/rerec_ndcg@1/mean"]
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+    assert len(list((tmp_path / "out").glob("checkpoint-*"))) <= 2
+
+
 @pytest.mark.distributed
 def test_two_processes_give_the_same_advantages_as_one(tmp_path, tiny_qwen2_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}

@@ -185,10 +185,14 @@ def test_raae_scale_modes_hand_computed():
 
 
 def test_all_wrong_groups_are_zeroed_only_on_request():
-    # a group with a boxed wrong answer (0.05) and an unboxed one (-0.55): no completion is right
-    rewards, mask = torch.tensor([[0.05], [-0.55], [1.07], [0.05]]), torch.ones(4, 1)
+    # G=2, both completions box the same wrong title (r = 0.05); the second mentions it in a reasoning line, so
+    # that token gets 0.7 * 0.05 = 0.035. GRPO (one reward per completion) gives both 0; RAAE's token-level
+    # normalisation gives the unpenalised tokens +0.577: mean 0.04625, std sqrt(1.6875e-4) / 2
+    rewards = torch.tensor([[0.05, 0.05], [0.035, 0.05], [1.07, 1.07], [0.05, 0.05]])
+    mask = torch.ones(4, 2)
     paper = raae_advantages(rewards, mask, 2)
-    assert paper[0, 0] == pytest.approx(1.0, abs=1e-4)  # the paper's rule rewards the wrong boxed answer
+    std = math.sqrt(1.6875e-4) / 2
+    assert paper[0, 0] == pytest.approx(0.00375 / (std + 1e-6), rel=1e-4) == pytest.approx(0.577, abs=1e-3)
     correct = torch.tensor([False, False, True, False])
     zeroed = raae_advantages(rewards, mask, 2, correct=correct)
     assert zeroed[:2].abs().max() == 0  # all-wrong group: no advantage

@@ -57,6 +57,7 @@ def test_config_defaults_follow_the_authors():
     args = ReRecConfig("out")
     assert (args.num_generations, args.learning_rate, args.beta, args.epsilon) == (5, 5e-6, 0.01, 0.2)
     assert args.loss_type == "dapo" and args.ndcg_k == 1 and args.raae_penalty == 0.3
+    assert args.scale_rewards == "group" and args.raae_zero_all_wrong is False  # the paper's normalisation
 
 
 def test_bad_input_fails_before_the_model_is_loaded(tmp_path):

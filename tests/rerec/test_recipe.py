@@ -39,7 +39,7 @@ def test_rerec_recipe_trains_and_evaluates_on_cpu(tmp_path, shared_data, tiny_ca
     )
     assert [c[0] for c in curriculum] == ["1", "2"] and all(c[1] == "8" for c in curriculum)
     # what this short run reliably shows: the randomly initialised model never boxes an answer, the short SFT
-    # warm-up (60 steps) teaches the format; accuracy gains need the full default run (docs/rerec.md)
+    # warm-up (60 steps) teaches the format; accuracy changes need full-length runs (docs/rerec.md)
     assert float(evals[0][3]) == 0.0 and float(evals[1][3]) >= 0.5
     run = tmp_path / "run"
     assert (run / "model.safetensors").exists() and (

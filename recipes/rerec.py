@@ -13,7 +13,10 @@ Qwen2.5-7B-Instruct with vLLM (colocate) on 8 GPUs, LoRA optional (--use_peft --
 
 Resume the newest complete checkpoint: add --resume_from_checkpoint true. Your own MovieLens release:
 --movielens_path /path/to/ml-1m-csv. A prepared ReRec dataset (prompt + ground_truth columns, e.g. RecBench+
-records converted with trl_mars.rec.recbench_dataset): --dataset_name /path/or/hub-id.
+records converted with trl_mars.rec.recbench_dataset): --dataset_name /path/or/hub-id, with its own graphs for
+the QAS/PAS rewards: --item_attributes_path items.csv (header item,attribute) and --interactions_path
+interactions.csv (header user,item[,rating]); without them the MovieLens graphs are used, and the trainer stops
+with an error if a weighted graph reward knows none of the dataset's items.
 """
 
 from __future__ import annotations
@@ -56,6 +59,13 @@ class ReRecScriptArguments(ScriptArguments):
     show_attributes: bool = field(default=False, metadata={"help": "List candidate attributes in the prompt."})
     short_titles: bool = field(default=False, metadata={"help": "Titles without year, article first (fewer tokens)."})
     system_prompt: bool = field(default=True, metadata={"help": "Prepend the ReRec system prompt."})
+    item_attributes_path: str | None = field(
+        default=None, metadata={"help": "With --dataset_name: CSV/TSV of item,attribute edges (QAS graph)."}
+    )
+    interactions_path: str | None = field(
+        default=None, metadata={"help": "With --dataset_name: CSV/TSV of user,item[,rating] (PAS / LightGCN graph)."}
+    )
+    min_rating: float = field(default=3.5, metadata={"help": "Interactions rated below this are not edges."})
     lightgcn_epochs: int = field(default=20, metadata={"help": "LightGCN epochs for the PAS embeddings."})
     lightgcn_dim: int = field(default=64, metadata={"help": "LightGCN embedding size."})
     sft_warmup_steps: int = field(default=0, metadata={"help": "SFT steps on templated reasoning before RL."})
@@ -69,15 +79,31 @@ class ReRecScriptArguments(ScriptArguments):
     eval_num_samples: int = field(default=0, metadata={"help": "Also evaluate N samples per query (0: greedy only)."})
 
 
+def needs_movielens(script_args: ReRecScriptArguments) -> bool:
+    """MovieLens builds both graphs unless the user gives their own item attributes and interactions."""
+    return not (script_args.item_attributes_path and script_args.interactions_path)
+
+
 def build_data(script_args: ReRecScriptArguments, seed: int):
     """Item-attribute graph, LightGCN item embeddings and (train, eval) datasets."""
-    movielens = load_movielens(script_args.movielens_path)
-    graph = ItemAttributeGraph.from_movielens(movielens)
+    own_graphs = script_args.item_attributes_path or script_args.interactions_path
+    if own_graphs and not script_args.dataset_name:
+        raise ValueError("item_attributes_path/interactions_path describe --dataset_name's items; set dataset_name")
+    movielens = (
+        load_movielens(find_movielens(script_args.movielens_path, download=True))
+        if needs_movielens(script_args)
+        else None
+    )
+    if script_args.item_attributes_path:
+        graph = ItemAttributeGraph.from_file(script_args.item_attributes_path)
+    else:
+        graph = ItemAttributeGraph.from_movielens(movielens)
+    if script_args.interactions_path:
+        interactions = UserItemGraph.from_file(script_args.interactions_path, script_args.min_rating)
+    else:
+        interactions = UserItemGraph.from_movielens(movielens, script_args.min_rating)
     embeddings: ItemEmbeddings = train_lightgcn(
-        UserItemGraph.from_movielens(movielens),
-        dim=script_args.lightgcn_dim,
-        epochs=script_args.lightgcn_epochs,
-        seed=seed,
+        interactions, dim=script_args.lightgcn_dim, epochs=script_args.lightgcn_epochs, seed=seed
     )[0]
     if script_args.dataset_name:
         data = load_dataset(script_args.dataset_name, script_args.dataset_config)
@@ -167,7 +193,6 @@ def report(name: str, model_path_or_model, tokenizer, eval_dataset, script_args,
 
 
 def run(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_args: ModelConfig) -> None:
-    script_args.movielens_path = str(find_movielens(script_args.movielens_path, download=True))
     graph, embeddings, train_dataset, eval_dataset = build_data(script_args, training_args.seed)
     model_path = model_args.model_name_or_path
     work = Path(training_args.output_dir)
@@ -183,6 +208,7 @@ def run(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_arg
         model_path,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         item_graph=graph,
@@ -196,6 +222,13 @@ def run(script_args: ReRecScriptArguments, training_args: ReRecConfig, model_arg
         rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
         if rewards:
             print(f"[rerec] logged training reward: {' -> '.join(f'{r:.3f}' for r in rewards)}", flush=True)
+        for h in trainer.curriculum.history if trainer.curriculum is not None else []:
+            print(
+                f"[rerec] curriculum epoch {h['epoch']}: {h['queries_seen']} queries seen, mean difficulty "
+                f"{h['mean_difficulty']:.3f}, {h['mastered_this_epoch']} newly mastered ({h['mastered_total']} in all), "
+                f"next epoch draws from {h['next_epoch_queries']}",
+                flush=True,
+            )
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name or "movielens")

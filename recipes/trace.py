@@ -12,7 +12,12 @@ Qwen2.5-1.5B-Instruct, LoRA r128/alpha256, lr 2e-4, 1 epoch, cosine (the paper's
         --config recipes/configs/trace_qwen2.5_1.5b.yaml
 
 Resume the newest complete checkpoint: --resume_from_checkpoint true. Your own data in sentence-transformers layout
-(query, query_target, positive, negative_*): --dataset_name /path/or/hub-id (no before/after retrieval report then).
+(query, query_target, positive, negative_*): --dataset_name /path/or/hub-id; its --dataset_test_split (if present)
+is evaluated before and after training against --corpus_path (one candidate per line in a .txt, or a file with a
+'text' column; default: the split's distinct positives).
+
+The report has one row per inference mode (direct, cot, routed) and a "gold" row: queries embedded with their
+gold reasoning (query_target) fed in, i.e. what TRACE gives when the reasoning is right.
 """
 
 from __future__ import annotations
@@ -25,22 +30,14 @@ from datasets import Dataset, load_dataset
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_mars.data.movielens_download import find_movielens
-from trl_mars.embed.evaluation import evaluate_retrieval, format_table
-from trl_mars.embed.movielens_task import RetrievalTask, build_movielens_retrieval_task
+from trl_mars.embed.evaluation import RetrievalSet, evaluate_retrieval_set, format_table
+from trl_mars.embed.movielens_task import build_movielens_retrieval_task
 from trl_mars.embed.tiny import TINY_MOVIELENS_MODEL_ID, tiny_movielens_model_path
 from trl_mars.trainers.trace_config import TraceConfig
 from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
 from trl_mars.utils.recipes import parse_recipe_args, resolve_model_path
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "trace.yaml"
-REPORT_KEYS = (
-    "recall@10",
-    "mrr@10",
-    "ndcg@10",
-    "reasoning_rate_complex",
-    "reasoning_rate_simple",
-    "queries_per_second",
-)
 
 
 @dataclass
@@ -56,41 +53,67 @@ class TraceScriptArguments(ScriptArguments):
     hard_negatives: bool = field(default=True, metadata={"help": "Add a 'negative' column (shares a genre)."})
     eval_ks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "K of Recall/MRR/NDCG@K."})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size of the before/after evaluation."})
+    corpus_path: str | None = field(
+        default=None,
+        metadata={"help": "Corpus of --dataset_name's evaluation: .txt (one per line) or a 'text' column."},
+    )
     tiny_hidden_size: int = field(default=64, metadata={"help": f"Hidden size of {TINY_MOVIELENS_MODEL_ID}."})
 
 
-def load_data(script_args: TraceScriptArguments, seed: int) -> tuple[Dataset, RetrievalTask | None]:
+def report_keys(ks: list[int]) -> tuple[str, ...]:
+    k = max(ks)
+    rates = ("reasoning_rate_complex", "reasoning_rate_simple", "queries_per_second")
+    return (f"recall@{k}", f"recall@{k}_complex", f"recall@{k}_simple", f"mrr@{k}", f"ndcg@{k}", *rates)
+
+
+def load_corpus(path: str) -> list[str]:
+    """Candidate texts: the non-empty lines of a .txt file, or the 'text' column of a file ``datasets`` reads."""
+    if path.endswith(".txt"):
+        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(Path(path).suffix)
+    if builder is None:
+        raise ValueError(f"corpus_path {path!r}: expected a .txt, .jsonl, .json, .csv or .parquet file")
+    data = load_dataset(builder, data_files=path, split="train")
+    if "text" not in data.column_names:
+        raise ValueError(f"corpus_path {path!r} has no 'text' column (columns: {data.column_names})")
+    return list(data["text"])
+
+
+def load_data(script_args: TraceScriptArguments, seed: int) -> tuple[Dataset, RetrievalSet | None]:
     if script_args.dataset_name:
         data = load_dataset(script_args.dataset_name, script_args.dataset_config)
-        return data[script_args.dataset_train_split], None
+        corpus = load_corpus(script_args.corpus_path) if script_args.corpus_path else None
+        test = data.get(script_args.dataset_test_split)
+        if test is None and corpus is not None:
+            raise ValueError(
+                f"corpus_path is set but {script_args.dataset_name} has no split {script_args.dataset_test_split!r}"
+            )
+        eval_set = None if test is None else RetrievalSet.from_dataset(test, corpus, script_args.dataset_test_split)
+        return data[script_args.dataset_train_split], eval_set
+    if script_args.corpus_path:
+        raise ValueError("corpus_path is for --dataset_name's evaluation; the MovieLens task has its own corpus")
     task = build_movielens_retrieval_task(
         path=script_args.movielens_path,
         num_movies=script_args.num_movies,
         eval_fraction=script_args.eval_fraction,
         seed=seed,
     )
-    return Dataset.from_list(task.train_rows(hard_negative=script_args.hard_negatives, seed=seed)), task
+    return Dataset.from_list(task.train_rows(hard_negative=script_args.hard_negatives, seed=seed)), task.eval_set()
 
 
-def report(trainer: TraceEmbedTrainer, task: RetrievalTask, script_args: TraceScriptArguments, name: str) -> dict:
-    results = evaluate_retrieval(
-        trainer.encoder(),
-        [q.text for q in task.eval],
-        task.corpus,
-        task.relevant_indices(task.eval),
-        ks=script_args.eval_ks,
-        is_complex=[q.complex for q in task.eval],
-        batch_size=script_args.eval_batch_size,
+def report(trainer: TraceEmbedTrainer, data: RetrievalSet, script_args: TraceScriptArguments, name: str) -> dict:
+    results = evaluate_retrieval_set(
+        trainer.encoder(), data, ks=script_args.eval_ks, batch_size=script_args.eval_batch_size
     )
-    print(f"[trace eval] {name} ({len(task.eval)} held-out queries, corpus {len(task.corpus)})", flush=True)
-    print(format_table(results, REPORT_KEYS), flush=True)
+    print(f"[trace eval] {name} ({len(data.queries)} held-out queries, corpus {len(data.corpus)})", flush=True)
+    print(format_table(results, report_keys(script_args.eval_ks)), flush=True)
     return results
 
 
 def run(script_args: TraceScriptArguments, training_args: TraceConfig, model_args: ModelConfig) -> None:
     if not script_args.dataset_name or model_args.model_name_or_path == TINY_MOVIELENS_MODEL_ID:
         script_args.movielens_path = str(find_movielens(script_args.movielens_path, download=True))
-    train_dataset, task = load_data(script_args, training_args.seed)
+    train_dataset, eval_set = load_data(script_args, training_args.seed)
     model_path = model_args.model_name_or_path
     if model_path == TINY_MOVIELENS_MODEL_ID:
         size = script_args.tiny_hidden_size
@@ -103,10 +126,10 @@ def run(script_args: TraceScriptArguments, training_args: TraceConfig, model_arg
         peft_config=get_peft_config(model_args),
     )
     main_process = trainer.accelerator.is_main_process
-    before = report(trainer, task, script_args, "before training") if task and main_process else None
+    before = report(trainer, eval_set, script_args, "before training") if eval_set and main_process else None
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if task and main_process:
-        after = report(trainer, task, script_args, "after training")
+    if eval_set and main_process:
+        after = report(trainer, eval_set, script_args, "after training")
         out = Path(training_args.output_dir, "retrieval_eval.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"before": before, "after": after}, indent=2))

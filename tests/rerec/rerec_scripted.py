@@ -117,6 +117,11 @@ def worker(model_path: str, out_dir: str) -> None:
     trainer.train()
     with open(os.path.join(out_dir, f"rank{trainer.accelerator.process_index}.json"), "w") as f:
         json.dump(seen, f)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a clean teardown: a gloo abort at exit made 2-process runs flaky
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

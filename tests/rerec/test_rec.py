@@ -136,7 +136,7 @@ def test_curriculum_drops_mastered_orders_and_falls_back():
     # query 0 always right (d=0), 1 half right (d=0.5), 2 never boxed (-0.5 counts as 0 -> d=1), 3 d=0.25
     cur.record([0, 0, 1, 1, 2, 3, 3, 3, 3], [1, 1, 1, 0, -0.5, 1, 1, 1, 0])
     cur.end_epoch()
-    assert cur.mastered == {0} and cur.order == [3, 1, 2, 4]  # 4 never seen -> d = 1, after 2 (stable)
+    assert cur.mastered == {0} and cur.order == [4, 3, 1, 2]  # 4 was not reached this epoch: it comes first
     restored = OnlineCurriculum(5, tau=0.1, min_queries=2)
     restored.load_state_dict(cur.state_dict())
     assert restored.order == cur.order and restored.difficulty == cur.difficulty and restored.mastered == {0}
@@ -146,6 +146,23 @@ def test_curriculum_drops_mastered_orders_and_falls_back():
     assert cur.mastered == {0, 1, 2, 3} and cur.order == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="train_dataset has 5"):
         OnlineCurriculum(5).load_state_dict(OnlineCurriculum(4).state_dict())
+
+
+def test_curriculum_epochs_visit_every_query_within_two_epochs():
+    """10 queries, 4 per generation batch: an epoch is 8 queries; nothing is mastered (all answers wrong)."""
+    from trl_mars.trainers.rerec_trainer import CurriculumSampler
+
+    cur = OnlineCurriculum(10, tau=0.1, min_queries=4, shuffle_first=True, seed=0)
+    sampler = CurriculumSampler(cur, mini_repeat_count=2, batch_size=4, repeat_count=1)
+    visited = []
+    for _ in range(4):
+        epoch = list(sampler)[::2]  # one entry per query (each is repeated mini_repeat_count=2 times)
+        assert len(epoch) == 8
+        visited.append(set(epoch))
+        cur.record(epoch, [0.0] * len(epoch))
+        cur.end_epoch()
+    for a, b in zip(visited, visited[1:]):
+        assert a | b == set(range(10))  # every query within its epoch or the next
 
 
 def test_score_completions():

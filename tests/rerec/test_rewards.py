@@ -76,21 +76,21 @@ def test_qas_and_pas_hand_computed():
 
 
 def test_wrong_titles_and_penalised_segments():
-    text = "Heat (1995) is a crime film.\nUp is animated.\nI pick heat.\n\\boxed{Heat}"
+    text = "Heat (1995) is a crime film.\nUp is animated.\nI pick Heat.\nheat is lowercase\n\\boxed{Heat}"
     assert wrong_titles(text, ["Up (2009)"]) == ["Heat"]
     assert wrong_titles(text, ["Heat (1995)"]) == []  # correct answer: nothing to penalise
     assert wrong_titles("no box", ["Up"]) == []
     spans = penalised_spans(text, ["Heat"])
-    assert [text[a:b] for a, b in spans] == ["Heat (1995) is a crime film.", "I pick heat."]  # box line skipped
+    assert [text[a:b] for a, b in spans] == ["Heat (1995) is a crime film.", "I pick Heat."]  # box line skipped
     assert not mentions("a heated debate", "Heat")  # word-bounded
     assert mentions("I think The Matrix fits", "Matrix, The (1999)")
-    para = "Heat first.\nstill heat\n\nUp second.\n\n\\boxed{Heat}"
+    para = "Heat first.\nstill Heat\n\nUp second.\n\n\\boxed{Heat}"
     assert [para[a:b] for a, b in segment_spans(para, "paragraph")] == [
-        "Heat first.\nstill heat",
+        "Heat first.\nstill Heat",
         "Up second.",
         "\\boxed{Heat}",
     ]
-    assert [para[a:b] for a, b in penalised_spans(para, ["Heat"], "paragraph")] == ["Heat first.\nstill heat"]
+    assert [para[a:b] for a, b in penalised_spans(para, ["Heat"], "paragraph")] == ["Heat first.\nstill Heat"]
 
 
 def test_token_rewards_follow_character_spans():
@@ -138,7 +138,7 @@ def test_raae_advantages_split_across_processes_use_global_statistics():
     # two "processes" of 3 rows each: the group of rows 0-2 sits on process 0, rows 3-5 on process 1 ...
     halves = [(rewards[:3], mask[:3], 0), (rewards[3:], mask[3:], 3)]
     stats = [
-        torch.stack([(r.double() * m).sum(1), (r.double() ** 2 * m).sum(1), m.sum(1).double()], 1)
+        torch.stack([(r.double() * m).sum(1), (r.double() ** 2 * m).sum(1), m.sum(1).double(), torch.ones(3)], 1)
         for r, m, _ in halves
     ]
     for r, m, offset in halves:
@@ -149,3 +149,51 @@ def test_raae_advantages_split_across_processes_use_global_statistics():
     for r, m, offset in halves:
         local = raae_advantages(r, m, 2, gather=lambda s: torch.cat(stats), row_offset=offset)
         torch.testing.assert_close(local, full2[offset : offset + 3])
+
+
+def test_a_right_answer_with_an_extra_boxed_title_is_not_penalised():
+    text = "Heat is tense.\nUp is animated.\n\\boxed{Heat; Up}"
+    assert wrong_titles(text, ["Heat (1995)"]) == []  # NDCG@1 = 1: right, the extra title is not "wrong"
+    assert wrong_titles("Up is animated.\n\\boxed{Up; Heat}", ["Heat (1995)"]) == ["Up"]  # first box is wrong
+    assert wrong_titles("\\boxed{Up; Heat}", ["Heat (1995)"], k=2) == []  # Heat is within the top 2
+
+
+def test_mentions_are_whole_titles_only():
+    assert not mentions("I would pick up something lighter.", "Up (2009)")  # common word, other case
+    assert mentions("Up is a fine film.", "Up (2009)")
+    assert mentions("so Toy Story, then", "Toy Story (1995)")
+    others = ["Toy Story 2 (1999)", "Toy Story (1995)"]
+    assert not mentions("Toy Story 2 is the sequel.", "Toy Story (1995)", others)  # part of a longer title
+    assert mentions("Toy Story 2 follows Toy Story.", "Toy Story (1995)", others)  # the second one is whole
+    text = "Toy Story 2 is a sequel.\nI pick up Toy Story.\n\\boxed{Toy Story}"
+    spans = penalised_spans(text, wrong_titles(text, ["Heat (1995)"]), others=others)
+    assert [text[a:b] for a, b in spans] == ["I pick up Toy Story."]
+
+
+def test_raae_scale_modes_hand_computed():
+    # two groups of G=2, one token each: group 0 rewards {1, 0}, group 1 rewards {0.5, 0.5}
+    rewards, mask = torch.tensor([[1.0], [0.0], [0.5], [0.5]]), torch.ones(4, 1)
+    group = raae_advantages(rewards, mask, 2, eps=0.0 + 1e-12)
+    torch.testing.assert_close(group.flatten(), torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    batch_std = torch.tensor([1.0, 0.0, 0.5, 0.5]).std(unbiased=False).item()  # sqrt(0.125)
+    batch = raae_advantages(rewards, mask, 2, eps=0.0 + 1e-12, scale="batch")
+    torch.testing.assert_close(batch.flatten(), torch.tensor([0.5, -0.5, 0.0, 0.0]) / batch_std)
+    none = raae_advantages(rewards, mask, 2, scale="none")
+    torch.testing.assert_close(none.flatten(), torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="scale must be one of"):
+        raae_advantages(rewards, mask, 2, scale="max")
+
+
+def test_all_wrong_groups_are_zeroed_only_on_request():
+    # G=2, both completions box the same wrong title (r = 0.05); the second mentions it in a reasoning line, so
+    # that token gets 0.7 * 0.05 = 0.035. GRPO (one reward per completion) gives both 0; RAAE's token-level
+    # normalisation gives the unpenalised tokens +0.577: mean 0.04625, std sqrt(1.6875e-4) / 2
+    rewards = torch.tensor([[0.05, 0.05], [0.035, 0.05], [1.07, 1.07], [0.05, 0.05]])
+    mask = torch.ones(4, 2)
+    paper = raae_advantages(rewards, mask, 2)
+    std = math.sqrt(1.6875e-4) / 2
+    assert paper[0, 0] == pytest.approx(0.00375 / (std + 1e-6), rel=1e-4) == pytest.approx(0.577, abs=1e-3)
+    correct = torch.tensor([False, False, True, False])
+    zeroed = raae_advantages(rewards, mask, 2, correct=correct)
+    assert zeroed[:2].abs().max() == 0  # all-wrong group: no advantage
+    torch.testing.assert_close(zeroed[2:], paper[2:])  # a group with a right answer is unchanged

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from trl_mars.rewards.rerec import penalised_spans, raae_advantages, raae_token_rewards, token_pieces, wrong_titles
+from trl_mars.rewards.rerec import (
+    ndcg_score,
+    penalised_spans,
+    raae_advantages,
+    raae_token_rewards,
+    token_pieces,
+    wrong_titles,
+)
 from trl_mars.trainers.rerec_config import ReRecConfig
 from trl_mars.trainers.rerec_trainer import ReasoningRecTrainer
 
@@ -31,7 +38,15 @@ def config(tmp_path, **kw) -> ReRecConfig:
 
 @pytest.mark.parametrize(
     "field,value",
-    [("ndcg_k", 0), ("raae_penalty", 1.0), ("raae_segment", "word"), ("qas_weight", -1.0), ("curriculum_tau", 2.0)],
+    [
+        ("ndcg_k", 0),
+        ("raae_penalty", 1.0),
+        ("raae_segment", "word"),
+        ("qas_weight", -1.0),
+        ("curriculum_tau", 2.0),
+        ("scale_rewards", "max"),
+        ("multi_objective_aggregation", "normalize_then_sum"),
+    ],
 )
 def test_config_rejects_bad_values_naming_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
@@ -42,6 +57,7 @@ def test_config_defaults_follow_the_authors():
     args = ReRecConfig("out")
     assert (args.num_generations, args.learning_rate, args.beta, args.epsilon) == (5, 5e-6, 0.01, 0.2)
     assert args.loss_type == "dapo" and args.ndcg_k == 1 and args.raae_penalty == 0.3
+    assert args.scale_rewards == "group" and args.raae_zero_all_wrong is False  # the paper's normalisation
 
 
 def test_bad_input_fails_before_the_model_is_loaded(tmp_path):
@@ -64,8 +80,11 @@ def test_bad_input_fails_before_the_model_is_loaded(tmp_path):
         ReasoningRecTrainer(missing, args=GRPOConfig(str(tmp_path)), train_dataset=data)
 
 
-def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path):
-    args = config(tmp_path, max_steps=2, per_device_train_batch_size=8, num_generations=4)
+@pytest.mark.parametrize(
+    "options", [{}, {"scale_rewards": "batch", "raae_zero_all_wrong": True}], ids=["paper", "batch_scaled"]
+)
+def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path, options):
+    args = config(tmp_path, max_steps=2, per_device_train_batch_size=8, num_generations=4, **options)
     trainer, seen = scripted_trainer(tiny_qwen2_path, args)
     assert args.reward_weights == [0.1, 1.0, 0.01]
     trainer.train()
@@ -88,7 +107,19 @@ def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path):
         mask[i, : len(ids)] = 1
         penalised.append(bool(spans))
     assert any(penalised) and not all(penalised)
-    expected = raae_advantages(token_rewards, mask, 4)
+    scale = options.get("scale_rewards", "group")
+    correct = torch.tensor(
+        [
+            ndcg_score(
+                scripted_text(data[order[2 + i // 4]]["prompt"], i + 1), data[order[2 + i // 4]]["ground_truth"], 1
+            )
+            > 0
+            for i in range(8)
+        ]
+    )
+    expected = raae_advantages(token_rewards, mask, 4, scale=scale, correct=correct if options else None)
+    if options:  # batch scaling changes the advantages the trainer uses (scale_rewards is not ignored)
+        assert not torch.allclose(expected, raae_advantages(token_rewards, mask, 4), atol=1e-3)
     for i, adv in enumerate(batch["advantages"]):
         assert len(adv) == len(batch["completion_ids"][i])  # one advantage per completion token
         torch.testing.assert_close(torch.tensor(adv), expected[i, : len(adv)], atol=1e-5, rtol=1e-5)
@@ -97,8 +128,8 @@ def test_training_feeds_token_level_raae_advantages(tmp_path, tiny_qwen2_path):
     assert any(0 < h["raae/penalised_frac"] < 1 for h in logged)
 
 
-def run_scripted(tmp_path, model, name: str, max_steps: int, resume=None, save_steps=None):
-    kw = dict(max_steps=max_steps, per_device_train_batch_size=4, num_generations=4)
+def run_scripted(tmp_path, model, name: str, max_steps: int, resume=None, save_steps=None, **overrides):
+    kw = dict(max_steps=max_steps, per_device_train_batch_size=4, num_generations=4, **overrides)
     if save_steps:
         kw.update(save_strategy="steps", save_steps=save_steps)
     args = config(tmp_path / name, **kw)
@@ -123,6 +154,65 @@ def test_curriculum_and_advantages_survive_save_and_resume(tmp_path, tiny_qwen2_
         assert got["completion_ids"] == want["completion_ids"]
         for a, b in zip(got["advantages"], want["advantages"]):
             torch.testing.assert_close(torch.tensor(a), torch.tensor(b))
+
+
+def test_resume_inside_a_generation_buffer_is_bit_identical(tmp_path, tiny_qwen2_path):
+    # steps_per_generation=2: one generation (2 queries x 4 completions) feeds 2 optimizer steps; 8 steps per epoch.
+    # checkpoint-3 falls between the two steps of the generation made at step 3; the run crosses the epoch end at 8.
+    kw = dict(steps_per_generation=2, gradient_accumulation_steps=1)
+    full, full_seen = run_scripted(tmp_path, tiny_qwen2_path, "full", max_steps=10, **kw)
+    run_scripted(tmp_path, tiny_qwen2_path, "resumed", max_steps=10, save_steps=3, **kw)
+    ckpt = tmp_path / "resumed" / "out" / "checkpoint-3"
+    resumed, resumed_seen = run_scripted(tmp_path, tiny_qwen2_path, "resumed", max_steps=10, resume=str(ckpt), **kw)
+    # no regeneration at the resumed step: the buffered second half is used, rollouts are counted once
+    assert len(full_seen) == 5 and len(resumed_seen) == 3  # generations at steps 5, 7, 9 after the resume
+    for got, want in zip(resumed_seen, full_seen[2:]):
+        assert got["completion_ids"] == want["completion_ids"]
+    assert resumed.curriculum.state_dict() == full.curriculum.state_dict()
+    assert full.curriculum.epoch == 1  # and each pending count is 4 completions per visit, not 8
+    full_params = dict(full.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        assert torch.equal(param, full_params[name]), name
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h][-7:] for t in (full, resumed)]
+    assert losses[0] == losses[1]
+
+
+def test_best_model_selection_on_held_out_ndcg(tmp_path, tiny_qwen2_path):
+    """The 7B config's selection settings, end to end: eval every 2 steps on held-out queries, at most 2 checkpoints,
+    the best one on eval NDCG@1 loaded at the end."""
+    from rerec_scripted import record_batches, scripted_rollout
+
+    args = config(
+        tmp_path,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        num_generations=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_rewards/rerec_ndcg@1/mean",
+        greater_is_better=True,
+    )
+    trainer = ReasoningRecTrainer(
+        tiny_qwen2_path,
+        args=args,
+        train_dataset=synthetic_dataset(),
+        eval_dataset=synthetic_dataset(3),
+        item_graph=synthetic_graph(),
+        rollout_func=scripted_rollout,
+    )
+    record_batches(trainer)
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_rewards/rerec_ndcg@1/mean" in h]
+    assert [h["step"] for h in evals] == [2, 4, 6]
+    best = max(evals, key=lambda h: h["eval_rewards/rerec_ndcg@1/mean"])
+    assert trainer.state.best_metric == best["eval_rewards/rerec_ndcg@1/mean"]
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+    assert len(list((tmp_path / "out").glob("checkpoint-*"))) <= 2
 
 
 @pytest.mark.distributed

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from datasets import Dataset
 
 from trl_mars.embed.movielens_task import build_movielens_retrieval_task
@@ -46,6 +47,9 @@ def run_one_step(model_path: str, out_dir: Path, mini_batch_size: int) -> dict:
     result = {"world": trainer.accelerator.num_processes, "loss": loss, "delta": delta}
     if trainer.accelerator.is_main_process:
         torch.save(result, out_dir / "result.pt")
+    if dist.is_initialized() and world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return result
 
 

@@ -52,3 +52,17 @@ def test_sentence_transformers_loads_the_export(exported):
     for kind, prompt_name in (("query", "query"), ("candidate", "document")):
         got = model.encode(TEXTS, prompt_name=prompt_name, convert_to_tensor=True)
         torch.testing.assert_close(got, expected[kind], atol=1e-5, rtol=1e-4)
+
+
+def test_trace_encoder_on_the_export_restores_routed_mode(exported, trace_task):
+    from trl_mars.embed.encoder import TraceEncoder
+
+    path, encoder, _ = exported
+    texts = [q.text for q in trace_task.eval[:6]]
+    want = {mode: encoder.encode_with_details(texts, mode=mode) for mode in ("routed", "cot")}
+    reloaded = TraceEncoder.from_pretrained(path)
+    assert reloaded.settings == encoder.settings
+    for mode, expected in want.items():
+        got = reloaded.encode_with_details(texts, mode=mode)
+        assert got.reasoning == expected.reasoning and got.reasoned == expected.reasoned
+        torch.testing.assert_close(got.embeddings, expected.embeddings, atol=1e-5, rtol=1e-4)

@@ -36,6 +36,7 @@ def train_dataset(trace_task) -> Dataset:
         ({"max_target_length": 0}, "max_target_length must be >= 1"),
         ({"packing": True}, r"\['packing'\] are SFT options"),
         ({"emb_token": ""}, "emb_token must be a non-empty string"),
+        ({"batch_sampler": "group_by_label"}, "batch_sampler must be one of"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, match):
@@ -231,3 +232,65 @@ def test_ddp_step_equals_the_single_process_step(trace_model_path, tmp_path):
     assert sum(bool(d.abs().max() > 0) for d in single["delta"].values()) > 10
     for name, delta in single["delta"].items():
         torch.testing.assert_close(ddp["delta"][name], delta, atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("tied", [False, True], ids=["untied_lm_head", "tied_lm_head"])
+def test_ddp_grad_cache_with_gradient_checkpointing_and_l_gen(tiny_cache, tmp_path, tied):
+    """torchrun, 2 ranks: GradCache + gradient checkpointing (DDP without unused-parameter detection) + L_gen.
+
+    With an untied lm_head this raised "Expected to have finished reduction" at step 2: the synchronised replay
+    chunk was a candidate chunk, which never reaches lm_head. Both ranks must end with the same parameters.
+    """
+    from safetensors.torch import load_file
+
+    from trl_mars.embed.tiny import tiny_movielens_model_path
+
+    model_path = tiny_movielens_model_path(cache_dir=tiny_cache, **({} if tied else {"tie_word_embeddings": False}))
+    script = Path(__file__).with_name("ddp_checkpointing_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([*cmd, model_path, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert len(ranks[0]["losses"]) == 2 and ranks[0]["losses"] == ranks[1]["losses"]
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name
+    head = "model.embed_tokens.weight" if tied else "lm_head.weight"
+    initial = load_file(Path(model_path) / "model.safetensors")[head]
+    trained = ranks[0]["params"][head][: initial.shape[0]]
+    assert not torch.equal(trained, initial)  # the output head was trained (through L_gen when untied)
+
+
+@pytest.mark.parametrize("sampler", ["no_duplicates", "random"])
+def test_no_duplicates_batch_sampler_is_the_default(trace_model_path, trace_args, trace_task, sampler):
+    """Each movie has a simple and a complex query, so every positive occurs twice: with random batches two rows
+    of a batch share a positive (one query's positive is then another's in-batch negative); by default never."""
+    rows = trace_task.train_rows(hard_negative=True)
+    overrides = {} if sampler == "no_duplicates" else {"batch_sampler": "random"}
+    args = trace_args(per_device_train_batch_size=16, **overrides)
+    assert TraceConfig(output_dir=args.output_dir).batch_sampler == "no_duplicates"
+    trainer = TraceEmbedTrainer(trace_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    loader = trainer.get_train_dataloader()
+    batches = [b["candidate_input_ids"] for b in loader]
+    assert sum(len(b) for b in batches) == len(rows)
+    shared = sum(len({tuple(r.tolist()) for r in b}) < len(b) for b in batches)
+    if sampler == "no_duplicates":
+        assert shared == 0
+        keys = [frozenset((r["positive"], r["negative"])) for r in rows]
+        for batch in loader.batch_sampler:  # positives and hard negatives: no text twice in a batch
+            texts = [t for i in batch for t in keys[i]]
+            assert len(texts) == len(set(texts))
+    else:
+        assert shared > 0
+
+
+def test_no_duplicates_sampler_splits_global_batches_across_processes():
+    from trl_mars.embed.sampler import NoDuplicatesBatchSampler
+
+    keys = [{f"movie {i // 2}"} for i in range(40)]  # 20 positives, each shared by two rows
+    one = NoDuplicatesBatchSampler(keys, batch_size=8, seed=3)
+    two = NoDuplicatesBatchSampler(keys, batch_size=4, num_processes=2, seed=3)
+    assert list(one) == [a + b for a, b in zip(list(two)[::2], list(two)[1::2])]
+    assert all(len({next(iter(keys[i])) for i in batch}) == len(batch) for batch in one)
+    assert one.global_batches(0) != one.global_batches(1)  # reshuffled every epoch

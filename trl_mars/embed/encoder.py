@@ -160,6 +160,29 @@ class TraceEncoder:
         )
         return out
 
+    @torch.no_grad()
+    def encode_with_reasoning(self, texts: list[str], reasoning: list[str], batch_size: int = 32) -> Encoded:
+        """Query embeddings with the given reasoning teacher-forced: ``[prompt; reasoning; <|emb|>]`` pooled at the
+        pre-``<|emb|>`` position (reasoning cut to ``max_reasoning_tokens``); an empty reasoning embeds directly."""
+        if len(texts) != len(reasoning):
+            raise ValueError(f"{len(texts)} texts but {len(reasoning)} reasoning strings")
+        budget = self.settings.max_length - 1 - self.settings.max_reasoning_tokens
+        rows = []
+        for text, cot in zip(texts, reasoning):
+            cot_ids = self.tokenizer(cot, add_special_tokens=False)["input_ids"] if cot else []
+            prompt = prompt_ids(self.tokenizer, self.parts["query"], text, budget)
+            rows.append([*prompt, *cot_ids[: self.settings.max_reasoning_tokens], self.emb_token_id])
+        chunks = []
+        for start in range(0, len(rows), batch_size):
+            ids, mask = (
+                t.to(self.device) for t in left_pad(rows[start : start + batch_size], self.tokenizer.pad_token_id)
+            )
+            hidden, _ = last_hidden_and_logits(self.model, ids, mask, self._logits_to_keep)
+            chunks.append(pool_pre_token(hidden, ids, self.emb_token_id).cpu())
+        hidden_size = self.model.config.get_text_config().hidden_size
+        embeddings = torch.cat(chunks) if chunks else torch.empty(0, hidden_size)
+        return Encoded(embeddings, [bool(cot) for cot in reasoning], list(reasoning))
+
     def _encode_batch(self, texts: list[str], kind: str, mode: Mode) -> Encoded:
         budget = self.settings.max_length - 1 - (0 if mode == "direct" else self.settings.max_reasoning_tokens)
         prompts = [prompt_ids(self.tokenizer, self.parts[kind], t, budget) for t in texts]

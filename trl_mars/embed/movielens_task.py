@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass
 
 from trl_mars.data.movielens import Movie, MovieLens, load_movielens
+from trl_mars.embed.evaluation import RetrievalSet
 
 GENRE_PHRASES = {
     "Action": "explosive action",
@@ -89,6 +90,16 @@ class RetrievalTask:
                 row["negative"] = text[self._hard_negative(q, rng)]
             rows.append(row)
         return rows
+
+    def eval_set(self) -> RetrievalSet:
+        """The held-out queries against the corpus, with complexity flags and gold CoTs (empty for simple ones)."""
+        return RetrievalSet(
+            queries=[q.text for q in self.eval],
+            corpus=list(self.corpus),
+            relevant=self.relevant_indices(self.eval),
+            is_complex=[q.complex for q in self.eval],
+            gold_reasoning=[q.target for q in self.eval],
+        )
 
     def relevant_indices(self, queries: list[Query]) -> list[set[int]]:
         """Each query's relevant movies as corpus indices."""

@@ -4,6 +4,10 @@ Difficulty of query q from the previous epoch's rollouts: d_q = mean_i (1 - NDCG
 without a box counts as 0). Queries with d_q < tau are mastered and removed for good; the others are sorted
 by ascending d_q (queries not seen yet count as d = 1 and keep their relative order). If fewer than
 ``min_queries`` remain, the epoch falls back to the full set, also sorted by difficulty.
+
+An epoch has a fixed length (a whole number of generation batches), so it can end before its order is walked
+through: the queries of the order it did not reach come first in the next epoch's order (before the easy-to-hard
+rest), so every query is visited within its epoch or the next.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class OnlineCurriculum:
         self.difficulty: dict[int, float] = {}
         self.mastered: set[int] = set()
         self.epoch = 0
+        self.history: list[dict[str, float]] = []
         self._sums: dict[int, list[float]] = {}
 
     def record(self, query_indices: Sequence[int], ndcg: Sequence[float]) -> None:
@@ -40,17 +45,32 @@ class OnlineCurriculum:
             total[1] += 1.0
 
     def end_epoch(self) -> None:
-        """Turn this epoch's rollouts into difficulties, drop the mastered queries and re-order the rest."""
+        """Turn this epoch's rollouts into difficulties, drop the mastered queries and re-order the rest; appends
+        the epoch's summary (queries seen, their mean difficulty, mastered counts, next order size) to ``history``."""
+        mastered_before = len(self.mastered)
         for q, (total, count) in self._sums.items():
             self.difficulty[q] = total / count
             if self.difficulty[q] < self.tau:
                 self.mastered.add(q)
+        carried = [q for q in self.order if q not in self._sums and q not in self.mastered]
+        seen = [self.difficulty[q] for q in self._sums]
         self._sums = {}
         active = [q for q in self.order if q not in self.mastered]
         if len(active) < self.min_queries:
             active = list(range(self.num_queries))
-        self.order = sorted(active, key=lambda q: self.difficulty.get(q, 1.0))
+        rest = sorted((q for q in active if q not in set(carried)), key=lambda q: self.difficulty.get(q, 1.0))
+        self.order = carried + rest
         self.epoch += 1
+        self.history.append(
+            {
+                "epoch": self.epoch,
+                "queries_seen": len(seen),
+                "mean_difficulty": sum(seen) / len(seen) if seen else float("nan"),
+                "mastered_this_epoch": len(self.mastered) - mastered_before,
+                "mastered_total": len(self.mastered),
+                "next_epoch_queries": len(self.order),
+            }
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +79,7 @@ class OnlineCurriculum:
             "difficulty": {str(q): d for q, d in self.difficulty.items()},
             "mastered": sorted(self.mastered),
             "epoch": self.epoch,
+            "history": [dict(h) for h in self.history],
             "pending": {str(q): v for q, v in self._sums.items()},
         }
 
@@ -71,4 +92,5 @@ class OnlineCurriculum:
         self.difficulty = {int(q): float(d) for q, d in state["difficulty"].items()}
         self.mastered = {int(q) for q in state["mastered"]}
         self.epoch = int(state["epoch"])
+        self.history = [dict(h) for h in state.get("history", [])]
         self._sums = {int(q): [float(x) for x in v] for q, v in state["pending"].items()}

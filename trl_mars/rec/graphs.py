@@ -6,15 +6,47 @@ rule as ``trl_mars.rewards.rerec.same_title`` (normalised name, year optional bu
 
 from __future__ import annotations
 
+import csv
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from trl_mars.data.movielens import MovieLens, normalize_title, split_year
 
 DEFAULT_IGNORED_TAGS = ("in netflix queue",)
+
+
+def read_table(path: str | os.PathLike, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV (``.csv``) or TSV (``.tsv``/``.tab``) file with a header holding the ``required`` columns;
+    raises a ``ValueError`` naming the file, and the row, for a missing column or an empty value."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    delimiter = "\t" if path.suffix in (".tsv", ".tab") else ","
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing} in the header (got {reader.fieldnames})")
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        empty = [c for c in required if not (row.get(c) or "").strip()]
+        if empty:
+            raise ValueError(f"{path}, line {line}: empty value in column(s) {empty}")
+    if not rows:
+        raise ValueError(f"{path} has a header but no rows")
+    return rows
+
+
+def graph_coverage(titles: Iterable[str], lookup) -> tuple[int, int, list[str]]:
+    """``(found, total, some missing titles)``: how many of ``titles`` ``lookup`` (a graph's) knows."""
+    titles = list(dict.fromkeys(titles))
+    missing = [t for t in titles if lookup(t) is None]
+    return len(titles) - len(missing), len(titles), missing[:3]
 
 
 class TitleIndex:
@@ -59,6 +91,12 @@ class ItemAttributeGraph:
         for title, attribute in edges:
             by_item[title].add(attribute)
         return cls(list(by_item), [frozenset(a) for a in by_item.values()])
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ItemAttributeGraph:
+        """From a CSV/TSV of (item title, attribute) edges with header ``item,attribute`` (``"genre:Comedy"``)."""
+        rows = read_table(path, ("item", "attribute"))
+        return cls.from_edges((row["item"].strip(), row["attribute"].strip()) for row in rows)
 
     @classmethod
     def from_movielens(
@@ -111,6 +149,27 @@ class UserItemGraph:
             raise ValueError("user_item_graph has no interactions (edges is empty)")
         if not self.titles or self.num_users < 1:
             raise ValueError("user_item_graph needs at least one user and one item")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, min_rating: float = 3.5) -> UserItemGraph:
+        """From a CSV/TSV of interactions with header ``user,item`` and an optional ``rating`` column (rows rated
+        below ``min_rating`` are dropped); items are item titles, as in the dataset's ground truth."""
+        rows = read_table(path, ("user", "item"))
+        liked = []
+        for line, row in enumerate(rows, start=2):
+            if row.get("rating") not in (None, ""):
+                try:
+                    rating = float(row["rating"])
+                except ValueError:
+                    raise ValueError(f"{path}, line {line}: rating {row['rating']!r} is not a number") from None
+                if rating < min_rating:
+                    continue
+            liked.append((row["user"].strip(), row["item"].strip()))
+        if not liked:
+            raise ValueError(f"{path}: no interaction rated >= min_rating={min_rating}")
+        users = {u: i for i, u in enumerate(sorted({u for u, _ in liked}))}
+        items = {t: i for i, t in enumerate(sorted({t for _, t in liked}))}
+        return cls(list(items), len(users), sorted({(users[u], items[t]) for u, t in liked}))
 
     @classmethod
     def from_movielens(cls, movielens: MovieLens, min_rating: float = 3.5) -> UserItemGraph:

@@ -8,13 +8,19 @@ Total reward of one completion (dual-graph enhanced reward, weights as in the au
     QAS    = |A(p) & A*| / |A*|,  A* = intersection of the attribute sets of the ground-truth items
     PAS    = max_g cos(M(p), M(g)) over ground-truth items g (M: LightGCN item embeddings)
 
-RAAE: when the answer names a wrong title, every segment (line or paragraph, except the one holding the box)
-that mentions a wrong title gets ``r - w_penalty * |r|`` (= ``(1 - w_penalty) * r`` for r >= 0), other tokens
-keep ``r``. Token advantages are normalised over all valid tokens of the G completions of a prompt:
-``A_{i,t} = (r_{i,t} - mean) / (std + eps)``.
+RAAE: an answer is wrong when none of its first K boxed titles is a ground-truth title (NDCG@K = 0); then every
+segment (line or paragraph, except the one holding the box) that mentions one of its wrong boxed titles gets
+``r - w_penalty * |r|`` (= ``(1 - w_penalty) * r`` for r >= 0), other tokens keep ``r``. A right answer that
+also boxes an extra title is not penalised. Token advantages are normalised over all valid tokens of the G
+completions of a prompt: ``A_{i,t} = (r_{i,t} - mean_g) / (std + eps)``, with ``std`` the group's (paper,
+``scale="group"``), the whole batch's (``"batch"``) or 1 (``"none"``, no eps). All-wrong groups: their boxed wrong
+answers still get a positive advantage against the unboxed ones (faithful to the paper); ``correct=`` zeroes them.
 
 Title matching (``same_title``): case-folded, MovieLens trailing articles moved to the front, year suffix
 optional ("toy story" == "Toy Story (1995)"), but two different years never match (remakes stay distinct).
+Mentions in reasoning (``mentions``) are case-sensitive whole titles (as written, without the year, or
+article-first), word-bounded, and not part of a longer title that is also mentioned ("Up" is not "pick up";
+"Toy Story" inside "Toy Story 2" is not a mention of "Toy Story" when "Toy Story 2" is a known title).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from trl_mars.data.movielens import normalize_title, split_year
+from trl_mars.data.movielens import normalize_title, short_title, split_year
 
 BOXED_RE = re.compile(r"\\boxed\{([^}]+)\}")
 FORMAT_OK, FORMAT_BAD = 0.5, -0.5
@@ -118,23 +124,33 @@ def pas(predicted_embedding: torch.Tensor | None, ground_truth_embeddings: Seque
     return float(sims.max())
 
 
-def wrong_titles(text: str, ground_truth: Sequence[str]) -> list[str]:
-    """Boxed titles that match no ground-truth title (empty when there is no box or all are right)."""
-    boxed = extract_boxed(text) or []
-    return [t for t in dedupe_titles(boxed) if not any(same_title(t, g) for g in ground_truth)]
+def wrong_titles(text: str, ground_truth: Sequence[str], k: int = 1) -> list[str]:
+    """Boxed titles matching no ground-truth title, when the answer is wrong: none of its first ``k`` boxed titles
+    is right (NDCG@k = 0). Empty when there is no box or the answer is right (extra boxed titles included)."""
+    boxed = dedupe_titles(extract_boxed(text) or [])
+    if not boxed or ndcg_at_k(boxed, ground_truth, k) > 0:
+        return []
+    return [t for t in boxed if not any(same_title(t, g) for g in ground_truth)]
 
 
 def _title_pattern(title: str) -> re.Pattern:
-    """Word-bounded, case-insensitive pattern for a title as written, without its year, or article-first."""
+    """Word-bounded, case-sensitive pattern for a title as written, without its year, or article-first."""
     name, _ = split_year(title)
-    forms = {title.strip(), name, normalize_title(title)}
+    forms = {title.strip(), name, short_title(title)}
     alternatives = "|".join(r"\s+".join(map(re.escape, f.split())) for f in sorted(forms, key=len, reverse=True) if f)
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
 
-def mentions(text: str, title: str) -> bool:
-    """Whether ``text`` mentions ``title`` (raw, year-stripped or article-first form; case-insensitive)."""
-    return _title_pattern(title).search(text) is not None
+def mention_spans(text: str, title: str) -> list[tuple[int, int]]:
+    """Character spans of the whole-title mentions of ``title`` in ``text`` (see ``_title_pattern``)."""
+    return [m.span() for m in _title_pattern(title).finditer(text)]
+
+
+def mentions(text: str, title: str, others: Sequence[str] = ()) -> bool:
+    """Whether ``text`` mentions ``title`` as a whole title: a mention lying inside a longer mention of one of
+    ``others`` (e.g. the candidates: "Toy Story" inside "Toy Story 2") does not count."""
+    longer = [span for other in others if not same_title(other, title) for span in mention_spans(text, other)]
+    return any(not any(c <= a and b <= d and d - c > b - a for c, d in longer) for a, b in mention_spans(text, title))
 
 
 def segment_spans(text: str, mode: str = "line") -> list[tuple[int, int]]:
@@ -150,12 +166,15 @@ def segment_spans(text: str, mode: str = "line") -> list[tuple[int, int]]:
     return spans
 
 
-def penalised_spans(text: str, wrong: Sequence[str], mode: str = "line") -> list[tuple[int, int]]:
-    """Spans of non-empty segments that mention a wrong title and do not hold the ``\\boxed`` answer."""
+def penalised_spans(
+    text: str, wrong: Sequence[str], mode: str = "line", others: Sequence[str] = ()
+) -> list[tuple[int, int]]:
+    """Spans of non-empty segments that mention a wrong title and do not hold the ``\\boxed`` answer
+    (``others``: further known titles, e.g. the candidates, see ``mentions``)."""
     out = []
     for a, b in segment_spans(text, mode):
         segment = text[a:b]
-        if segment.strip() and "\\boxed" not in segment and any(mentions(segment, t) for t in wrong):
+        if segment.strip() and "\\boxed" not in segment and any(mentions(segment, t, others) for t in wrong):
             out.append((a, b))
     return out
 
@@ -193,6 +212,9 @@ def raae_token_rewards(
     return out
 
 
+SCALE_MODES = ("group", "batch", "none")
+
+
 def raae_advantages(
     token_rewards: torch.Tensor,
     mask: torch.Tensor,
@@ -200,25 +222,48 @@ def raae_advantages(
     eps: float = 1e-6,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     row_offset: int = 0,
+    scale: str = "group",
+    correct: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Token-level group normalisation ``A_{i,t} = (r_{i,t} - mean_g) / (std_g + eps)`` over valid tokens.
+    """Token-level group normalisation ``A_{i,t} = (r_{i,t} - mean_g) / (std + eps)`` over valid tokens.
 
     ``token_rewards``/``mask`` are this process's (B, T) rows; ``gather`` concatenates per-row statistics of
     all processes (process order), and ``row_offset`` is where this process's rows start in that order, so
-    groups split across processes use global statistics. Mean and (population) std are over the valid tokens
-    of all G completions of a prompt, computed in float64. Invalid tokens get advantage 0.
+    groups split across processes use global statistics. ``mean_g`` is over the valid tokens of all G
+    completions of a prompt; ``std`` is their (population) std for ``scale="group"`` (the paper), the std of all
+    valid tokens of the gathered batch for ``"batch"``, and no scaling (``A = r - mean_g``) for ``"none"``
+    (TRL's ``scale_rewards`` values). With ``correct`` (B,) bools, a group with no correct completion gets
+    advantage 0. Computed in float64; invalid tokens get advantage 0.
+
+    >>> r = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    >>> raae_advantages(r, torch.ones(2, 2), 2, scale="none").tolist()
+    [[0.5, 0.5], [-0.5, -0.5]]
+    >>> raae_advantages(r, torch.ones(2, 2), 2, correct=torch.tensor([False, False])).tolist()
+    [[0.0, 0.0], [0.0, 0.0]]
     """
+    if scale not in SCALE_MODES:
+        raise ValueError(f"scale must be one of {SCALE_MODES}, got {scale!r}")
     m = mask.to(torch.float64)
     r = token_rewards.to(torch.float64) * m
-    stats = torch.stack([r.sum(1), (r * r).sum(1), m.sum(1)], dim=1)
+    right = torch.ones(m.shape[0], dtype=torch.float64, device=m.device) if correct is None else correct.to(m)
+    stats = torch.stack([r.sum(1), (r * r).sum(1), m.sum(1), right], dim=1)
     all_stats = gather(stats) if gather is not None else stats
     if all_stats.shape[0] % num_generations:
         raise ValueError(f"{all_stats.shape[0]} rows are not whole groups of num_generations={num_generations}")
-    group = all_stats.view(-1, num_generations, 3).sum(1)
-    count = group[:, 2].clamp_min(1.0)
-    mean = group[:, 0] / count
-    std = (group[:, 1] / count - mean**2).clamp_min(0.0).sqrt()
+    group = all_stats.view(-1, num_generations, 4).sum(1)
+
+    def moments(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = sums[..., 2].clamp_min(1.0)
+        mean = sums[..., 0] / count
+        return mean, (sums[..., 1] / count - mean**2).clamp_min(0.0).sqrt()
+
+    mean, std = moments(group)
+    if scale == "batch":
+        std = moments(all_stats.sum(0))[1].expand_as(mean)
+    denominator = torch.ones_like(std) if scale == "none" else std + eps
+    keep = (group[:, 3] > 0).to(torch.float64)
     rows = slice(row_offset, row_offset + token_rewards.shape[0])
-    mean = mean.repeat_interleave(num_generations)[rows].unsqueeze(1)
-    std = std.repeat_interleave(num_generations)[rows].unsqueeze(1)
-    return (((token_rewards.to(torch.float64) - mean) / (std + eps)) * m).to(token_rewards.dtype)
+    per_row = [x.repeat_interleave(num_generations)[rows].unsqueeze(1) for x in (mean, denominator, keep)]
+    advantages = (token_rewards.to(torch.float64) - per_row[0]) / per_row[1]
+    advantages = torch.where((per_row[2] * m) > 0, advantages, torch.zeros_like(advantages))
+    return advantages.to(token_rewards.dtype)

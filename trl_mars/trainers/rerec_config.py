@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from trl_mars.rewards.rerec import SEGMENT_MODES
+from trl_mars.rewards.rerec import SCALE_MODES, SEGMENT_MODES
 
 
 @dataclass
@@ -19,7 +19,9 @@ class ReRecConfig(GRPOConfig):
 
     Reward: ``r = format_weight * format + NDCG@ndcg_k + qas_weight * QAS + pas_weight * PAS`` (used when
     ``reward_weights`` is not given). RAAE (``use_raae``): segments naming a wrong title get
-    ``r - raae_penalty * |r|``; token advantages are normalised per prompt group with ``raae_eps``.
+    ``r - raae_penalty * |r|``; token advantages are normalised per prompt group with ``raae_eps``, scaled as
+    ``scale_rewards`` says (``"group"``: the group's token std, the paper; ``"batch"``; ``"none"``), and zeroed for
+    groups with no correct answer when ``raae_zero_all_wrong``.
     Curriculum (``use_curriculum``): queries with difficulty < ``curriculum_tau`` are dropped each epoch.
     """
 
@@ -38,6 +40,13 @@ class ReRecConfig(GRPOConfig):
     raae_penalty: float = field(default=0.3, metadata={"help": "w_penalty in [0, 1): segment reward r - w|r|."})
     raae_segment: str = field(default="line", metadata={"help": "RAAE segments: 'line' or 'paragraph'."})
     raae_eps: float = field(default=1e-6, metadata={"help": "eps in (r - mean) / (std + eps)."})
+    raae_zero_all_wrong: bool = field(
+        default=False,
+        metadata={
+            "help": "Zero the advantages of groups with no correct answer (the paper's normalisation, the default, "
+            "gives a boxed wrong answer a positive advantage against unboxed ones)."
+        },
+    )
     use_curriculum: bool = field(default=True, metadata={"help": "Online curriculum over the training queries."})
     curriculum_tau: float = field(default=0.1, metadata={"help": "Queries with difficulty below tau are mastered."})
 
@@ -61,3 +70,10 @@ class ReRecConfig(GRPOConfig):
                 f"num_generations must be >= 2 for group-normalised advantages, got {self.num_generations}"
             )
         super().__post_init__()
+        if self.scale_rewards not in SCALE_MODES:
+            raise ValueError(f"scale_rewards must be one of {SCALE_MODES} (or a bool), got {self.scale_rewards!r}")
+        if self.use_raae and self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "multi_objective_aggregation must be 'sum_then_normalize' with use_raae=True (RAAE normalises the "
+                f"summed token rewards), got {self.multi_objective_aggregation!r}"
+            )

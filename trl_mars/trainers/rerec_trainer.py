@@ -10,7 +10,10 @@ PEFT and vLLM options. Differences from GRPO:
   to TRL's loss as ``advantages``;
 - online curriculum: each epoch's query order comes from ``OnlineCurriculum`` (mastered queries dropped, the
   rest easy to hard); the epoch is closed at the optimizer step that ends it (before that step's checkpoint),
-  and the state is saved in every checkpoint and restored on resume.
+  and the state is saved in every checkpoint and restored on resume;
+- exact resume: GRPO's generation buffer is saved with every checkpoint, so resuming inside a buffer
+  (``steps_per_generation > 1``) continues on the same completions, bit-identically, and no rollout is
+  counted twice by the curriculum.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +32,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from trl_mars.rec.curriculum import OnlineCurriculum
-from trl_mars.rec.graphs import ItemAttributeGraph
+from trl_mars.rec.graphs import ItemAttributeGraph, graph_coverage
 from trl_mars.rec.lightgcn import ItemEmbeddings
 from trl_mars.rec.reward_funcs import completion_text, rerec_reward_funcs
 from trl_mars.rec.tasks import check_rerec_dataset
@@ -45,6 +49,7 @@ from trl_mars.trainers.rerec_config import ReRecConfig
 from trl_mars.utils.checkpoint import MethodStateMixin
 
 QUERY_INDEX_COLUMN = "rerec_query_index"
+GENERATION_BUFFER_FILE = "rerec_generation_buffer"
 _CALCULATE_REWARDS_PARAMS = inspect.signature(GRPOTrainer._calculate_rewards).parameters
 
 
@@ -144,6 +149,8 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
                 check_rerec_dataset(dataset, name if name == "eval_dataset" else f"eval_dataset[{name!r}]")
         if reward_funcs is None:
             reward_funcs = self._default_reward_funcs(args, item_graph, item_embeddings)
+            if isinstance(train_dataset, Dataset):
+                self._check_graphs_match(args, train_dataset, item_graph, item_embeddings)
         if args.use_curriculum:
             if not isinstance(train_dataset, Dataset):
                 raise ValueError("use_curriculum=True needs a map-style datasets.Dataset as train_dataset")
@@ -199,6 +206,26 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
             )
         return funcs
 
+    @staticmethod
+    def _check_graphs_match(args: ReRecConfig, dataset: Dataset, item_graph, item_embeddings) -> None:
+        """Fail before any compute when a weighted graph reward knows none of the dataset's ground-truth items
+        (it would silently score 0, e.g. MovieLens graphs on another catalogue)."""
+        titles = [t for value in dataset["ground_truth"] for t in parse_ground_truth(value)]
+        graphs = [
+            ("qas_weight", args.qas_weight, "item_graph", item_graph, "--item_attributes_path"),
+            ("pas_weight", args.pas_weight, "item_embeddings", item_embeddings, "--interactions_path"),
+        ]
+        for weight_name, weight, graph_name, graph, flag in graphs:
+            if weight <= 0:
+                continue
+            found, total, missing = graph_coverage(titles, graph.lookup)
+            if found == 0:
+                raise ValueError(
+                    f"{weight_name}={weight} but {graph_name} knows none of the {total} ground-truth titles of "
+                    f"train_dataset (e.g. {missing}): build it from your items (recipes/rerec.py {flag}) or set "
+                    f"{weight_name}=0"
+                )
+
     def _get_train_sampler(self, dataset=None) -> Sampler:
         if self.curriculum is None or (dataset is not None and dataset is not self.train_dataset):
             return super()._get_train_sampler(dataset)
@@ -231,7 +258,8 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
         if mode == "train" and self.curriculum is not None:
             self._record_difficulty(rows, texts, truths)
         if self.args.use_raae:
-            output["advantages"] = self._raae(output, rewards_per_func, texts, truths, mode)
+            candidate_lists = [list(row.get("candidates") or []) for row in rows]
+            output["advantages"] = self._raae(output, rewards_per_func, texts, truths, candidate_lists, mode)
         return output
 
     def _record_difficulty(self, rows: list[dict], texts: list[str], truths: list[list[str]]) -> None:
@@ -246,9 +274,16 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
         self._metrics["train"]["curriculum/active_queries"].append(float(len(self.curriculum.order)))
 
     def _raae(
-        self, output: dict, rewards_per_func: torch.Tensor, texts: list[str], truths: list[list[str]], mode: str
+        self,
+        output: dict,
+        rewards_per_func: torch.Tensor,
+        texts: list[str],
+        truths: list[list[str]],
+        candidate_lists: list[list[str]],
+        mode: str,
     ):
-        """(B, T) RAAE advantages of this process's rows from the global per-completion rewards."""
+        """(B, T) RAAE advantages of this process's rows from the global per-completion rewards; a mention of a
+        wrong title inside a longer candidate title (``candidate_lists``) is not penalised."""
         device = self.accelerator.device
         batch = len(texts)
         rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
@@ -258,18 +293,22 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
         mask = output["completion_mask"] * scorable.unsqueeze(1).to(output["completion_mask"].dtype)
         token_rewards = rewards.unsqueeze(1).expand_as(mask).clone().float()
         penalised = 0
-        for i, (text, truth) in enumerate(zip(texts, truths)):
-            wrong = wrong_titles(text, truth)
+        for i, (text, truth, candidates) in enumerate(zip(texts, truths, candidate_lists)):
+            wrong = wrong_titles(text, truth, self.args.ndcg_k)
             if not wrong:
                 continue
             ids = output["completion_ids"][i][output["completion_mask"][i].bool()].tolist()
             pieces = token_pieces(ids, lambda x: self.processing_class.decode(x, skip_special_tokens=True))
-            spans = penalised_spans("".join(pieces), wrong, self.args.raae_segment)
+            spans = penalised_spans("".join(pieces), wrong, self.args.raae_segment, candidates)
             if spans:
                 penalised += 1
                 values = raae_token_rewards(rewards[i].item(), pieces, spans, self.args.raae_penalty)
                 token_rewards[i, : len(values)] = torch.tensor(values, device=device)
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        correct = None
+        if self.args.raae_zero_all_wrong:
+            ndcg = [ndcg_score(t, g, self.args.ndcg_k) for t, g in zip(texts, truths)]
+            correct = torch.tensor([value > 0 for value in ndcg], device=device)
         advantages = raae_advantages(
             token_rewards,
             mask,
@@ -277,11 +316,28 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
             eps=self.args.raae_eps,
             gather=self.accelerator.gather,
             row_offset=rows.start,
+            scale=self.args.scale_rewards,
+            correct=correct,
         )
         counts = self.accelerator.gather(torch.tensor([penalised, batch], device=device, dtype=torch.float32))
         counts = counts.view(-1, 2).sum(0)
         self._metrics[mode]["raae/penalised_frac"].append((counts[0] / counts[1]).item())
         return advantages
+
+    def _buffer_file(self, checkpoint_dir: str | Path) -> Path:
+        return Path(checkpoint_dir) / f"{GENERATION_BUFFER_FILE}_rank{self.accelerator.process_index}.pt"
+
+    def save_method_files(self, checkpoint_dir: Path) -> None:
+        """Save GRPO's generation buffer and micro-step counter (this process's), so that a checkpoint inside a
+        buffer (``steps_per_generation > 1``) resumes on the buffered completions instead of regenerating."""
+        torch.save({"step": self._step, "buffer": self._buffered_inputs}, self._buffer_file(checkpoint_dir))
+
+    def _load_generation_buffer(self) -> None:
+        path = self._buffer_file(self.resumed_from)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the checkpoint has no ReRec generation buffer")
+        saved = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        self._step, self._buffered_inputs = saved["step"], saved["buffer"]
 
     def method_state(self) -> dict[str, Any]:
         return {"curriculum": None if self.curriculum is None else self.curriculum.state_dict()}
@@ -291,3 +347,4 @@ class ReasoningRecTrainer(MethodStateMixin, GRPOTrainer):
             raise ValueError("use_curriculum differs between this run and the checkpoint being resumed")
         if self.curriculum is not None:
             self.curriculum.load_state_dict(state["curriculum"])
+        self._load_generation_buffer()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from trl_mars.embed.prompts import DEFAULT_CANDIDATE_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION, EMB_TOKEN
+from trl_mars.embed.sampler import BATCH_SAMPLERS
 
 
 @dataclass
@@ -45,6 +46,13 @@ class TraceConfig(SFTConfig):
     candidate_instruction: str = field(
         default=DEFAULT_CANDIDATE_INSTRUCTION, metadata={"help": "System prompt of candidates (never reason)."}
     )
+    batch_sampler: str = field(
+        default="no_duplicates",
+        metadata={
+            "help": "'no_duplicates': no two rows of a (global) batch share a candidate text, so no positive is "
+            "scored as another query's negative; 'random': the Trainer's shuffled batches."
+        },
+    )
     max_target_length: int = field(
         default=256, metadata={"help": "Max query-target tokens (CoT + <|emb|>) in training; longer CoTs are cut."}
     )
@@ -70,6 +78,8 @@ class TraceConfig(SFTConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.mini_batch_size is not None and self.mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1 or None, got {self.mini_batch_size}")
+        if self.batch_sampler not in BATCH_SAMPLERS:
+            raise ValueError(f"batch_sampler must be one of {BATCH_SAMPLERS}, got {self.batch_sampler!r}")
         if not self.emb_token:
             raise ValueError("emb_token must be a non-empty string")
         if self.max_target_length < 1:

@@ -9,6 +9,7 @@ without gradients, ``dL/de`` is cached, and each chunk is re-run with gradients 
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Callable
 from functools import partial
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import SFTTrainer
 from trl.trainer.utils import create_model_from_path
@@ -23,6 +25,7 @@ from trl.trainer.utils import create_model_from_path
 from trl_mars.embed.collator import TraceCollator, check_columns, negative_columns
 from trl_mars.embed.encoder import EncoderSettings, TraceEncoder, accepts_logits_to_keep, last_hidden_and_logits
 from trl_mars.embed.prompts import add_emb_token, prompt_parts
+from trl_mars.embed.sampler import NoDuplicatesBatchSampler
 from trl_mars.losses.trace import (
     IGNORE_INDEX,
     embed_chunks,
@@ -96,6 +99,11 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         if train_dataset is None:
             raise ValueError("train_dataset is required")
         check_columns(_column_names(train_dataset), "train")
+        if args.batch_sampler == "no_duplicates" and not isinstance(train_dataset, Dataset):
+            raise ValueError(
+                "batch_sampler='no_duplicates' needs a map-style datasets.Dataset as train_dataset; "
+                "set batch_sampler='random' for an IterableDataset"
+            )
         evals = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
         for name, dataset in evals.items():
             check_columns(_column_names(dataset), name)
@@ -142,6 +150,30 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         kwargs.setdefault("trust_remote_code", args.trust_remote_code)
         args.model_init_kwargs = None  # consumed here (the token must be added before PEFT wraps the model)
         return create_model_from_path(model_id, **kwargs)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """With ``batch_sampler="no_duplicates"``, batches from ``NoDuplicatesBatchSampler`` over the rows' candidate
+        texts (positive and hard negatives); otherwise the Trainer's."""
+        if self.args.batch_sampler != "no_duplicates":
+            return super().get_train_dataloader()
+        columns = ["positive", *self.negative_columns]
+        keys = [frozenset(row.values()) for row in self.train_dataset.select_columns(columns)]
+        sampler = NoDuplicatesBatchSampler(
+            keys,
+            self._train_batch_size,
+            self.accelerator.num_processes,
+            drop_last=self.args.dataloader_drop_last,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            epoch_fn=lambda: math.floor((self.state.epoch or 0.0) + 1e-9),
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
 
     # ---------------------------------------------------------------- forward pieces
     def _hidden(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -218,10 +250,14 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         weights = {"query": self.args.lambda_gen / n_tokens}
         no_sync = getattr(model, "no_sync", None)
 
+        # The query group is replayed last, so its final chunk is the one DDP synchronises: it is the only group
+        # whose backward reaches every trainable parameter (an untied lm_head gets gradient from L_gen only).
+        replay_order = [*groups[1:], groups[0]]
+
         def replay(grad_output: torch.Tensor) -> None:
             with self.compute_loss_context_manager():
-                for i, (name, fn, _, states) in enumerate(groups):
-                    last = i == len(groups) - 1
+                for i, (name, fn, _, states) in enumerate(replay_order):
+                    last = i == len(replay_order) - 1
                     replay_chunks(
                         fn, chunk, states, reps[name].grad, weights.get(name, 0.0), grad_output, no_sync, last
                     )

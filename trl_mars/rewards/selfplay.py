@@ -39,14 +39,21 @@ def gauss_reward(p: float, sigma2: float = 0.01) -> float:
     return math.exp(-((p * (1.0 - p) - 0.25) ** 2) / (2.0 * sigma2))
 
 
-def challenger_reward(p: float, kind: str = "rzero", penalty: float = 0.0, sigma2: float = 0.01) -> float:
+def challenger_reward(
+    p: float, kind: str = "rzero", penalty: float = 0.0, sigma2: float = 0.01, floor: bool = True
+) -> float:
     """Reward of a valid question with Solver success ``p`` minus the diversity ``penalty``.
 
-    ``rzero``: max(0, 1 - 2|p - 1/2| - penalty) (paper); ``rzero_code``: min(p, 1-p) - penalty (released code, no
+    ``rzero``: max(0, 1 - 2|p - 1/2| - penalty) (R-Zero paper), or without the floor when ``floor`` is False
+    (R-Diverse's eq. 11, R_unc - a P_rep - b P_MAP); ``rzero_code``: min(p, 1-p) - penalty (released code, no
     floor); ``gauss``: gauss_reward(p) - penalty (WIST, no floor).
+
+    >>> challenger_reward(0.5, penalty=1.25), challenger_reward(0.5, penalty=1.25, floor=False)
+    (0.0, -0.25)
     """
     if kind == "rzero":
-        return max(0.0, rzero_uncertainty(p) - penalty)
+        value = rzero_uncertainty(p) - penalty
+        return max(0.0, value) if floor else value
     if kind == "rzero_code":
         _check_rate(p)
         return min(p, 1.0 - p) - penalty

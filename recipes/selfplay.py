@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_mars.data.movielens import load_movielens
@@ -46,6 +47,35 @@ class SelfPlayScriptArguments(ScriptArguments):
     sft_warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the warm-up."})
 
 
+def warm_up(model_path: str, script_args: SelfPlayScriptArguments, args: SelfPlayConfig, model_args) -> str:
+    """SFT warm-up on scripted MovieLens chats; the folder of the warmed-up model.
+
+    Under ``torchrun`` the main process alone writes the re-initialised tiny base, the SFT runs data-parallel on all
+    processes, and every process waits for the saved model before reading it."""
+    state = PartialState()
+    movielens = load_movielens(args.corpus_path if args.corpus == "movielens" else None)
+    docs = build_movielens_documents(movielens, max_movies=args.corpus_max_documents)
+    chats = warmup_examples(docs, args.task_source, n=20 * script_args.sft_warmup_steps, seed=args.seed)
+    if model_args.model_name_or_path in TINY_MODEL_IDS and not Path(model_args.model_name_or_path).exists():
+        # the random tiny model, with a tokenizer fitted to the self-play text (see tiny_model_for_warmup)
+        base = Path(args.output_dir) / "warmup-base"
+        if state.is_main_process:
+            tiny_model_for_warmup(TINY_MODEL_IDS[model_args.model_name_or_path], chats, base, seed=args.seed)
+        state.wait_for_everyone()
+        model_path = str(base)
+    model_path = sft_warmup(
+        model_path,
+        chats,
+        Path(args.output_dir) / "warmup",
+        max_steps=script_args.sft_warmup_steps,
+        learning_rate=script_args.sft_warmup_learning_rate,
+        seed=args.seed,
+        use_cpu=args.use_cpu,
+    )
+    state.wait_for_everyone()  # the main process has saved the model
+    return model_path
+
+
 def main() -> None:
     script_args, args, model_args = parse_recipe_args(
         (SelfPlayScriptArguments, SelfPlayConfig, ModelConfig), default_config=DEFAULT_CONFIG
@@ -53,20 +83,7 @@ def main() -> None:
     model_path = resolve_model_path(model_args.model_name_or_path)
     args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     if script_args.sft_warmup_steps > 0:
-        docs = build_movielens_documents(load_movielens(args.corpus_path), max_movies=args.corpus_max_documents)
-        chats = warmup_examples(docs, args.task_source, n=20 * script_args.sft_warmup_steps, seed=args.seed)
-        if model_args.model_name_or_path in TINY_MODEL_IDS and not Path(model_args.model_name_or_path).exists():
-            # the random tiny model, with a tokenizer fitted to the self-play text (see tiny_model_for_warmup)
-            arch = TINY_MODEL_IDS[model_args.model_name_or_path]
-            model_path = tiny_model_for_warmup(arch, chats, Path(args.output_dir) / "warmup-base", seed=args.seed)
-        model_path = sft_warmup(
-            model_path,
-            chats,
-            Path(args.output_dir) / "warmup",
-            max_steps=script_args.sft_warmup_steps,
-            learning_rate=script_args.sft_warmup_learning_rate,
-            seed=args.seed,
-        )
+        model_path = warm_up(model_path, script_args, args, model_args)
     trainer = SelfPlayTrainer(model_path, args=args, peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)

@@ -31,6 +31,7 @@ from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_mars.data.movielens import load_movielens
+from trl_mars.selfplay.evaluation import load_qa_dataset, movielens_heldout
 from trl_mars.selfplay.movielens_corpus import build_movielens_documents
 from trl_mars.selfplay.warmup import tiny_model_for_warmup, warmup_examples
 from trl_mars.trainers.selfplay_config import SelfPlayConfig
@@ -45,6 +46,17 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "wist.yaml"
 class SelfPlayScriptArguments(ScriptArguments):
     sft_warmup_steps: int = field(default=0, metadata={"help": "Scripted SFT warm-up steps before self-play (tiny)."})
     sft_warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the warm-up."})
+    eval_questions: int = field(
+        default=0, metadata={"help": "Held-out questions asked before and after training (0: no evaluation)."}
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset or local file of held-out QA (default: MovieLens movies outside the corpus)."},
+    )
+    eval_split: str = field(default="test", metadata={"help": "Split of eval_dataset."})
+    eval_question_column: str = field(default="question", metadata={"help": "Question column of eval_dataset."})
+    eval_answer_column: str = field(default="answer", metadata={"help": "Gold-answer column of eval_dataset."})
+    eval_samples: int = field(default=4, metadata={"help": "Solver samples per held-out question."})
 
 
 def warm_up(model_path: str, script_args: SelfPlayScriptArguments, args: SelfPlayConfig, model_args) -> str:
@@ -76,6 +88,33 @@ def warm_up(model_path: str, script_args: SelfPlayScriptArguments, args: SelfPla
     return model_path
 
 
+def heldout_questions(script_args: SelfPlayScriptArguments, args: SelfPlayConfig) -> list[tuple[str, str]]:
+    """``eval_questions`` held-out (question, answer) pairs: from ``eval_dataset``, else MovieLens movies ranked
+    after the corpus's ``corpus_max_documents`` (150 when unset) most-rated ones."""
+    if script_args.eval_questions <= 0:
+        return []
+    if script_args.eval_dataset:
+        return load_qa_dataset(
+            script_args.eval_dataset,
+            script_args.eval_split,
+            script_args.eval_question_column,
+            script_args.eval_answer_column,
+            limit=script_args.eval_questions,
+        )
+    movielens = args.corpus_path if args.corpus == "movielens" else None
+    return movielens_heldout(script_args.eval_questions, skip=args.corpus_max_documents or 150, path=movielens)
+
+
+def report_heldout(when: str, trainer: SelfPlayTrainer, qa: list[tuple[str, str]], samples: int) -> None:
+    result = trainer.evaluate_heldout(qa, samples)
+    if trainer.accelerator.is_main_process:
+        print(
+            f"held-out {when}: accuracy={result.accuracy:.4f} boxed={result.boxed_rate:.4f} "
+            f"(questions={result.num_questions}, samples={result.num_samples})",
+            flush=True,
+        )
+
+
 def main() -> None:
     script_args, args, model_args = parse_recipe_args(
         (SelfPlayScriptArguments, SelfPlayConfig, ModelConfig), default_config=DEFAULT_CONFIG
@@ -85,8 +124,13 @@ def main() -> None:
     if script_args.sft_warmup_steps > 0:
         model_path = warm_up(model_path, script_args, args, model_args)
     trainer = SelfPlayTrainer(model_path, args=args, peft_config=get_peft_config(model_args))
+    heldout = heldout_questions(script_args, args)
+    if heldout:
+        report_heldout("before", trainer, heldout, script_args.eval_samples)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
+    if heldout:
+        report_heldout("after", trainer, heldout, script_args.eval_samples)
     for row in trainer.state.log_history:
         selfplay = {k.removeprefix("selfplay/"): round(v, 4) for k, v in row.items() if k.startswith("selfplay/")}
         if selfplay:

@@ -132,10 +132,10 @@ def test_wist_recipe_on_two_processes_over_live_search(tmp_path):
     assert state[0]["corpus"] == state[1]["corpus"]  # the main process's documents, broadcast
     urls = [d["doc_id"] for d in state[0]["corpus"]["documents"]]
     assert urls and all(u.startswith(fake.url + "/page/") for u in urls)
-    # each query was sent once (by the main process): the request numbers in the URLs are distinct per query
-    queries = [p.split("q=", 1)[1].split("&", 1)[0] for p in searches]
-    lookups = [n for n in state[0]["tree"]["nodes"] if n["status"] != "pending"][1:]  # the root is never looked up
-    assert len(queries) == len(lookups) + state[0]["counters"].get("expansions", 0)  # lookups + corpus suggestions
+    # only the main process searched: at most one lookup per node (not the root) and one corpus suggestion per
+    # expansion (every process querying would double this)
+    nodes, expansions = state[0]["tree"]["nodes"], state[0]["counters"]["expansions"]
+    assert expansions > 0 and len(searches) <= len(nodes) - 1 + expansions
     tree = json.loads((out / "domain_tree.json").read_text())
     assert tree["children"][0]["name"] == "Movies"
 

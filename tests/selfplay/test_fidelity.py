@@ -75,11 +75,18 @@ def test_skill_encoder_is_built_on_the_trainers_device(tmp_path, tiny_qwen2_path
     assert calls == [trainer.accelerator.device]
 
 
-def test_code_encoder_models_follow_the_device(tiny_qwen2_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_code_encoder_models_follow_the_device(device, tiny_qwen2_path):
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
     from trl_mars.selfplay.encoders import build_skill_encoder
 
-    enc = build_skill_encoder("code", tiny_qwen2_path, tiny_qwen2_path, device="cpu")
-    assert enc.embedder.model.device.type == "cpu" and enc.encode(["What is 2+3?"]).shape[0] == 1
+    enc = build_skill_encoder("code", tiny_qwen2_path, tiny_qwen2_path, device=device)
+    assert enc.embedder.model.device.type == device
+    # the coder generates on the same device; an empty abstraction (a random coder) embeds the question instead
+    assert enc.encode(["What is 2+3?", "What is 3+4?"]).shape == (2, 64)
 
 
 @pytest.fixture(scope="module")

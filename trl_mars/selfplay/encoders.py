@@ -132,7 +132,8 @@ class CodeAbstractionEncoder:
         return [self.cache[q] for q in questions]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self.embedder.encode(self.abstract(texts))
+        """Embeddings of the code abstractions (of the question itself where the coder wrote no code)."""
+        return self.embedder.encode([code or text for code, text in zip(self.abstract(texts), texts, strict=True)])
 
     @classmethod
     def from_pretrained(

@@ -41,6 +41,7 @@ from trl_mars.rewards.selfplay import (
 )
 from trl_mars.selfplay.corpus import CorpusEnvironment, CorpusSource, LocalCorpus, SearxngCorpus
 from trl_mars.selfplay.encoders import SkillEncoder, build_skill_encoder
+from trl_mars.selfplay.evaluation import HeldOutResult, answer_accuracy
 from trl_mars.selfplay.grading import extract_boxed, get_grader
 from trl_mars.selfplay.memory import MemoryBank
 from trl_mars.selfplay.questions import (
@@ -259,6 +260,16 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
                     decoded = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                     outputs += [decoded[i : i + n] for i in range(0, len(decoded), n)]
         return outputs
+
+    def evaluate_heldout(self, qa: list[tuple[str, str]], samples: int = 1) -> HeldOutResult:
+        """Held-out answer accuracy of the Solver (``trl_mars.selfplay.evaluation.answer_accuracy``) on
+        (question, answer) pairs, sampled like the Solver's scoring answers (every process evaluates all pairs)."""
+
+        def answer(questions: list[str], k: int) -> list[list[str]]:
+            messages = [solver_messages(q) for q in questions]
+            return self.sample_texts(messages, k, role="solver", max_new_tokens=self.args.solver_max_new_tokens)
+
+        return answer_accuracy(answer, qa, samples, self.grade)
 
     # ----- tree ----------------------------------------------------------------------------------------------------
     def _on_main(self, fn: Callable[[], Any]) -> Any:

@@ -109,7 +109,7 @@ def test_wist_expansion_rounds_truncation_and_dropped_groups(tmp_path, tiny_qwen
 
     class Scripted(SelfPlayTrainer):
         def sample_texts(self, messages, n, role, temperature=None, max_new_tokens=None):
-            if "topic tree" in messages[0][-1]["content"]:
+            if messages and "topic tree" in messages[0][-1]["content"]:
                 return [[f"[Proposition Start]Topic {x}[Proposition End]" for x in next(rounds, ["?", "?"])]]
             return super().sample_texts(messages, n, role, temperature, max_new_tokens)
 
@@ -134,7 +134,7 @@ def test_wist_expansion_rounds_truncation_and_dropped_groups(tmp_path, tiny_qwen
 
 def test_json_scan_is_linear():
     """Bug: 11.6 s for one 16k-character Challenger output with no valid JSON (quadratic rfind scan)."""
-    cases = ['{"a": 1 ' + "{ x } " * 2700, "{" * 16_000, "{ } " * 4000, '"{' * 8000]
+    cases = ['{"a": 1 ' + "{ x } " * 2700, "{" * 16_000, "{ ] " * 4000, "}" * 16_000, '"{' * 8000]
     start = time.perf_counter()
     for text in cases:
         assert parse_json_question(text).error == "no JSON object"

@@ -56,7 +56,10 @@ class SelfPlayScriptArguments(ScriptArguments):
     eval_split: str = field(default="test", metadata={"help": "Split of eval_dataset."})
     eval_question_column: str = field(default="question", metadata={"help": "Question column of eval_dataset."})
     eval_answer_column: str = field(default="answer", metadata={"help": "Gold-answer column of eval_dataset."})
-    eval_samples: int = field(default=4, metadata={"help": "Solver samples per held-out question."})
+    eval_samples: int = field(
+        default=1, metadata={"help": "Solver samples per held-out question (> 1 needs --eval_greedy false)."}
+    )
+    eval_greedy: bool = field(default=True, metadata={"help": "Greedy held-out answers (else sampled)."})
 
 
 def warm_up(model_path: str, script_args: SelfPlayScriptArguments, args: SelfPlayConfig, model_args) -> str:
@@ -105,8 +108,8 @@ def heldout_questions(script_args: SelfPlayScriptArguments, args: SelfPlayConfig
     return movielens_heldout(script_args.eval_questions, skip=args.corpus_max_documents or 150, path=movielens)
 
 
-def report_heldout(when: str, trainer: SelfPlayTrainer, qa: list[tuple[str, str]], samples: int) -> None:
-    result = trainer.evaluate_heldout(qa, samples)
+def report_heldout(when: str, trainer: SelfPlayTrainer, qa: list, script_args: SelfPlayScriptArguments) -> None:
+    result = trainer.evaluate_heldout(qa, script_args.eval_samples, greedy=script_args.eval_greedy)
     if trainer.accelerator.is_main_process:
         print(
             f"held-out {when}: accuracy={result.accuracy:.4f} boxed={result.boxed_rate:.4f} "
@@ -126,11 +129,11 @@ def main() -> None:
     trainer = SelfPlayTrainer(model_path, args=args, peft_config=get_peft_config(model_args))
     heldout = heldout_questions(script_args, args)
     if heldout:
-        report_heldout("before", trainer, heldout, script_args.eval_samples)
+        report_heldout("before", trainer, heldout, script_args)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     if heldout:
-        report_heldout("after", trainer, heldout, script_args.eval_samples)
+        report_heldout("after", trainer, heldout, script_args)
     for row in trainer.state.log_history:
         selfplay = {k.removeprefix("selfplay/"): round(v, 4) for k, v in row.items() if k.startswith("selfplay/")}
         if selfplay:

@@ -228,19 +228,26 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
     # ----- sampling ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_texts(
-        self, messages: list[list[dict]], n: int, role: str, temperature: float | None = None, max_new_tokens=None
+        self,
+        messages: list[list[dict]],
+        n: int,
+        role: str,
+        temperature: float | None = None,
+        max_new_tokens=None,
+        greedy: bool = False,
     ) -> list[list[str]]:
-        """``n`` sampled completions per chat prompt from the role's weights (transformers ``generate``).
+        """``n`` sampled completions per chat prompt (one greedy one with ``greedy``) from the role's weights
+        (transformers ``generate``).
 
         Every process enters the unwrap context even with no prompt, so collective parameter gathers stay matched."""
         tok = self.processing_class
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+        sampling = {} if greedy else dict(temperature=temperature or self.args.temperature, top_p=self.args.top_p)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens or self.args.max_completion_length,
-            do_sample=True,
-            temperature=temperature or self.args.temperature,
-            top_p=self.args.top_p,
-            top_k=self.args.top_k,
+            do_sample=not greedy,
+            **sampling,
+            top_k=None if greedy else self.args.top_k,
             pad_token_id=tok.pad_token_id,
             eos_token_id=self.eos_token_ids,
             num_return_sequences=n,
@@ -261,13 +268,17 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
                     outputs += [decoded[i : i + n] for i in range(0, len(decoded), n)]
         return outputs
 
-    def evaluate_heldout(self, qa: list[tuple[str, str]], samples: int = 1) -> HeldOutResult:
+    def evaluate_heldout(self, qa: list[tuple[str, str]], samples: int = 1, greedy: bool = True) -> HeldOutResult:
         """Held-out answer accuracy of the Solver (``trl_mars.selfplay.evaluation.answer_accuracy``) on
-        (question, answer) pairs, sampled like the Solver's scoring answers (every process evaluates all pairs)."""
+        (question, answer) pairs: one greedy answer per question, or ``samples`` sampled like the Solver's scoring
+        answers (``greedy=False``). Every process evaluates all pairs."""
+        if greedy and samples != 1:
+            raise ValueError(f"greedy evaluation gives one answer per question: samples must be 1, got {samples}")
 
         def answer(questions: list[str], k: int) -> list[list[str]]:
             messages = [solver_messages(q) for q in questions]
-            return self.sample_texts(messages, k, role="solver", max_new_tokens=self.args.solver_max_new_tokens)
+            max_new = self.args.solver_max_new_tokens
+            return self.sample_texts(messages, k, role="solver", max_new_tokens=max_new, greedy=greedy)
 
         return answer_accuracy(answer, qa, samples, self.grade)
 

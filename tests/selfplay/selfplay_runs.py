@@ -68,9 +68,9 @@ class ScriptedSelfPlay(SelfPlayTrainer):
     def parse_question(self, text, context):
         return ParsedQuestion(f"In which year was the film {TITLES[len(text) % 3]} released?", "1995")
 
-    def sample_texts(self, messages, n, role, temperature=None, max_new_tokens=None):
+    def sample_texts(self, messages, n, role, temperature=None, max_new_tokens=None, greedy=False):
         if role != "solver":
-            return super().sample_texts(messages, n, role, temperature, max_new_tokens)
+            return super().sample_texts(messages, n, role, temperature, max_new_tokens, greedy)
         answers = []
         for m in messages:
             right = 3 - next(i for i, t in enumerate(TITLES) if f" {t} " in m[-1]["content"])

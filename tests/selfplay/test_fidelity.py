@@ -108,10 +108,10 @@ def test_wist_expansion_rounds_truncation_and_dropped_groups(tmp_path, tiny_qwen
     rounds = iter([["A", "A"], ["B", "B"], ["?", "?"], ["C", "C"], ["D", "D"], ["E", "E"], ["F", "F"]])
 
     class Scripted(SelfPlayTrainer):
-        def sample_texts(self, messages, n, role, temperature=None, max_new_tokens=None):
+        def sample_texts(self, messages, n, role, temperature=None, max_new_tokens=None, greedy=False):
             if messages and "topic tree" in messages[0][-1]["content"]:
                 return [[f"[Proposition Start]Topic {x}[Proposition End]" for x in next(rounds, ["?", "?"])]]
-            return super().sample_texts(messages, n, role, temperature, max_new_tokens)
+            return super().sample_texts(messages, n, role, temperature, max_new_tokens, greedy)
 
     trainer = Scripted(tiny_qwen2_path, args=args, corpus=wist_corpus)
     movies = 1
@@ -146,3 +146,22 @@ def test_json_scan_is_linear():
     assert (
         parse_json_question('```json\n{"question": "x}{", "correct_answer": "1"}\n```', min_chars=1).question == "x}{"
     )
+
+
+def test_both_adapters_enter_the_optimizer_after_an_evaluation(tmp_path, tiny_qwen2_path):
+    """Bug: a held-out evaluation before training activated the Solver adapter (freezing the Challenger's), so the
+    optimizer was built without the Challenger adapter and the Challenger never learned."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from selfplay_runs import build_trainer, trainable_report
+
+    trainer = build_trainer(tmp_path, "rdiverse", tiny_qwen2_path, max_steps=1, save_strategy="no")
+    trainer.evaluate_heldout([("In which year was the film Heat released?", "1995")])
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B.challenger" in n}
+    trainer.train()  # step 1 trains the Challenger (scripted rewards give non-zero advantages)
+    report = trainable_report(trainer)
+    assert report["challenger"]["in_optimizer"] == report["default"]["in_optimizer"] == len(before) * 2
+    after = dict(trainer.model.named_parameters())
+    assert any(not after[n].detach().equal(v) for n, v in before.items())  # the Challenger adapter moved

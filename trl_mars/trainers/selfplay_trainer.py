@@ -181,9 +181,8 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
             optimizers=optimizers,
             peft_config=peft_config,
         )
-        if args.roles == "separate":
+        if args.roles == "separate":  # both adapters enter the optimizer (see create_optimizer)
             self.model.add_adapter(CHALLENGER_ADAPTER, peft_config)
-            self.model.set_requires_grad([SOLVER_ADAPTER, CHALLENGER_ADAPTER], True)  # both in the optimizer
         self.skill_encoder = skill_encoder
         if self.skill_encoder is None and args.uses_skill_encoder:
             self.skill_encoder = build_skill_encoder(
@@ -670,16 +669,15 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
             for node_id in self.tree.pending():  # lookups in flight at save time are submitted again
                 self._submit(node_id)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-        """Load the weights; with separate roles, make both adapters trainable again.
+    def create_optimizer(self, model=None):
+        """With separate roles, both adapters go into the optimizer, whatever adapter is active now.
 
-        Transformers reloads the inactive adapter with ``is_trainable=False`` (frozen), so the optimizer would be
-        rebuilt without it and its saved state (both adapters) would no longer fit."""
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.args.roles == "separate":
-            self.accelerator.unwrap_model(model if model is not None else self.model).set_requires_grad(
-                [SOLVER_ADAPTER, CHALLENGER_ADAPTER], True
-            )
+        ``set_adapter`` freezes the inactive adapter: generating before training (a held-out evaluation) or
+        transformers' checkpoint reload (which reloads the inactive adapter frozen) would otherwise leave one role
+        out of the optimizer, and a resumed optimizer state (both adapters) would no longer fit."""
+        if self.args.roles == "separate" and self.optimizer is None:
+            self.accelerator.unwrap_model(self.model).set_requires_grad([SOLVER_ADAPTER, CHALLENGER_ADAPTER], True)
+        return super().create_optimizer(model)
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)

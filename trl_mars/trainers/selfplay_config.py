@@ -97,8 +97,12 @@ class SelfPlayConfig(GRPOConfig):
             corpus; JSON questions grounded in path and document).
         challenger_reward (`str`): `rzero` (1 - 2|p - 1/2|, floored at 0 after penalties), `rzero_code`
             (min(p, 1 - p), no floor) or `gauss` (exp(-(p(1-p) - 0.25)^2 / (2 gauss_sigma2))).
+        floor_challenger_reward (`bool`): with `rzero`, floor the reward at 0 after penalties (R-Zero) or not
+            (R-Diverse's eq. 11, the rdiverse preset).
         invalid_question_reward (`float`): reward of unparseable/invalid Challenger output (0 paper, -1 R-Zero code,
             -0.1 WIST).
+        loss_type, scale_rewards, beta: TRL's GRPO fields; left at None they take the preset's (R-Zero/R-Diverse:
+            `grpo`, `group`, 0.01; WIST: `dr_grpo`, `none`, 0).
         num_solver_samples (`int`): Solver samples K per question (10 R-Zero paper, 8 WIST).
         solver_labels (`str`): `majority` (pseudo-label = majority answer) or `challenger_gold` (the Challenger's
             own answer).
@@ -108,7 +112,10 @@ class SelfPlayConfig(GRPOConfig):
         replay_ratio (`float`): share of each Solver batch replayed from the memory bank (R-Diverse: 0.3).
         steps_per_iteration (`int`): optimizer steps per self-play iteration (memory entries are tagged by it).
         challenger_steps (`int`): with `roles="separate"`, the first steps of each iteration train the Challenger,
-            the rest the Solver.
+            the rest the Solver (decided per optimizer step: a generation batch must not span optimizer steps).
+        corpus_title_match (`str`): `string` (bare titles), `embedding` (MiniLM cosine >= max(0.5, batch median), web
+            titles) or `auto` (embedding for searxng).
+        document_max_tokens (`int`): document truncation in Challenger prompts, in tokens (WIST: 5792).
     """
 
     preset: str | None = field(default=None, metadata={"help": "rzero, rdiverse or wist: fills fields left unset."})

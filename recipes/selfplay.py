@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
@@ -140,6 +141,8 @@ def main() -> None:
             print(f"step {row['step']}: {selfplay}")
     if args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if torch.distributed.is_initialized():  # a clean exit under torchrun (no gloo abort at interpreter shutdown)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

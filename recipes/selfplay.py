@@ -27,10 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_mars.data.movielens import load_movielens
 from trl_mars.data.movielens_download import find_movielens
+from trl_mars.selfplay.evaluation import load_qa_dataset, movielens_heldout
 from trl_mars.selfplay.movielens_corpus import build_movielens_documents
 from trl_mars.selfplay.warmup import tiny_model_for_warmup, warmup_examples
 from trl_mars.trainers.selfplay_config import SelfPlayConfig
@@ -45,6 +48,76 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "wist.yaml"
 class SelfPlayScriptArguments(ScriptArguments):
     sft_warmup_steps: int = field(default=0, metadata={"help": "Scripted SFT warm-up steps before self-play (tiny)."})
     sft_warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the warm-up."})
+    eval_questions: int = field(
+        default=0, metadata={"help": "Held-out questions asked before and after training (0: no evaluation)."}
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset or local file of held-out QA (default: MovieLens movies outside the corpus)."},
+    )
+    eval_split: str = field(default="test", metadata={"help": "Split of eval_dataset."})
+    eval_question_column: str = field(default="question", metadata={"help": "Question column of eval_dataset."})
+    eval_answer_column: str = field(default="answer", metadata={"help": "Gold-answer column of eval_dataset."})
+    eval_samples: int = field(
+        default=1, metadata={"help": "Solver samples per held-out question (> 1 needs --eval_greedy false)."}
+    )
+    eval_greedy: bool = field(default=True, metadata={"help": "Greedy held-out answers (else sampled)."})
+
+
+def warm_up(model_path: str, script_args: SelfPlayScriptArguments, args: SelfPlayConfig, model_args) -> str:
+    """SFT warm-up on scripted MovieLens chats; the folder of the warmed-up model.
+
+    Under ``torchrun`` the main process alone writes the re-initialised tiny base, the SFT runs data-parallel on all
+    processes, and every process waits for the saved model before reading it."""
+    state = PartialState()
+    movielens = load_movielens(args.corpus_path if args.corpus == "movielens" else None)
+    docs = build_movielens_documents(movielens, max_movies=args.corpus_max_documents)
+    chats = warmup_examples(docs, args.task_source, n=20 * script_args.sft_warmup_steps, seed=args.seed)
+    if model_args.model_name_or_path in TINY_MODEL_IDS and not Path(model_args.model_name_or_path).exists():
+        # the random tiny model, with a tokenizer fitted to the self-play text (see tiny_model_for_warmup)
+        base = Path(args.output_dir) / "warmup-base"
+        if state.is_main_process:
+            tiny_model_for_warmup(TINY_MODEL_IDS[model_args.model_name_or_path], chats, base, seed=args.seed)
+        state.wait_for_everyone()
+        model_path = str(base)
+    model_path = sft_warmup(
+        model_path,
+        chats,
+        Path(args.output_dir) / "warmup",
+        max_steps=script_args.sft_warmup_steps,
+        learning_rate=script_args.sft_warmup_learning_rate,
+        seed=args.seed,
+        use_cpu=args.use_cpu,
+    )
+    state.wait_for_everyone()  # the main process has saved the model
+    return model_path
+
+
+def heldout_questions(script_args: SelfPlayScriptArguments, args: SelfPlayConfig) -> list[tuple[str, str]]:
+    """``eval_questions`` held-out (question, answer) pairs: from ``eval_dataset``, else MovieLens movies ranked
+    after the corpus's ``corpus_max_documents`` (150 when unset) most-rated ones."""
+    if script_args.eval_questions <= 0:
+        return []
+    if script_args.eval_dataset:
+        return load_qa_dataset(
+            script_args.eval_dataset,
+            script_args.eval_split,
+            script_args.eval_question_column,
+            script_args.eval_answer_column,
+            limit=script_args.eval_questions,
+        )
+    movielens = args.corpus_path if args.corpus == "movielens" else None
+    return movielens_heldout(script_args.eval_questions, skip=args.corpus_max_documents or 150, path=movielens)
+
+
+def report_heldout(when: str, trainer: SelfPlayTrainer, qa: list, script_args: SelfPlayScriptArguments) -> None:
+    result = trainer.evaluate_heldout(qa, script_args.eval_samples, greedy=script_args.eval_greedy)
+    if trainer.accelerator.is_main_process:
+        print(
+            f"held-out {when}: accuracy={result.accuracy:.4f} boxed={result.boxed_rate:.4f} "
+            f"(questions={result.num_questions}, samples={result.num_samples})",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -56,29 +129,23 @@ def main() -> None:
     model_path = resolve_model_path(model_args.model_name_or_path)
     args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     if script_args.sft_warmup_steps > 0:
-        docs = build_movielens_documents(load_movielens(args.corpus_path), max_movies=args.corpus_max_documents)
-        chats = warmup_examples(docs, args.task_source, n=20 * script_args.sft_warmup_steps, seed=args.seed)
-        if model_args.model_name_or_path in TINY_MODEL_IDS and not Path(model_args.model_name_or_path).exists():
-            # the random tiny model, with a tokenizer fitted to the self-play text (see tiny_model_for_warmup)
-            arch = TINY_MODEL_IDS[model_args.model_name_or_path]
-            model_path = tiny_model_for_warmup(arch, chats, Path(args.output_dir) / "warmup-base", seed=args.seed)
-        model_path = sft_warmup(
-            model_path,
-            chats,
-            Path(args.output_dir) / "warmup",
-            max_steps=script_args.sft_warmup_steps,
-            learning_rate=script_args.sft_warmup_learning_rate,
-            seed=args.seed,
-        )
+        model_path = warm_up(model_path, script_args, args, model_args)
     trainer = SelfPlayTrainer(model_path, args=args, peft_config=get_peft_config(model_args))
+    heldout = heldout_questions(script_args, args)
+    if heldout:
+        report_heldout("before", trainer, heldout, script_args)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
+    if heldout:
+        report_heldout("after", trainer, heldout, script_args)
     for row in trainer.state.log_history:
         selfplay = {k.removeprefix("selfplay/"): round(v, 4) for k, v in row.items() if k.startswith("selfplay/")}
         if selfplay:
             print(f"step {row['step']}: {selfplay}")
     if args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if torch.distributed.is_initialized():  # a clean exit under torchrun (no gloo abort at interpreter shutdown)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

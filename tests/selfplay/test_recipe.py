@@ -27,8 +27,10 @@ def test_recipe_runs_each_config(config, tmp_path, monkeypatch, capsys):
     out = tmp_path / config
     extra = ["--max_steps", "2", "--save_steps", "2", "--max_completion_length", "8"]
     extra += ["--sft_warmup_steps", "2"] if config == "wist" else []  # the warm-up path, not its effect (see below)
+    extra += ["--eval_questions", "2"]
     printed, _ = run_recipe(config, out, extra, monkeypatch, capsys)
     assert "step 2:" in printed and (out / "checkpoint-2" / "trl_mars_state" / "complete.json").exists()
+    assert "held-out before: accuracy=" in printed and "held-out after: accuracy=" in printed
     assert "selfplay" in (out / "README.md").read_text()
     if config == "wist":
         tree = json.loads((out / "domain_tree.json").read_text())

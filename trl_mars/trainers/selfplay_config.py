@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from trl import GRPOConfig
 
 from trl_mars.rewards.selfplay import CHALLENGER_REWARDS
-from trl_mars.selfplay.encoders import SKILL_ENCODERS
+from trl_mars.selfplay.corpus import TITLE_MATCHES
+from trl_mars.selfplay.encoders import PAPER_CODE_EMBEDDER, PAPER_CODER, SKILL_ENCODERS
 from trl_mars.selfplay.grading import GRADERS
 
 _RZERO = dict(
@@ -24,10 +26,22 @@ _RZERO = dict(
     steps_per_iteration=20,
     challenger_steps=5,
     min_question_chars=1,
+    require_answer_in_document=True,
+    floor_challenger_reward=True,
+    loss_type="grpo",
+    scale_rewards="group",
+    beta=0.01,
 )
 PRESETS: dict[str, dict] = {
     "rzero": _RZERO,
-    "rdiverse": {**_RZERO, "question_penalty": "skill", "map_coef": 1.0, "replay_ratio": 0.3},
+    # R-Diverse's eq. (11): R_unc - a P_rep - b P_MAP, no floor (a penalised question scores below an invalid one)
+    "rdiverse": {
+        **_RZERO,
+        "question_penalty": "skill",
+        "map_coef": 1.0,
+        "replay_ratio": 0.3,
+        "floor_challenger_reward": False,
+    },
     "wist": dict(
         roles="shared",
         task_source="tree",
@@ -42,6 +56,11 @@ PRESETS: dict[str, dict] = {
         steps_per_iteration=10,
         challenger_steps=0,
         min_question_chars=50,
+        floor_challenger_reward=False,
+        require_answer_in_document=False,
+        loss_type="dr_grpo",
+        scale_rewards="none",
+        beta=0.0,
     ),
 }
 """Paper defaults per method; fields left at None take the preset's value (``rzero``'s when no preset is set)."""
@@ -52,6 +71,16 @@ CORPORA = ("movielens", "jsonl", "files", "searxng")
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+
+
+def default_skill_encoder(preset: str | None, gpu: bool) -> str:
+    """``code`` (R-Diverse's SAM: code abstraction, then a code embedding) for the rdiverse preset on a GPU;
+    ``minilm`` otherwise (a 7B coder per question is impractical on a CPU).
+
+    >>> default_skill_encoder("rdiverse", gpu=True), default_skill_encoder("rdiverse", gpu=False)
+    ('code', 'minilm')
+    """
+    return "code" if preset == "rdiverse" and gpu else "minilm"
 
 
 @dataclass
@@ -68,8 +97,12 @@ class SelfPlayConfig(GRPOConfig):
             corpus; JSON questions grounded in path and document).
         challenger_reward (`str`): `rzero` (1 - 2|p - 1/2|, floored at 0 after penalties), `rzero_code`
             (min(p, 1 - p), no floor) or `gauss` (exp(-(p(1-p) - 0.25)^2 / (2 gauss_sigma2))).
+        floor_challenger_reward (`bool`): with `rzero`, floor the reward at 0 after penalties (R-Zero) or not
+            (R-Diverse's eq. 11, the rdiverse preset).
         invalid_question_reward (`float`): reward of unparseable/invalid Challenger output (0 paper, -1 R-Zero code,
             -0.1 WIST).
+        loss_type, scale_rewards, beta: TRL's GRPO fields; left at None they take the preset's (R-Zero/R-Diverse:
+            `grpo`, `group`, 0.01; WIST: `dr_grpo`, `none`, 0).
         num_solver_samples (`int`): Solver samples K per question (10 R-Zero paper, 8 WIST).
         solver_labels (`str`): `majority` (pseudo-label = majority answer) or `challenger_gold` (the Challenger's
             own answer).
@@ -79,18 +112,33 @@ class SelfPlayConfig(GRPOConfig):
         replay_ratio (`float`): share of each Solver batch replayed from the memory bank (R-Diverse: 0.3).
         steps_per_iteration (`int`): optimizer steps per self-play iteration (memory entries are tagged by it).
         challenger_steps (`int`): with `roles="separate"`, the first steps of each iteration train the Challenger,
-            the rest the Solver.
+            the rest the Solver (decided per optimizer step: a generation batch must not span optimizer steps).
+        corpus_title_match (`str`): `string` (bare titles), `embedding` (MiniLM cosine >= max(0.5, batch median), web
+            titles) or `auto` (embedding for searxng).
+        document_max_tokens (`int`): document truncation in Challenger prompts, in tokens (WIST: 5792).
     """
 
     preset: str | None = field(default=None, metadata={"help": "rzero, rdiverse or wist: fills fields left unset."})
+    loss_type: str | None = field(
+        default=None, metadata={"help": "GRPO loss (TRL's); None: the preset's (grpo R-Zero/R-Diverse, dr_grpo WIST)."}
+    )
+    scale_rewards: str | None = field(
+        default=None, metadata={"help": "TRL's reward scaling; None: the preset's (group; none for WIST)."}
+    )
+    beta: float | None = field(default=None, metadata={"help": "KL coefficient; None: the preset's (0.01; WIST 0)."})
     roles: str | None = field(default=None, metadata={"help": "separate (two LoRA adapters) or shared (one policy)."})
     task_source: str | None = field(default=None, metadata={"help": "prompt (R-Zero) or tree (WIST)."})
     question_type: str = field(default="free", metadata={"help": "WIST question type: free or mcq."})
     min_question_chars: int | None = field(default=None, metadata={"help": "Shortest valid question (WIST: 50)."})
-    require_answer_in_document: bool = field(
-        default=True, metadata={"help": "Tree mode: a free-form answer must occur in the grounding document."}
+    require_answer_in_document: bool | None = field(
+        default=None,
+        metadata={"help": "Tree mode: a free-form answer must occur in the document (off in the wist preset)."},
     )
     challenger_reward: str | None = field(default=None, metadata={"help": "rzero, rzero_code or gauss."})
+    floor_challenger_reward: bool | None = field(
+        default=None,
+        metadata={"help": "rzero reward: max(0, r_unc - penalties) (R-Zero) or unfloored (R-Diverse, eq. 11)."},
+    )
     gauss_sigma2: float = field(default=0.01, metadata={"help": "sigma^2 of the gauss Challenger reward."})
     invalid_question_reward: float | None = field(default=None, metadata={"help": "Reward of invalid questions."})
     num_solver_samples: int | None = field(default=None, metadata={"help": "Solver samples K per question."})
@@ -112,11 +160,16 @@ class SelfPlayConfig(GRPOConfig):
     map_tau_max: float = field(default=0.5, metadata={"help": "MAP max-similarity margin."})
     map_tau_mean: float = field(default=0.25, metadata={"help": "MAP mean-similarity margin."})
     replay_ratio: float | None = field(default=None, metadata={"help": "Share of Solver groups replayed (0.3)."})
-    skill_encoder: str = field(default="minilm", metadata={"help": "minilm, hashing or code."})
-    skill_coder_model: str | None = field(
-        default=None, metadata={"help": "Code-abstraction LLM (skill_encoder=code)."}
+    skill_encoder: str | None = field(
+        default=None,
+        metadata={"help": "minilm, hashing or code; None: code for rdiverse on a GPU (the paper's SAM), else minilm."},
     )
-    skill_code_embedder: str | None = field(default=None, metadata={"help": "Code embedder (default: MiniLM)."})
+    skill_coder_model: str | None = field(
+        default=None, metadata={"help": f"Code-abstraction LLM (skill_encoder=code; default {PAPER_CODER})."}
+    )
+    skill_code_embedder: str | None = field(
+        default=None, metadata={"help": f"Code embedder (skill_encoder=code; default {PAPER_CODE_EMBEDDER})."}
+    )
     steps_per_iteration: int | None = field(default=None, metadata={"help": "Optimizer steps per iteration."})
     challenger_steps: int | None = field(default=None, metadata={"help": "Challenger steps per iteration."})
     challenger_fraction: float = field(
@@ -133,6 +186,9 @@ class SelfPlayConfig(GRPOConfig):
     )
     tree_num_proposals: int = field(default=5, metadata={"help": "Policy proposals sampled per expansion."})
     tree_proposal_min_count: int = field(default=2, metadata={"help": "Votes a proposed label needs."})
+    tree_expansion_max_failed_rounds: int = field(
+        default=3, metadata={"help": "An expansion stops after this many proposal rounds add no child (WIST: 3)."}
+    )
     tree_corpus_fallback: bool = field(
         default=True, metadata={"help": "When no proposal wins the vote, take child labels from corpus titles."}
     )
@@ -141,9 +197,20 @@ class SelfPlayConfig(GRPOConfig):
     corpus_path: str | None = field(default=None, metadata={"help": "Corpus folder/file, or the SearXNG URL."})
     corpus_max_documents: int | None = field(default=None, metadata={"help": "movielens: most-rated movies kept."})
     corpus_docs_per_node: int = field(default=4, metadata={"help": "Documents kept per tree node."})
-    corpus_title_threshold: float = field(default=0.8, metadata={"help": "Title similarity to keep a document."})
+    corpus_title_match: str = field(
+        default="auto",
+        metadata={"help": "string (bare titles), embedding (MiniLM, web titles) or auto (embedding for searxng)."},
+    )
+    corpus_title_threshold: float = field(
+        default=0.8, metadata={"help": "corpus_title_match=string: title similarity to keep a document."}
+    )
+    corpus_embedding_threshold: float = field(
+        default=0.5, metadata={"help": "corpus_title_match=embedding: keep cos >= max(this, batch median)."}
+    )
     corpus_query_mode: str = field(default="path", metadata={"help": "path (label + ancestors) or label."})
-    document_max_chars: int = field(default=4000, metadata={"help": "Document truncation in Challenger prompts."})
+    document_max_tokens: int = field(
+        default=5792, metadata={"help": "Document truncation in Challenger prompts, in tokens (WIST: 8192 - 2400)."}
+    )
     tree_dump: bool = field(default=True, metadata={"help": "Write domain_tree.json/.html with checkpoints."})
 
     def __post_init__(self):
@@ -152,6 +219,11 @@ class SelfPlayConfig(GRPOConfig):
         for name, value in PRESETS[self.preset or "rzero"].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.skill_encoder is None:
+            self.skill_encoder = default_skill_encoder(self.preset, torch.cuda.is_available() and not self.use_cpu)
+        if self.skill_encoder == "code":
+            self.skill_coder_model = self.skill_coder_model or PAPER_CODER
+            self.skill_code_embedder = self.skill_code_embedder or PAPER_CODE_EMBEDDER
         _check_choice("roles", self.roles, ("separate", "shared"))
         _check_choice("task_source", self.task_source, ("prompt", "tree"))
         _check_choice("question_type", self.question_type, ("free", "mcq"))
@@ -162,15 +234,22 @@ class SelfPlayConfig(GRPOConfig):
         _check_choice("skill_encoder", self.skill_encoder, SKILL_ENCODERS)
         _check_choice("corpus", self.corpus, CORPORA)
         _check_choice("corpus_query_mode", self.corpus_query_mode, ("path", "label"))
-        if self.skill_encoder == "code" and not self.skill_coder_model:
-            raise ValueError("skill_encoder='code' needs skill_coder_model")
+        _check_choice("corpus_title_match", self.corpus_title_match, TITLE_MATCHES)
         if self.corpus in ("jsonl", "files", "searxng") and not self.corpus_path:
             raise ValueError(f"corpus={self.corpus!r} needs corpus_path")
         if not 0.0 <= self.band_low <= self.band_high <= 1.0:
             raise ValueError(
                 f"band_low/band_high must satisfy 0 <= low <= high <= 1, got {self.band_low}, {self.band_high}"
             )
-        for name in ("gauss_sigma2", "num_solver_samples", "steps_per_iteration", "tree_window", "tree_num_proposals"):
+        for name in (
+            "gauss_sigma2",
+            "num_solver_samples",
+            "steps_per_iteration",
+            "tree_window",
+            "tree_num_proposals",
+            "document_max_tokens",
+            "tree_expansion_max_failed_rounds",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("map_coef", "question_penalty_coef", "min_question_chars", "challenger_steps"):
@@ -198,6 +277,13 @@ class SelfPlayConfig(GRPOConfig):
         if self.max_steps is None or self.max_steps <= 0:
             raise ValueError("max_steps must be > 0: self-play generates its own data and has no epochs")
         super().__post_init__()
+        generate_every = self.steps_per_generation * self.num_iterations
+        if self.roles == "separate" and self.gradient_accumulation_steps % generate_every:
+            raise ValueError(
+                "roles='separate' decides the role (Challenger or Solver) per optimizer step, so a generation batch "
+                f"must not span optimizer steps: steps_per_generation * num_iterations ({self.steps_per_generation} * "
+                f"{self.num_iterations}) must divide gradient_accumulation_steps ({self.gradient_accumulation_steps})"
+            )
         rows = self.per_device_train_batch_size * self.steps_per_generation
         if rows % self.num_generations:
             raise ValueError(

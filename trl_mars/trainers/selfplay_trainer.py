@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from trl_mars.rewards.selfplay import (
 )
 from trl_mars.selfplay.corpus import CorpusEnvironment, CorpusSource, LocalCorpus, SearxngCorpus
 from trl_mars.selfplay.encoders import SkillEncoder, build_skill_encoder
+from trl_mars.selfplay.evaluation import HeldOutResult, answer_accuracy
 from trl_mars.selfplay.grading import extract_boxed, get_grader
 from trl_mars.selfplay.memory import MemoryBank
 from trl_mars.selfplay.questions import (
@@ -168,6 +170,8 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
                 docs_per_node=args.corpus_docs_per_node,
                 title_threshold=args.corpus_title_threshold,
                 query_mode=args.corpus_query_mode,
+                title_match=args.corpus_title_match,
+                embedding_threshold=args.corpus_embedding_threshold,
             )
             self.tree = DomainTree(args.tree_domains, args.tree_max_level, args.tree_window, args.tree_expansion_caps)
         if train_dataset is None:  # placeholder rows: every prompt is built by the trainer
@@ -182,13 +186,12 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
             optimizers=optimizers,
             peft_config=peft_config,
         )
-        if args.roles == "separate":
+        if args.roles == "separate":  # both adapters enter the optimizer (see create_optimizer)
             self.model.add_adapter(CHALLENGER_ADAPTER, peft_config)
-            self.model.set_requires_grad([SOLVER_ADAPTER, CHALLENGER_ADAPTER], True)  # both in the optimizer
         self.skill_encoder = skill_encoder
         if self.skill_encoder is None and args.uses_skill_encoder:
             self.skill_encoder = build_skill_encoder(
-                args.skill_encoder, args.skill_coder_model, args.skill_code_embedder
+                args.skill_encoder, args.skill_coder_model, args.skill_code_embedder, device=self.accelerator.device
             )
         self.memory = MemoryBank()
         self.rng = np.random.default_rng(args.seed)
@@ -200,8 +203,9 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         self._next_ref = 0
         self._solver_queue: list[dict] = []
         if self.tree is not None:
+            self.corpus_env.device = self.accelerator.device  # the title-embedding filter's encoder
             for node_id in self.tree.pending():
-                self.corpus_env.submit(node_id, self.tree.path_names(node_id))
+                self._submit(node_id)
             self._resolve_lookups(wait=True)
             if not any(self.tree.nodes[c].status == "ready" for c in self.tree.nodes[0].children):
                 raise ValueError(f"the corpus has no documents for any of tree_domains={list(args.tree_domains)}")
@@ -228,19 +232,26 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
     # ----- sampling ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_texts(
-        self, messages: list[list[dict]], n: int, role: str, temperature: float | None = None, max_new_tokens=None
+        self,
+        messages: list[list[dict]],
+        n: int,
+        role: str,
+        temperature: float | None = None,
+        max_new_tokens=None,
+        greedy: bool = False,
     ) -> list[list[str]]:
-        """``n`` sampled completions per chat prompt from the role's weights (transformers ``generate``).
+        """``n`` sampled completions per chat prompt (one greedy one with ``greedy``) from the role's weights
+        (transformers ``generate``).
 
         Every process enters the unwrap context even with no prompt, so collective parameter gathers stay matched."""
         tok = self.processing_class
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+        sampling = {} if greedy else dict(temperature=temperature or self.args.temperature, top_p=self.args.top_p)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens or self.args.max_completion_length,
-            do_sample=True,
-            temperature=temperature or self.args.temperature,
-            top_p=self.args.top_p,
-            top_k=self.args.top_k,
+            do_sample=not greedy,
+            **sampling,
+            top_k=None if greedy else self.args.top_k,
             pad_token_id=tok.pad_token_id,
             eos_token_id=self.eos_token_ids,
             num_return_sequences=n,
@@ -261,42 +272,90 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
                     outputs += [decoded[i : i + n] for i in range(0, len(decoded), n)]
         return outputs
 
+    def evaluate_heldout(self, qa: list[tuple[str, str]], samples: int = 1, greedy: bool = True) -> HeldOutResult:
+        """Held-out answer accuracy of the Solver (``trl_mars.selfplay.evaluation.answer_accuracy``) on
+        (question, answer) pairs: one greedy answer per question, or ``samples`` sampled like the Solver's scoring
+        answers (``greedy=False``). Every process evaluates all pairs."""
+        if greedy and samples != 1:
+            raise ValueError(f"greedy evaluation gives one answer per question: samples must be 1, got {samples}")
+
+        def answer(questions: list[str], k: int) -> list[list[str]]:
+            messages = [solver_messages(q) for q in questions]
+            max_new = self.args.solver_max_new_tokens
+            return self.sample_texts(messages, k, role="solver", max_new_tokens=max_new, greedy=greedy)
+
+        return answer_accuracy(answer, qa, samples, self.grade)
+
     # ----- tree ----------------------------------------------------------------------------------------------------
+    def _on_main(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the main process only, its result broadcast to every process (a collective call); an
+        error raised by ``fn`` is raised on every process, so none is left waiting."""
+        if self.accelerator.num_processes == 1:
+            return fn()
+        payload: list = [None]
+        if self.accelerator.is_main_process:
+            try:
+                payload = [(True, fn())]
+            except Exception as err:  # re-raised below, on every process
+                payload = [(False, RuntimeError(f"on the main process: {type(err).__name__}: {err}"))]
+        ok, value = broadcast_object_list(payload)[0]
+        if not ok:
+            raise value
+        return value
+
+    def _submit(self, node_id: int) -> None:
+        """Start the corpus lookup of a new node; only the main process queries the corpus (a live search answers
+        each query differently), the others receive the documents in ``_resolve_lookups``."""
+        if self.accelerator.is_main_process:
+            self.corpus_env.submit(node_id, self.tree.path_names(node_id))
+
     def _resolve_lookups(self, wait: bool = False) -> None:
-        """Apply finished corpus lookups (remote sources: main process only, then broadcast)."""
-        if self.corpus_env.synchronous or self.accelerator.num_processes == 1:
-            done = self.corpus_env.poll(wait)
-        else:
-            payload = [self.corpus_env.poll(wait) if self.accelerator.is_main_process else None]
-            done = broadcast_object_list(payload)[0]
+        """Apply finished corpus lookups: the main process polls and broadcasts the documents themselves."""
+        done = self._on_main(lambda: self.corpus_env.poll(wait))
         for node_id, docs in sorted(done.items()):
-            self.tree.resolve(node_id, docs)
+            self.corpus_env.add(docs)
+            self.tree.resolve(node_id, [d.doc_id for d in docs])
 
     def expand_node(self, node_id: int) -> list[int]:
-        """WIST expansion: sample ``tree_num_proposals`` child proposals from the policy on every process, vote, keep
-        up to the level cap (falling back to corpus titles when no label wins); new children start pending."""
+        """WIST expansion: rounds of ``tree_num_proposals`` child proposals from the policy on every process, each
+        voted on (at most 3 labels a round), until the level cap (``tree_expansion_caps``) is reached or
+        ``tree_expansion_max_failed_rounds`` rounds added nothing; when the policy added nothing, corpus titles
+        (``tree_corpus_fallback``). New children start pending."""
         tree, args = self.tree, self.args
         node = tree.nodes[node_id]
         level = node.level + 1
         parent = node.parent
         siblings = [s for s in tree.child_names(parent) if s != node.name] if parent is not None else []
-        prompt = expansion_messages(
-            " > ".join(tree.path_names(node_id)), tree.child_names(node_id), siblings, level == tree.max_level
-        )
-        temperature = float(self.rng.choice(np.arange(5, 13) / 10))
-        local = self.sample_texts([prompt], args.tree_num_proposals, role="challenger", temperature=temperature)[0]
-        proposals = gather_object(local)
-        existing = [n.name for n in tree.nodes]
         cap = tree.expansion_cap(level)
-        labels = aggregate_proposals(proposals, existing, args.tree_proposal_min_count, top_k=min(3, cap))
-        self.counters["proposals"] += len(proposals)
+        labels: list[str] = []
+        failed = 0
+        while len(labels) < cap and failed < args.tree_expansion_max_failed_rounds:
+            prompt = expansion_messages(
+                " > ".join(tree.path_names(node_id)),
+                tree.child_names(node_id) + labels,
+                siblings,
+                level == tree.max_level,
+            )
+            temperature = float(self.rng.choice(np.arange(5, 13) / 10))
+            local = self.sample_texts([prompt], args.tree_num_proposals, role="challenger", temperature=temperature)
+            proposals = gather_object(local[0])
+            self.counters["proposals"] += len(proposals)
+            existing = [n.name for n in tree.nodes] + labels
+            won = aggregate_proposals(
+                proposals, existing, args.tree_proposal_min_count, top_k=min(3, cap - len(labels))
+            )
+            labels += won
+            failed += not won
+        self.counters["policy_children"] += len(labels)
         if not labels and args.tree_corpus_fallback:
-            candidates = self.corpus_env.suggest(tree.path_names(node_id), existing, level, 4 * cap)
+            existing = [n.name for n in tree.nodes]
+            path = tree.path_names(node_id)
+            candidates = self._on_main(lambda: self.corpus_env.suggest(path, existing, level, 4 * cap))
             labels = [c for c in candidates if validate_label(c)][: min(3, cap)]
             self.counters["corpus_fallback_children"] += len(labels)
         new = [tree.add_child(node_id, label) for label in labels]
         for child in new:
-            self.corpus_env.submit(child, tree.path_names(child))
+            self._submit(child)
         self.counters["expansions"] += 1
         self._resolve_lookups()
         return new
@@ -311,8 +370,7 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         for _ in range(n_local * self.accelerator.num_processes):
             path = self.tree.sample_path(self.rng, self.expand_node)
             doc_id = self.tree.next_document(path[-1])
-            document = self.corpus_env.source.get(doc_id) if doc_id is not None else None
-            text = document.text[: args.document_max_chars] if document is not None else ""
+            text = self.truncate_document(self.corpus_env.get(doc_id).text) if doc_id is not None else ""
             names = " > ".join(self.tree.path_names(path[-1]))
             messages = challenger_messages("json", names, text, args.question_type)
             contexts.append({"messages": messages, "path": path, "document": text})
@@ -320,6 +378,14 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         mine = contexts[rank * n_local : (rank + 1) * n_local]
         self.sampled_paths += [c["path"] for c in mine]
         return mine
+
+    def truncate_document(self, text: str) -> str:
+        """The first ``document_max_tokens`` tokens of ``text`` (WIST: prompt_max_len - instruction_len)."""
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.args.document_max_tokens:
+            return text
+        return tokenizer.decode(ids[: self.args.document_max_tokens])
 
     # ----- questions and rewards -----------------------------------------------------------------------------------
     def parse_question(self, text: str, context: dict) -> ParsedQuestion:
@@ -370,7 +436,7 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         """Repetition penalty over the valid questions of all processes, and the MAP penalty, for local questions."""
         args = self.args
         all_questions = gather_object(list(questions))
-        start = sum(len(x) for x in gather_object([len(questions)])[: self.accelerator.process_index])
+        start = sum(gather_object([len(questions)])[: self.accelerator.process_index])  # one count per process
         local = slice(start, start + len(questions))
         rep = [0.0] * len(questions)
         if args.question_penalty == "bleu":
@@ -401,7 +467,9 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         for k, i in enumerate(valid):
             p, label = scored[k]
             penalty = args.question_penalty_coef * rep[k] + args.map_coef * map_pen[k]
-            rewards[i] = challenger_reward(p, args.challenger_reward, penalty, args.gauss_sigma2)
+            rewards[i] = challenger_reward(
+                p, args.challenger_reward, penalty, args.gauss_sigma2, floor=args.floor_challenger_reward
+            )
             candidate = {"question": questions[k], "label": label, "p": p, "reward": rewards[i]}
             candidate["embedding"] = embeddings[k].tolist() if embeddings.shape[1] else []
             contexts[i].setdefault("candidates", []).append(candidate)
@@ -468,7 +536,7 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         learnable = []
         admitted = []
         for group in groups:
-            if self.tree is not None:
+            if self.tree is not None and group["candidates"]:  # WIST drops groups with no valid question
                 g = learnability(group["best"], self.args.learnability_threshold)
                 if g is not None:
                     self.tree.update(group["path"], g)
@@ -588,7 +656,7 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         return {
             "rng": self.rng.bit_generator.state,
             "tree": self.tree.to_dict() if self.tree is not None else None,
-            "corpus": self.corpus_env.source.state_dict() if self.corpus_env is not None else {},
+            "corpus": self.corpus_env.state_dict() if self.corpus_env is not None else {},
             "memory": self.memory.to_dict(),
             "pool": self.pool,
             "pool_iteration": self.pool_iteration,
@@ -602,9 +670,19 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         self.counters = defaultdict(int, state["counters"])
         if state["tree"] is not None:
             self.tree = DomainTree.from_dict(state["tree"])
-            self.corpus_env.source.load_state_dict(state["corpus"])
+            self.corpus_env.load_state_dict(state["corpus"])
             for node_id in self.tree.pending():  # lookups in flight at save time are submitted again
-                self.corpus_env.submit(node_id, self.tree.path_names(node_id))
+                self._submit(node_id)
+
+    def create_optimizer(self, model=None):
+        """With separate roles, both adapters go into the optimizer, whatever adapter is active now.
+
+        ``set_adapter`` freezes the inactive adapter: generating before training (a held-out evaluation) or
+        transformers' checkpoint reload (which reloads the inactive adapter frozen) would otherwise leave one role
+        out of the optimizer, and a resumed optimizer state (both adapters) would no longer fit."""
+        if self.args.roles == "separate" and self.optimizer is None:
+            self.accelerator.unwrap_model(self.model).set_requires_grad([SOLVER_ADAPTER, CHALLENGER_ADAPTER], True)
+        return super().create_optimizer(model)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The model, plus the domain tree dump (also in every checkpoint, which saves through here)."""

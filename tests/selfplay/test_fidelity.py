@@ -1,0 +1,167 @@
+"""Preset fidelity and fixes that need a trainer: preset loss settings, the per-step role under gradient
+accumulation, encoders on the trainer's device, token truncation of documents, WIST's expansion rounds, dropping
+groups with no valid question, and the linear-time JSON scan."""
+
+import json
+import time
+
+import pytest
+
+from trl_mars.selfplay.corpus import LocalCorpus
+from trl_mars.selfplay.questions import parse_json_question
+from trl_mars.trainers import selfplay_trainer
+from trl_mars.trainers.selfplay_config import SelfPlayConfig, default_skill_encoder
+from trl_mars.trainers.selfplay_trainer import SelfPlayTrainer
+
+BASE = dict(max_steps=1, report_to="none", per_device_train_batch_size=4, num_generations=2)
+
+
+def test_presets_set_their_loss_settings(tmp_path):
+    """Bug: only the YAML set WIST's loss (dr_grpo, no std scaling, beta 0); the preset left TRL's dapo."""
+    wist = SelfPlayConfig(output_dir=str(tmp_path), preset="wist", **BASE)
+    assert (wist.loss_type, wist.scale_rewards, wist.beta, wist.epsilon) == ("dr_grpo", "none", 0.0, 0.2)
+    assert wist.require_answer_in_document is False and wist.floor_challenger_reward is False
+    rzero = SelfPlayConfig(output_dir=str(tmp_path), preset="rzero", **BASE)
+    assert (rzero.loss_type, rzero.scale_rewards, rzero.beta, rzero.floor_challenger_reward) == (
+        "grpo",
+        "group",
+        0.01,
+        True,
+    )
+    rdiverse = SelfPlayConfig(output_dir=str(tmp_path), preset="rdiverse", **BASE)
+    assert rdiverse.floor_challenger_reward is False  # R_unc - a P_rep - b P_MAP (eq. 11)
+    assert rdiverse.skill_encoder == "minilm"  # CPU; the paper's code abstraction on a GPU (below)
+    mine = SelfPlayConfig(output_dir=str(tmp_path), preset="wist", loss_type="grpo", beta=0.04, **BASE)
+    assert (mine.loss_type, mine.beta) == ("grpo", 0.04)  # explicit values win
+    assert (
+        default_skill_encoder("rdiverse", gpu=True) == "code" and default_skill_encoder("rzero", gpu=True) == "minilm"
+    )
+    code = SelfPlayConfig(output_dir=str(tmp_path), preset="rdiverse", skill_encoder="code", **BASE)
+    assert (code.skill_coder_model, code.skill_code_embedder) == (
+        "Qwen/Qwen2.5-Coder-7B-Instruct",
+        "jinaai/jina-code-embeddings-1.5b",
+    )
+
+
+def test_separate_roles_accept_generation_batches_within_one_optimizer_step(tmp_path):
+    """Bug: steps_per_generation > 1 spanned optimizer steps and the role was decided once per generation batch
+    (only the Challenger trained). A generation batch within one optimizer step is fine."""
+    kw = dict(BASE, output_dir=str(tmp_path), preset="rzero", gradient_accumulation_steps=2)
+    assert SelfPlayConfig(**kw, steps_per_generation=2).steps_per_generation == 2
+    assert SelfPlayConfig(**kw, steps_per_generation=1).gradient_accumulation_steps == 2
+    with pytest.raises(ValueError, match=r"steps_per_generation \* num_iterations \(4 \* 1\).*gradient_accumulation"):
+        SelfPlayConfig(**kw, steps_per_generation=4)
+    assert SelfPlayConfig(**{**kw, "preset": "wist"}, steps_per_generation=4).roles == "shared"  # one merged update
+
+
+def test_skill_encoder_is_built_on_the_trainers_device(tmp_path, tiny_qwen2_path, monkeypatch):
+    """Bug: the code-abstraction encoder's coder was loaded with no device (CPU under a GPU trainer)."""
+    calls = []
+
+    def fake_build(*args, **kwargs):
+        calls.append(kwargs.get("device"))
+        from trl_mars.selfplay.encoders import HashingEncoder
+
+        return HashingEncoder()
+
+    monkeypatch.setattr(selfplay_trainer, "build_skill_encoder", fake_build)
+    args = SelfPlayConfig(
+        output_dir=str(tmp_path), preset="rdiverse", skill_encoder="code", steps_per_iteration=2, challenger_steps=1,
+        **BASE,
+    )  # fmt: skip
+    from peft import LoraConfig
+
+    trainer = SelfPlayTrainer(tiny_qwen2_path, args=args, peft_config=LoraConfig(r=2, task_type="CAUSAL_LM"))
+    assert calls == [trainer.accelerator.device]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_code_encoder_models_follow_the_device(device, tiny_qwen2_path):
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from trl_mars.selfplay.encoders import build_skill_encoder
+
+    enc = build_skill_encoder("code", tiny_qwen2_path, tiny_qwen2_path, device=device)
+    assert enc.embedder.model.device.type == device
+    # the coder generates on the same device; an empty abstraction (a random coder) embeds the question instead
+    assert enc.encode(["What is 2+3?", "What is 3+4?"]).shape == (2, 64)
+
+
+@pytest.fixture(scope="module")
+def wist_corpus():
+    from trl_mars.data.movielens import load_movielens
+    from trl_mars.selfplay.movielens_corpus import build_movielens_documents
+
+    return LocalCorpus(build_movielens_documents(load_movielens(), max_movies=20))
+
+
+def test_wist_expansion_rounds_truncation_and_dropped_groups(tmp_path, tiny_qwen2_path, wist_corpus):
+    """Expansion loops until the level cap or 3 rounds without a new child (was: one round, at most 3 children);
+    documents are truncated by tokens (was: 4000 characters); a group with no valid question updates no posterior
+    (was: g = 0)."""
+    args = SelfPlayConfig(
+        output_dir=str(tmp_path), preset="wist", tree_num_proposals=2, document_max_tokens=12,
+        tree_corpus_fallback=False, **BASE,
+    )  # fmt: skip
+    rounds = iter([["A", "A"], ["B", "B"], ["?", "?"], ["C", "C"], ["D", "D"], ["E", "E"], ["F", "F"]])
+
+    class Scripted(SelfPlayTrainer):
+        def sample_texts(self, messages, n, role, temperature=None, max_new_tokens=None, greedy=False):
+            if messages and "topic tree" in messages[0][-1]["content"]:
+                return [[f"[Proposition Start]Topic {x}[Proposition End]" for x in next(rounds, ["?", "?"])]]
+            return super().sample_texts(messages, n, role, temperature, max_new_tokens, greedy)
+
+    trainer = Scripted(tiny_qwen2_path, args=args, corpus=wist_corpus)
+    movies = 1
+    new = trainer.expand_node(movies)  # level 2: cap 4 -> rounds A, B, (none), C, D
+    assert [trainer.tree.nodes[c].name for c in new] == ["topic a", "topic b", "topic c", "topic d"]
+    assert trainer.counters["policy_children"] == 4 and trainer.counters.get("corpus_fallback_children", 0) == 0
+    rounds = iter([["?", "?"]] * 3 + [["G", "G"]])
+    assert trainer.expand_node(movies) == []  # 3 rounds with no valid label: stop (fallback off)
+    assert next(rounds) == ["G", "G"]  # the 4th round was never sampled
+    text = " ".join(f"word{i}" for i in range(100))
+    short = trainer.truncate_document(text)
+    assert len(trainer.processing_class(short, add_special_tokens=False)["input_ids"]) <= 12
+    assert text.startswith(short.strip()) and len(short) < len(text)
+    assert trainer.truncate_document("a short text") == "a short text"
+    # a Challenger round whose questions are all invalid (random model) leaves every posterior untouched
+    trainer._challenger_round(1)
+    assert trainer.counters["invalid_questions"] == args.num_generations
+    assert all(not n.window and n.alpha == n.beta == 1.0 for n in trainer.tree.nodes)
+
+
+def test_json_scan_is_linear():
+    """Bug: 11.6 s for one 16k-character Challenger output with no valid JSON (quadratic rfind scan)."""
+    cases = ['{"a": 1 ' + "{ x } " * 2700, "{" * 16_000, "{ ] " * 4000, "}" * 16_000, '"{' * 8000]
+    start = time.perf_counter()
+    for text in cases:
+        assert parse_json_question(text).error == "no JSON object"
+    assert time.perf_counter() - start < 1.0
+    good = json.dumps(
+        {"question": "In which year was the crime film Heat released in cinemas?", "correct_answer": 1995}
+    )
+    assert parse_json_question("{not json} " + good + " {}").answer == "1995"  # first object that parses
+    assert (
+        parse_json_question('```json\n{"question": "x}{", "correct_answer": "1"}\n```', min_chars=1).question == "x}{"
+    )
+
+
+def test_both_adapters_enter_the_optimizer_after_an_evaluation(tmp_path, tiny_qwen2_path):
+    """Bug: a held-out evaluation before training activated the Solver adapter (freezing the Challenger's), so the
+    optimizer was built without the Challenger adapter and the Challenger never learned."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from selfplay_runs import build_trainer, trainable_report
+
+    trainer = build_trainer(tmp_path, "rdiverse", tiny_qwen2_path, max_steps=1, save_strategy="no")
+    trainer.evaluate_heldout([("In which year was the film Heat released?", "1995")])
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B.challenger" in n}
+    trainer.train()  # step 1 trains the Challenger (scripted rewards give non-zero advantages)
+    report = trainable_report(trainer)
+    assert report["challenger"]["in_optimizer"] == report["default"]["in_optimizer"] == len(before) * 2
+    after = dict(trainer.model.named_parameters())
+    assert any(not after[n].detach().equal(v) for n, v in before.items())  # the Challenger adapter moved

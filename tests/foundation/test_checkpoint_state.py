@@ -65,21 +65,16 @@ def test_resume_true_picks_the_newest_complete_checkpoint(tmp_path, flag):
     )
 
 
-def test_rotation_keeps_newest_complete_the_best_and_later_folders(tmp_path):
+def test_rotation_counts_the_best_within_the_limit_and_keeps_later_folders(tmp_path):
     for step in (1, 3, 4, 5, 7):
         save_method_state(tmp_path / f"checkpoint-{step}", {"step": step}, step=step)
     (tmp_path / "checkpoint-2").mkdir()  # killed mid-save
     deleted = rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=2, keep=[str(tmp_path / "checkpoint-1")])
-    assert [p.name for p in deleted] == ["checkpoint-2", "checkpoint-3"]
-    # kept: the best (1), the newest complete older one (4), the new one (5), an abandoned run's later folder (7)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint-1",
-        "checkpoint-4",
-        "checkpoint-5",
-        "checkpoint-7",
-    ]
+    assert [p.name for p in deleted] == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    # as the Trainer does, the best (1) counts within the limit: it and the new one (5) are kept; an abandoned
+    # run's later folder (7) is left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-5", "checkpoint-7"]
     assert rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=None) == []
-    assert [p.name for p in rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=1)] == [
-        "checkpoint-1",
-        "checkpoint-4",
-    ]
+    # a limit of 1 keeps a best older checkpoint too (the Trainer raises its limit to 2 then), and nothing else
+    assert rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=1, keep=[str(tmp_path / "checkpoint-1")]) == []
+    assert [p.name for p in rotate_checkpoints(tmp_path, newest_step=5, save_total_limit=1)] == ["checkpoint-1"]

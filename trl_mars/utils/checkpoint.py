@@ -161,15 +161,21 @@ def rotate_checkpoints(
     output_dir: str | os.PathLike, newest_step: int, save_total_limit: int | None, keep: Iterable[str] = ()
 ) -> list[Path]:
     """Delete checkpoints older than step ``newest_step`` (just marked complete) beyond the newest
-    ``save_total_limit`` complete ones, never one named in ``keep`` (e.g. the best model checkpoint);
-    incomplete older folders go too. Folders of later steps (an abandoned run's) are left alone. Returns
+    ``save_total_limit`` complete ones, counting one named in ``keep`` (the best model checkpoint) as the most
+    recent older one, as the Trainer does, so it is never deleted; incomplete older folders go too. Folders of later steps (an abandoned run's) are left alone. Returns
     the deleted folders."""
     if not save_total_limit or save_total_limit <= 0:
         return []
     older = [folder for step, folder in _checkpoints(output_dir) if step < newest_step]
+    protected = {Path(k).resolve() for k in keep if k}
     complete = [folder for folder in older if _marker(folder).exists()]
-    newest_complete = complete[len(complete) - (save_total_limit - 1) :] if save_total_limit > 1 else []
-    kept = {folder.resolve() for folder in newest_complete} | {Path(k).resolve() for k in keep if k}
+    # as the Trainer does: a kept folder counts as the most recent older one, within the limit (a limit of 1 with
+    # a kept older folder keeps that one too)
+    complete = [f for f in complete if f.resolve() not in protected] + [
+        f for f in complete if f.resolve() in protected
+    ]
+    room = max(save_total_limit - 1, 1 if any(f.resolve() in protected for f in complete) else 0)
+    kept = {folder.resolve() for folder in complete[len(complete) - room :]} if room else set()
     deleted = [folder for folder in older if folder.resolve() not in kept]
     for folder in deleted:
         logger.info("deleting checkpoint %s (save_total_limit=%d)", folder, save_total_limit)

@@ -102,6 +102,13 @@ class MoDAAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_dim, config.hidden_size, bias=config.o_bias)
+        # lambda_h = max(g_h, 0) scales head h's depth terms e^{z~}; clamp passes the gradient at g = 0
+        has_gate = config.depth_gate and self.depth_slot > 0
+        self.depth_gate = nn.Parameter(torch.ones(config.num_attention_heads)) if has_gate else None
+
+    def depth_gain(self) -> torch.Tensor | None:
+        """Per-query-head gains lambda_h = max(g_h, 0) of the depth terms (None: no gate, lambda = 1)."""
+        return None if self.depth_gate is None else self.depth_gate.clamp(min=0)
 
     def forward(
         self,
@@ -122,11 +129,15 @@ class MoDAAttention(nn.Module):
             k_all, v_all = (x.transpose(1, 2) for x in cache.update(*to_cache, self.layer_idx))
         n_depth = self.depth_slot
         depth = state.depth
+        gain = self.depth_gain()
         if state.visible is not None:
             depth_k, depth_v = (None, None) if depth is None else (depth.k, depth.v)
-            o = masked_moda_attention(q, k_all, v_all, depth_k, depth_v, n_depth, state.visible, self.scaling)
+            o = masked_moda_attention(
+                q, k_all, v_all, depth_k, depth_v, n_depth, state.visible, self.scaling, depth_gain=gain
+            )
         elif depth is not None:
-            o = depth.attend(q, k, v, n_depth, state.cu_seqlens, scale=self.scaling, backend=self.config.moda_backend)
+            backend = self.config.moda_backend
+            o = depth.attend(q, k, v, n_depth, state.cu_seqlens, scale=self.scaling, backend=backend, depth_gain=gain)
         else:
             o, _ = moda_attention(
                 q, k, v, cu_seqlens=state.cu_seqlens, scale=self.scaling, backend=self.config.moda_backend
@@ -201,6 +212,11 @@ class MoDAPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MoDADecoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MoDAAttention) and module.depth_gate is not None:
+            nn.init.ones_(module.depth_gate)  # lambda = 1: the paper's MoDA
 
 
 class MoDAModel(MoDAPreTrainedModel):

@@ -150,14 +150,32 @@ def test_triton_backend_matches_cpu_path(tiny_tokenizer, layout):
         torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_generate_with_cache_matches_without(tiny_tokenizer):
-    model = tiny_moda(tiny_tokenizer)
+@pytest.mark.parametrize("overrides", [{}, {"depth_kv": "attn"}], ids=["attn_ffn", "attn"])
+def test_generate_with_cache_matches_without(tiny_tokenizer, overrides):
+    """Greedy generation of a left-padded batch: cached decoding (SDPA over the cache, depth merged through the
+    lse) gives the tokens and scores of full recomputation."""
+    model = tiny_moda(tiny_tokenizer, **overrides)
     batch = tiny_tokenizer(["def add(a, b):", "The quick brown fox jumps"], return_tensors="pt", padding=True)
     kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
     cached = model.generate(**batch, use_cache=True, **kwargs)
     uncached = model.generate(**batch, use_cache=False, **kwargs)
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), rtol=1e-4, atol=1e-5)
+
+
+def test_cached_chunk_matches_full_forward(tiny_tokenizer):
+    """A 3-token chunk against a KV cache of a left-padded batch gives the full forward's logits."""
+    model = tiny_moda(tiny_tokenizer, depth_gate=True)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.depth_gate.uniform_(0, 2, generator=torch.Generator().manual_seed(4))
+    input_ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones_like(input_ids)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        full = model(input_ids, attention_mask=mask).logits
+        prefix = model(input_ids[:, :9], attention_mask=mask[:, :9], use_cache=True)
+        chunk = model(input_ids[:, 9:], attention_mask=mask, cache=prefix.cache, use_cache=True).logits
+    torch.testing.assert_close(chunk, full[:, 9:], rtol=1e-4, atol=1e-5)
 
 
 def test_save_and_load_through_auto_classes(tiny_tokenizer, tmp_path):

@@ -1,0 +1,78 @@
+"""MoDA models inside trl-mars: a converted checkpoint by path in our trainers and the search's backend.
+
+MoDA is registered with the transformers Auto classes when `trl_mars.models.moda` is imported (as here); the
+trainers load the model by path through those classes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trl_mars.models.moda import MoDAForCausalLM, convert_to_moda
+from trl_mars.search import SamplingConfig, TransformersBackend
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "rerec"))
+from rerec_scripted import scripted_config, scripted_trainer  # noqa: E402
+
+PROMPTS = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "Write add_3 please, in Python."}]]
+
+
+@pytest.fixture(scope="module")
+def moda_model_path(tmp_path_factory, tiny_qwen2_path) -> str:
+    """The tiny Qwen2 converted to MoDA (near identity, depth gates at 0) and saved with its tokenizer."""
+    path = tmp_path_factory.mktemp("moda-agent")
+    convert_to_moda(tiny_qwen2_path).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_qwen2_path).save_pretrained(path)
+    return str(path)
+
+
+def test_search_backend_generates_with_moda_as_with_its_source(tiny_qwen2_path, moda_model_path):
+    """Greedy generation through the search's transformers backend (left-padded batch, KV-cached decoding): the
+    converted model gives its source's tokens and log-probs, since it computes the same function."""
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_path)
+    sampling = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    gens = {}
+    for name, path in (("source", tiny_qwen2_path), ("moda", moda_model_path)):
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        assert isinstance(model, MoDAForCausalLM) == (name == "moda")
+        gens[name] = TransformersBackend(model, tok, sampling).generate(PROMPTS)
+    for got, want in zip(gens["moda"], gens["source"]):
+        assert got.completion_ids == want.completion_ids and len(got.completion_ids) > 0
+        torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=1e-4, rtol=1e-4)
+
+
+def _rerec_run(tmp_path, model_path, name, resume=None):
+    args = scripted_config(
+        str(tmp_path / name), per_device_train_batch_size=8, max_steps=2, save_strategy="steps", save_steps=1,
+        learning_rate=1e-2,
+    )  # fmt: skip
+    trainer, seen = scripted_trainer(model_path, args)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, seen
+
+
+def test_rerec_trains_saves_and_resumes_a_moda_model(tmp_path, moda_model_path):
+    """ReasoningRecTrainer (scripted rollouts) on a MoDA path: the weights (depth gates included) move, the
+    checkpoint is a MoDA model, and resuming from step 1 replays step 2's batch."""
+    full, full_seen = _rerec_run(tmp_path, moda_model_path, "full")
+    assert isinstance(full.model, MoDAForCausalLM)
+    start = AutoModelForCausalLM.from_pretrained(moda_model_path)
+    trained = dict(full.model.named_parameters())
+    moved = [n for n, p in start.named_parameters() if not torch.equal(p, trained[n].detach().cpu())]
+    assert moved and any(n.endswith("depth_gate") for n in moved)
+    ckpt = tmp_path / "full" / "checkpoint-1"
+    assert json.loads((ckpt / "config.json").read_text())["model_type"] == "moda"
+    reloaded = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert isinstance(reloaded, MoDAForCausalLM) and reloaded.config.depth_gate
+
+    resumed, resumed_seen = _rerec_run(tmp_path, moda_model_path, "resumed", resume=str(ckpt))
+    assert resumed.state.global_step == 2 and len(resumed_seen) == 1
+    assert resumed_seen[0]["completion_ids"] == full_seen[1]["completion_ids"]
+    for a, b in zip(resumed_seen[0]["advantages"], full_seen[1]["advantages"]):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b))

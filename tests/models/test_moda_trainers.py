@@ -76,3 +76,33 @@ def test_rerec_trains_saves_and_resumes_a_moda_model(tmp_path, moda_model_path):
     assert resumed_seen[0]["completion_ids"] == full_seen[1]["completion_ids"]
     for a, b in zip(resumed_seen[0]["advantages"], full_seen[1]["advantages"]):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b))
+
+
+def test_selfplay_trains_saves_and_resumes_a_moda_model(tmp_path, moda_model_path):
+    """SelfPlayTrainer (WIST preset, sampled Challenger and Solver) on a MoDA path: trains, checkpoints a MoDA
+    model, and a resumed run continues with the same tree paths and method state."""
+    from trl_mars.data.movielens import load_movielens
+    from trl_mars.selfplay.corpus import LocalCorpus
+    from trl_mars.selfplay.movielens_corpus import build_movielens_documents
+    from trl_mars.trainers.selfplay_config import SelfPlayConfig
+    from trl_mars.trainers.selfplay_trainer import SelfPlayTrainer
+
+    corpus = LocalCorpus(build_movielens_documents(load_movielens(), max_movies=40))
+
+    def args(output_dir):
+        return SelfPlayConfig(
+            output_dir=str(output_dir), preset="wist", max_completion_length=8, num_generations=2,
+            per_device_train_batch_size=4, num_solver_samples=3, learning_rate=1e-3, logging_steps=1,
+            report_to="none", gradient_checkpointing=False, tree_num_proposals=2, steps_per_iteration=2,
+            max_steps=3, save_steps=2,
+        )  # fmt: skip
+
+    full = SelfPlayTrainer(moda_model_path, args=args(tmp_path / "a"), corpus=corpus)
+    assert isinstance(full.model, MoDAForCausalLM)
+    full.train()
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    assert json.loads((checkpoint / "config.json").read_text())["model_type"] == "moda"
+    resumed = SelfPlayTrainer(moda_model_path, args=args(tmp_path / "b"), corpus=corpus)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.sampled_paths == full.sampled_paths[2:]
+    assert resumed.method_state() == full.method_state()

@@ -106,3 +106,41 @@ def test_selfplay_trains_saves_and_resumes_a_moda_model(tmp_path, moda_model_pat
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.sampled_paths == full.sampled_paths[2:]
     assert resumed.method_state() == full.method_state()
+
+
+def test_mars2_trains_saves_and_resumes_a_moda_agent(tmp_path, moda_model_path, monkeypatch):
+    """MultiAgentTreeTrainer with one MoDA agent by path (dense letter-share verifier, so advantages are not 0):
+    the agent's weights move, its checkpoint is a MoDA model, and a resumed run reaches the last step."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "trainers"))
+    from mars2_helpers import tiny_mars2_config
+    from test_mars2_learns import LetterShare
+
+    from trl_mars.data.code_tasks import code_task_splits
+    from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
+
+    monkeypatch.setattr("trl_mars.search.engine.extract_code", lambda text: text)
+    train, _ = code_task_splits(8, 0, seed=0)
+
+    def run(max_steps, resume=None):
+        args = tiny_mars2_config(
+            tmp_path / "out", [{"name": "moda", "model": moda_model_path}], max_steps=max_steps, max_nodes=2,
+            save_strategy="steps", save_steps=1, max_completion_length=8, shuffle_dataset=False,
+        )  # fmt: skip
+        trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
+        trainer.search.verifier = LetterShare()
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        finally:
+            trainer.sandbox.close()
+        return trainer
+
+    first = run(1)
+    model = first.model  # agent 0
+    assert isinstance(model, MoDAForCausalLM)
+    start = AutoModelForCausalLM.from_pretrained(moda_model_path)
+    trained = dict(model.named_parameters())
+    assert any(not torch.equal(p, trained[n].detach().cpu()) for n, p in start.named_parameters())
+    configs = list((tmp_path / "out" / "checkpoint-1").rglob("config.json"))
+    assert configs and all(json.loads(c.read_text())["model_type"] == "moda" for c in configs), configs
+    resumed = run(2, resume=True)
+    assert resumed.state.global_step == 2

@@ -208,6 +208,23 @@ def test_converter_is_exactly_the_source_model(tiny_qwen2_path, tiny_llama_path)
                 torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], rtol=1e-5, atol=2e-6)
 
 
+def test_hidden_states_are_those_of_the_source(tiny_qwen2_path):
+    """output_hidden_states gives the embeddings, every layer's output and the final-norm states, as transformers
+    does (equal to the source's for a near-identity conversion); output_attentions is rejected."""
+    source = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path).eval()
+    converted = convert_to_moda(source).eval()
+    input_ids = torch.randint(0, source.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = source(input_ids, output_hidden_states=True).hidden_states
+        got = converted(input_ids, output_hidden_states=True).hidden_states
+    assert len(got) == len(want) == source.config.num_hidden_layers + 1
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=2e-6)
+    assert converted(input_ids).hidden_states is None
+    with pytest.raises(ValueError, match="output_attentions"):
+        converted(input_ids, output_attentions=True)
+
+
 def test_converted_model_can_train_depth_on(tiny_qwen2_path):
     """At the gate's zero the loss still has a gradient in every gate; one SGD step opens gates, after which the
     FFN-KV projections (whose gradient is proportional to the depth probabilities) get gradients too."""

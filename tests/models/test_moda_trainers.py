@@ -144,3 +144,32 @@ def test_mars2_trains_saves_and_resumes_a_moda_agent(tmp_path, moda_model_path, 
     assert configs and all(json.loads(c.read_text())["model_type"] == "moda" for c in configs), configs
     resumed = run(2, resume=True)
     assert resumed.state.global_step == 2
+
+
+def test_trace_embed_trains_and_saves_a_moda_model(tmp_path, tiny_cache, shared_data):
+    """TraceEmbedTrainer on the tiny MovieLens model converted to MoDA (it reads the last hidden states as the
+    embedding): every weight moves, and the saved model reloads as MoDA with the added <|emb|> token."""
+    from datasets import Dataset
+
+    from trl_mars.embed.movielens_task import build_movielens_retrieval_task
+    from trl_mars.embed.tiny import TINY_TRACE_ARGS, tiny_movielens_model_path
+    from trl_mars.trainers.trace_config import TraceConfig
+    from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
+
+    source = tiny_movielens_model_path(cache_dir=tiny_cache)
+    path = tmp_path / "moda-embed"
+    convert_to_moda(source, near_identity=False).save_pretrained(path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    task = build_movielens_retrieval_task(path=shared_data / "movielens", num_movies=120, seed=0)
+    train = Dataset.from_list(task.train_rows(hard_negative=True)[:16])
+    args = TraceConfig(**{**TINY_TRACE_ARGS, "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8,
+                          "max_steps": 2, "learning_rate": 3e-3, "logging_steps": 1})  # fmt: skip
+    trainer = TraceEmbedTrainer(str(path), args=args, train_dataset=train)
+    assert isinstance(trainer.model, MoDAForCausalLM)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert all(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert isinstance(reloaded, MoDAForCausalLM)
+    assert reloaded.get_input_embeddings().num_embeddings == len(trainer.processing_class)

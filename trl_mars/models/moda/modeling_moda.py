@@ -277,10 +277,18 @@ class MoDAModel(MoDAPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """Final-norm hidden states [B, T, D]; with output_hidden_states also the embeddings and every layer's
+        output (the last entry after the final norm, as in transformers' Llama)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if output_attentions:
+            raise ValueError("output_attentions is not supported by MoDA (its kernels never form the attention map)")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache is None:
@@ -298,10 +306,14 @@ class MoDAModel(MoDAPreTrainedModel):
             hidden_states = hidden_states.reshape(1, B * T, -1)
             position_ids = position_ids.expand(B, T).reshape(1, B * T)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden = []
         for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden_states.view(B, T, -1))
             hidden_states = layer(hidden_states, position_embeddings, state, cache=cache)
         hidden_states = self.norm(hidden_states).view(B, T, -1)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+        all_hidden = (*all_hidden, hidden_states) if output_hidden_states else None
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden)
 
 
 class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
@@ -326,6 +338,8 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
@@ -335,10 +349,14 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )

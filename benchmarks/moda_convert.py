@@ -12,7 +12,7 @@ Variants, each measured at conversion and after `--steps` steps of continued pre
 Columns: KL(original at conversion || variant) in nats per token and perplexity on the held-out blocks; for the
 gated model also the mean gate max(g, 0) after training. Prints a table, then one JSON line.
 
-    python benchmarks/moda_convert.py [--steps 16] [--batch 4] [--block 128] [--eval-blocks 16] [--threads 2]
+    python benchmarks/moda_convert.py [--steps 8] [--batch 2] [--block 128] [--eval-blocks 8] [--threads 2]
 """
 
 from __future__ import annotations
@@ -104,10 +104,10 @@ def mean_gate(model) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--block", type=int, default=128)
-    parser.add_argument("--eval-blocks", type=int, default=16)
+    parser.add_argument("--eval-blocks", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--gate-lr", type=float, default=1e-2, help="AdamW learning rate of the depth gates")
     parser.add_argument("--threads", type=int, default=2)
@@ -120,7 +120,7 @@ def main() -> None:
     original = AutoModelForCausalLM.from_pretrained(path, gguf_file=GGUF_FILE, dtype=torch.float32)
     train, held_out = humaneval_blocks(tokenizer, args.block)
     held_out = held_out[: args.eval_blocks]
-    print(f"train: {len(train)} blocks x {args.block} tokens; held out: {len(held_out)} blocks")
+    print(f"train: {len(train)} blocks x {args.block} tokens; held out: {len(held_out)} blocks", flush=True)
 
     reference, _, ppl_original = evaluate(original, None, held_out, args.batch)
     variants = {
@@ -139,6 +139,7 @@ def main() -> None:
         _, kl1, ppl1 = evaluate(model, reference, held_out, args.batch)
         row = {"variant": name, "kl_init": kl0, "ppl_init": ppl0, "kl_trained": kl1, "ppl_trained": ppl1}
         rows.append(row | {"gate_mean_trained": mean_gate(model), "train_s": round(seconds, 1)})
+        print(f"done {name}: {rows[-1]}", flush=True)
         del model
 
     print(f"\n{'variant':<12} {'KL init':>10} {'PPL init':>9} {'KL trained':>11} {'PPL trained':>12} {'gate':>7}")

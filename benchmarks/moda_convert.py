@@ -9,7 +9,7 @@ Variants, each measured at conversion and after `--steps` steps of continued pre
   - original:      the Llama itself (its continued-pretraining row is the baseline for what training alone does);
   - moda-gate0:    convert_to_moda(...) (near identity: depth gate lambda = 0 per head, FFN-KV projections 0);
   - moda-paper:    convert_to_moda(..., near_identity=False) (every depth slot read from the start).
-Columns: KL(original at conversion || variant) in nats per token and perplexity on the held-out blocks; for the
+`--variants` picks a subset. Columns: KL(original at conversion || variant) in nats per token and perplexity on the held-out blocks; for the
 gated model also the mean gate max(g, 0) after training. Prints a table, then one JSON line.
 
     python benchmarks/moda_convert.py [--steps 8] [--batch 2] [--block 128] [--eval-blocks 8] [--threads 2]
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--gate-lr", type=float, default=1e-2, help="AdamW learning rate of the depth gates")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=["original", "moda-gate0", "moda-paper"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -129,8 +130,8 @@ def main() -> None:
         "moda-paper": lambda: convert_to_moda(original, near_identity=False, moda_backend="cpu"),
     }
     rows = []
-    for name, build in variants.items():
-        model = build()
+    for name in args.variants:
+        model = variants[name]()
         if name == "original":
             kl0, ppl0 = 0.0, ppl_original
         else:
@@ -149,7 +150,7 @@ def main() -> None:
             f"{r['variant']:<12} {r['kl_init']:>10.2e} {r['ppl_init']:>9.3f} {r['kl_trained']:>11.2e} "
             f"{r['ppl_trained']:>12.3f} {gate:>7}"
         )
-    settings = {k: getattr(args, k) for k in ("steps", "batch", "block", "lr", "gate_lr")}
+    settings = {k: getattr(args, k) for k in ("steps", "batch", "block", "lr", "gate_lr", "threads")}
     print(json.dumps({"checkpoint": GGUF_FILE, "held_out_blocks": len(held_out), **settings, "rows": rows}))
 
 

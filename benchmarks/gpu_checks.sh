@@ -3,7 +3,8 @@
 #   1. the Triton kernel tests compiled for the GPU (CI runs them in the Triton interpreter on CPU),
 #   2. the MARS² recipe on one GPU in bf16 (short run: warm-up, 4 RL steps, checkpoints, held-out eval),
 #   3. the same under FSDP2 (accelerate's fsdp2.yaml with one process), then resumed from its last checkpoint,
-#   4. benchmarks/moda_gpu.py (MoDA efficiency against the same attention without depth).
+#   4. benchmarks/moda_gpu.py (MoDA efficiency against our n_depth=0 kernel and SDPA flash; autotunes the
+#      Triton kernels per sequence-length bucket on first use, then 5 timed samples per variant and shape).
 # usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]   (CHECK: kernels mars2 fsdp2 moda; default all)
 # Each check has its own time limit; its log goes to LOG_DIR/<name>.log.
 set -uo pipefail
@@ -38,7 +39,7 @@ for check in "${CHECKS[@]}"; do
         step mars2_fsdp2 150 $PY "${FSDP2[@]}" recipes/mars2.py "${SMOKE[@]}" --output_dir /tmp/mars2-fsdp2
         step mars2_fsdp2_resume 150 $PY "${FSDP2[@]}" recipes/mars2.py "${SMOKE[@]}" --max_steps 6 \
             --output_dir /tmp/mars2-fsdp2 --resume_from_checkpoint true ;;
-    moda) step moda_gpu 150 $PY benchmarks/moda_gpu.py ;;
+    moda) step moda_gpu 400 $PY benchmarks/moda_gpu.py ;;
     *) echo "unknown check $check" && exit 2 ;;
     esac
 done

@@ -39,7 +39,7 @@ def explicit_logits(model: MoDAForCausalLM, input_ids: torch.Tensor) -> torch.Te
             q, k, v = (proj(x).view(B, T, -1, config.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
             stacked = [torch.stack(d, 2) if d else None for d in (depth_k, depth_v)]
-            o, _ = naive_moda(q, k, v, *stacked, len(depth_k))
+            o, _ = naive_moda(q, k, v, *stacked, len(depth_k), depth_gain=attn.depth_gain())
             depth_k.append(k)
             depth_v.append(v)
             return attn.o_proj(o.reshape(B, T, -1))
@@ -62,11 +62,22 @@ def explicit_logits(model: MoDAForCausalLM, input_ids: torch.Tensor) -> torch.Te
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"depth_kv": "attn"}, {"norm_placement": "post"}, {"num_hidden_layers": 3, "qkv_bias": True}],
-    ids=["attn_ffn-pre", "attn-pre", "attn_ffn-post", "3layers-bias"],
+    [
+        {},
+        {"depth_kv": "attn"},
+        {"norm_placement": "post"},
+        {"num_hidden_layers": 3, "qkv_bias": True},
+        {"depth_gate": True},
+    ],
+    ids=["attn_ffn-pre", "attn-pre", "attn_ffn-post", "3layers-bias", "gate"],
 )
 def test_fused_depth_buffer_matches_explicit_depth_lists(tiny_tokenizer, overrides):
     model = tiny_moda(tiny_tokenizer, **overrides)
+    if overrides.get("depth_gate"):
+        with torch.no_grad():  # gates away from 1, one at 0
+            gate = model.model.layers[1].self_attn.depth_gate
+            gate.copy_(torch.rand(gate.shape, generator=torch.Generator().manual_seed(5)) * 2)
+            gate[0] = 0.0
     input_ids = torch.randint(3, 200, (2, 13), generator=torch.Generator().manual_seed(0))
     logits = model(input_ids).logits
     logits_ref = explicit_logits(model, input_ids)
@@ -139,14 +150,32 @@ def test_triton_backend_matches_cpu_path(tiny_tokenizer, layout):
         torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_generate_with_cache_matches_without(tiny_tokenizer):
-    model = tiny_moda(tiny_tokenizer)
+@pytest.mark.parametrize("overrides", [{}, {"depth_kv": "attn"}], ids=["attn_ffn", "attn"])
+def test_generate_with_cache_matches_without(tiny_tokenizer, overrides):
+    """Greedy generation of a left-padded batch: cached decoding (SDPA over the cache, depth merged through the
+    lse) gives the tokens and scores of full recomputation."""
+    model = tiny_moda(tiny_tokenizer, **overrides)
     batch = tiny_tokenizer(["def add(a, b):", "The quick brown fox jumps"], return_tensors="pt", padding=True)
     kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
     cached = model.generate(**batch, use_cache=True, **kwargs)
     uncached = model.generate(**batch, use_cache=False, **kwargs)
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), rtol=1e-4, atol=1e-5)
+
+
+def test_cached_chunk_matches_full_forward(tiny_tokenizer):
+    """A 3-token chunk against a KV cache of a left-padded batch gives the full forward's logits."""
+    model = tiny_moda(tiny_tokenizer, depth_gate=True)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.depth_gate.uniform_(0, 2, generator=torch.Generator().manual_seed(4))
+    input_ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones_like(input_ids)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        full = model(input_ids, attention_mask=mask).logits
+        prefix = model(input_ids[:, :9], attention_mask=mask[:, :9], use_cache=True)
+        chunk = model(input_ids[:, 9:], attention_mask=mask, cache=prefix.cache, use_cache=True).logits
+    torch.testing.assert_close(chunk, full[:, 9:], rtol=1e-4, atol=1e-5)
 
 
 def test_save_and_load_through_auto_classes(tiny_tokenizer, tmp_path):
@@ -164,13 +193,66 @@ def next_token_kl(source, converted, input_ids) -> tuple[float, float]:
     return (p.exp() * (p - q)).sum(-1).mean().item(), (p.argmax(-1) == q.argmax(-1)).float().mean().item()
 
 
-def test_converter_keeps_next_token_predictions(tiny_qwen2_path, tiny_llama_path):
+def test_converter_is_exactly_the_source_model(tiny_qwen2_path, tiny_llama_path):
+    """Converted with the depth gate at 0, the MoDA model's logits are the source's (padded batch included)."""
+    for path in (tiny_qwen2_path, tiny_llama_path):
+        source = AutoModelForCausalLM.from_pretrained(path).eval()
+        converted = convert_to_moda(source).eval()
+        assert converted.config.depth_gate
+        input_ids = torch.randint(0, source.config.vocab_size, (4, 24), generator=torch.Generator().manual_seed(0))
+        padding = torch.ones_like(input_ids)
+        padding[1, :5] = 0
+        with torch.no_grad():
+            for mask in (torch.ones_like(input_ids), padding):
+                expected, got = (m(input_ids, attention_mask=mask).logits for m in (source, converted))
+                torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], rtol=1e-5, atol=2e-6)
+
+
+def test_hidden_states_are_those_of_the_source(tiny_qwen2_path):
+    """output_hidden_states gives the embeddings, every layer's output and the final-norm states, as transformers
+    does (equal to the source's for a near-identity conversion); output_attentions is rejected."""
     source = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path).eval()
     converted = convert_to_moda(source).eval()
-    assert converted.config.qkv_bias and not converted.config.o_bias
+    input_ids = torch.randint(0, source.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = source(input_ids, output_hidden_states=True).hidden_states
+        got = converted(input_ids, output_hidden_states=True).hidden_states
+    assert len(got) == len(want) == source.config.num_hidden_layers + 1
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=2e-6)
+    assert converted(input_ids).hidden_states is None
+    with pytest.raises(ValueError, match="output_attentions"):
+        converted(input_ids, output_attentions=True)
+
+
+def test_converted_model_can_train_depth_on(tiny_qwen2_path):
+    """At the gate's zero the loss still has a gradient in every gate; one SGD step opens gates, after which the
+    FFN-KV projections (whose gradient is proportional to the depth probabilities) get gradients too."""
+    source = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path)
+    converted = convert_to_moda(source, moda_backend="cpu").train()
+    input_ids = torch.randint(0, source.config.vocab_size, (4, 24), generator=torch.Generator().manual_seed(0))
+    converted(input_ids, labels=input_ids).loss.backward()
+    gates = [layer.self_attn.depth_gate for layer in converted.model.layers if layer.self_attn.depth_gate is not None]
+    assert gates and all(g.grad is not None and g.grad.abs().min() > 0 for g in gates)
+    ffn_kv = [p for n, p in converted.named_parameters() if ".ffn_kv." in n]
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in ffn_kv)  # P~ = 0 at the start
+    with torch.no_grad():
+        for g in gates:
+            g -= 10.0 * g.grad  # plain SGD; heads whose gradient asks for depth open (the others stay at 0)
+    assert any((g > 0).any() for g in gates)
+    converted.zero_grad()
+    converted(input_ids, labels=input_ids).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in ffn_kv)
+
+
+def test_converter_without_near_identity_keeps_next_token_predictions(tiny_qwen2_path, tiny_llama_path):
+    """The paper's formulation from the start (near_identity=False): every depth slot is read, a small drift."""
+    source = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path).eval()
+    converted = convert_to_moda(source, near_identity=False).eval()
+    assert converted.config.qkv_bias and not converted.config.o_bias and not converted.config.depth_gate
     input_ids = torch.randint(0, source.config.vocab_size, (4, 24), generator=torch.Generator().manual_seed(0))
     kl, top1 = next_token_kl(source, converted, input_ids)
-    assert kl < CONVERTER_KL_BOUND and top1 >= 0.95, (kl, top1)
+    assert 0 < kl < CONVERTER_KL_BOUND and top1 >= 0.95, (kl, top1)
     llama = convert_to_moda(tiny_llama_path, depth_kv="attn")
     assert llama.config.num_depth_slots == llama.config.num_hidden_layers - 1
 

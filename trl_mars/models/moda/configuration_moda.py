@@ -21,6 +21,9 @@ class MoDAConfig(PretrainedConfig):
     - ``depth_kv="attn"``: its attention K/V only (no new parameters); layer l reads l slots.
 
     ``norm_placement`` is "pre" (x + f(norm(x))) or "post" (norm(x + f(x)), the paper's best setting).
+    ``depth_gate``: each layer with depth slots gets a learnable gain g_h per query head, and head h's depth
+    terms enter the softmax as max(g_h, 0) e^{z~} (a depth logit bias log g_h). It starts at 1 (the paper's
+    MoDA) in a fresh model and at 0 (exactly the source model, with a non-zero gradient) in `convert_to_moda`.
     ``qkv_bias`` / ``o_bias`` put biases on the q, k, v / o projections (Qwen2: qkv only). ``moda_backend`` picks
     the attention kernels: "auto" (Triton on CUDA, the fused CPU path elsewhere), "triton" or "cpu".
     """
@@ -51,6 +54,7 @@ class MoDAConfig(PretrainedConfig):
     o_bias: bool = False
     mlp_bias: bool = False
     depth_kv: str = "attn_ffn"
+    depth_gate: bool = False
     norm_placement: str = "pre"
     moda_backend: str = "auto"
 

@@ -43,28 +43,35 @@ def moda_config_from(config: PretrainedConfig, **overrides) -> MoDAConfig:
     return MoDAConfig(**{**fields, **biases, "head_dim": head_dim, **overrides})
 
 
-def convert_to_moda(source: PreTrainedModel | str | os.PathLike, **config_overrides) -> MoDAForCausalLM:
+def convert_to_moda(
+    source: PreTrainedModel | str | os.PathLike, near_identity: bool = True, **config_overrides
+) -> MoDAForCausalLM:
     """MoDA version of a Qwen2 / Llama checkpoint (a model or a path), keeping every existing weight.
 
-    The attention-KV depth slots reuse the layers' own K/V (no parameters). The new FFN-KV projections are
-    initialised to zero: each FFN slot then has logit s q . 0 = 0 and value 0, so it only adds e^0 = 1 to the
-    softmax normaliser (negligible next to a trained model's attention mass), while both matrices still get
-    gradients (dW_v = P~ dO x^T, dW_k = s dS~ q x^T). `config_overrides` set MoDA options such as
-    depth_kv="attn" or moda_backend; norm_placement must stay "pre" to match the source.
+    The attention-KV depth slots reuse the layers' own K/V (no parameters); the new FFN-KV projections start at
+    zero. With `near_identity` (default) the model gets a depth gate (`MoDAConfig.depth_gate`) initialised to 0:
+    every head's depth terms enter the softmax as lambda_h e^{z~} with lambda_h = 0, so the converted model
+    computes exactly the source's function, while d loss / d lambda_h = sum_{t,i} e^{z~ - lse} (dP~ - delta)
+    (the first-order gain of letting head h read depth) is non-zero, so training opens the gate where depth
+    helps; lambda = 1 is the paper's MoDA. Without it (the paper's formulation from the start), every depth
+    slot is read at once and the function drifts. `config_overrides` set MoDA options such as depth_kv="attn"
+    or moda_backend; norm_placement must stay "pre" to match the source.
     """
     model = source if isinstance(source, PreTrainedModel) else AutoModelForCausalLM.from_pretrained(source)
-    config = moda_config_from(model.config, **config_overrides)
+    config = moda_config_from(model.config, **{"depth_gate": near_identity, **config_overrides})
     if config.norm_placement != "pre":
         raise ValueError("Qwen2 / Llama are pre-norm; a converted model must keep norm_placement='pre'")
     moda = MoDAForCausalLM(config).to(dtype=model.dtype, device=model.device)
     missing, unexpected = moda.load_state_dict(model.state_dict(), strict=False)
-    new = [name for name in missing if ".ffn_kv." not in name and name != "lm_head.weight"]
+    new = [n for n in missing if ".ffn_kv." not in n and not n.endswith(".depth_gate") and n != "lm_head.weight"]
     if new or unexpected:
         raise ValueError(f"checkpoint does not map onto MoDA: missing {new}, unexpected {unexpected}")
     for layer in moda.model.layers:
         if layer.ffn_kv is not None:
             layer.ffn_kv.k_proj.weight.data.zero_()
             layer.ffn_kv.v_proj.weight.data.zero_()
+        if layer.self_attn.depth_gate is not None and near_identity:
+            layer.self_attn.depth_gate.data.zero_()
     moda.tie_weights()
     moda.generation_config = model.generation_config
     return moda

@@ -102,6 +102,13 @@ class MoDAAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_dim, config.hidden_size, bias=config.o_bias)
+        # lambda_h = max(g_h, 0) scales head h's depth terms e^{z~}; clamp passes the gradient at g = 0
+        has_gate = config.depth_gate and self.depth_slot > 0
+        self.depth_gate = nn.Parameter(torch.ones(config.num_attention_heads)) if has_gate else None
+
+    def depth_gain(self) -> torch.Tensor | None:
+        """Per-query-head gains lambda_h = max(g_h, 0) of the depth terms (None: no gate, lambda = 1)."""
+        return None if self.depth_gate is None else self.depth_gate.clamp(min=0)
 
     def forward(
         self,
@@ -122,11 +129,15 @@ class MoDAAttention(nn.Module):
             k_all, v_all = (x.transpose(1, 2) for x in cache.update(*to_cache, self.layer_idx))
         n_depth = self.depth_slot
         depth = state.depth
+        gain = self.depth_gain()
         if state.visible is not None:
             depth_k, depth_v = (None, None) if depth is None else (depth.k, depth.v)
-            o = masked_moda_attention(q, k_all, v_all, depth_k, depth_v, n_depth, state.visible, self.scaling)
+            o = masked_moda_attention(
+                q, k_all, v_all, depth_k, depth_v, n_depth, state.visible, self.scaling, depth_gain=gain
+            )
         elif depth is not None:
-            o = depth.attend(q, k, v, n_depth, state.cu_seqlens, scale=self.scaling, backend=self.config.moda_backend)
+            backend = self.config.moda_backend
+            o = depth.attend(q, k, v, n_depth, state.cu_seqlens, scale=self.scaling, backend=backend, depth_gain=gain)
         else:
             o, _ = moda_attention(
                 q, k, v, cu_seqlens=state.cu_seqlens, scale=self.scaling, backend=self.config.moda_backend
@@ -202,6 +213,11 @@ class MoDAPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MoDADecoderLayer"]
 
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MoDAAttention) and module.depth_gate is not None:
+            nn.init.ones_(module.depth_gate)  # lambda = 1: the paper's MoDA
+
 
 class MoDAModel(MoDAPreTrainedModel):
     """The MoDA decoder stack; returns the final-norm hidden states [B, T, D]."""
@@ -261,10 +277,18 @@ class MoDAModel(MoDAPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """Final-norm hidden states [B, T, D]; with output_hidden_states also the embeddings and every layer's
+        output (the last entry after the final norm, as in transformers' Llama)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if output_attentions:
+            raise ValueError("output_attentions is not supported by MoDA (its kernels never form the attention map)")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache is None:
@@ -282,10 +306,14 @@ class MoDAModel(MoDAPreTrainedModel):
             hidden_states = hidden_states.reshape(1, B * T, -1)
             position_ids = position_ids.expand(B, T).reshape(1, B * T)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden = []
         for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden_states.view(B, T, -1))
             hidden_states = layer(hidden_states, position_embeddings, state, cache=cache)
         hidden_states = self.norm(hidden_states).view(B, T, -1)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+        all_hidden = (*all_hidden, hidden_states) if output_hidden_states else None
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden)
 
 
 class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
@@ -310,6 +338,8 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
@@ -319,10 +349,14 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )

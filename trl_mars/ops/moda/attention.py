@@ -41,19 +41,12 @@ def resolve_backend(backend: Backend, device: torch.device) -> tuple[Callable, C
     raise ValueError(f"unknown MoDA backend {backend!r}; expected 'auto', 'triton' or 'cpu'")
 
 
-def _pad_slots(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Gradient of a whole depth buffer from the gradient of its first n_depth slots (zero elsewhere)."""
-    full = torch.zeros_like(like)
-    if grad is not None:
-        full[:, :, : grad.shape[2]] = grad
-    return full
-
-
 class MoDAFunction(torch.autograd.Function):
-    """o, lse = MoDA(q, k, v, depth_k[:, :, :n_depth], depth_v[:, :, :n_depth]); lse is not differentiable.
+    """o, lse = MoDA(q, k, v, depth_k[:, :, :n_depth], depth_v[:, :, :n_depth], depth_gain); lse not differentiable.
 
-    With `grad_sink` (a DepthKVBuffer owning depth_k / depth_v) the depth gradients are accumulated into the
-    buffer's gradient instead of being returned; the buffer hands them to the tensors it was filled from.
+    With `grad_sink` (a DepthKVBuffer owning depth_k / depth_v) the backends write the depth gradients straight
+    into the buffer's gradient (accumulating over the slots an earlier reader already filled) instead of
+    returning them; the buffer hands them to the tensors it was filled from.
     """
 
     @staticmethod
@@ -64,6 +57,7 @@ class MoDAFunction(torch.autograd.Function):
         v: torch.Tensor,
         depth_k: torch.Tensor | None,
         depth_v: torch.Tensor | None,
+        depth_gain: torch.Tensor | None,
         n_depth: int,
         cu_seqlens: torch.Tensor | None,
         causal: bool,
@@ -72,8 +66,9 @@ class MoDAFunction(torch.autograd.Function):
         grad_sink: DepthKVBuffer | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         fwd, ctx.bwd = resolve_backend(backend, q.device)
+        gain = None if depth_gain is None else depth_gain.detach().float().contiguous()
         x = MoDAInputs(
-            q.contiguous(), k.contiguous(), v.contiguous(), depth_k, depth_v, n_depth, cu_seqlens, causal, scale
+            q.contiguous(), k.contiguous(), v.contiguous(), depth_k, depth_v, n_depth, cu_seqlens, causal, scale, gain
         )
         o, lse = fwd(x)
         ctx.mark_non_differentiable(lse)
@@ -81,6 +76,7 @@ class MoDAFunction(torch.autograd.Function):
         # the depth buffers are held by reference, not version-checked: a grad sink keeps writing later slots
         ctx.inputs = x._replace(q=None, k=None, v=None)
         ctx.grad_sink = grad_sink
+        ctx.gain_dtype = None if depth_gain is None else depth_gain.dtype
         return o, lse
 
     @staticmethod
@@ -88,14 +84,21 @@ class MoDAFunction(torch.autograd.Function):
     def backward(ctx, do: torch.Tensor, _dlse: torch.Tensor | None):
         q, k, v, o, lse = ctx.saved_tensors
         x = ctx.inputs._replace(q=q, k=k, v=v)
-        dq, dk, dv, d_depth_k, d_depth_v = ctx.bwd(x, o, lse, do.contiguous())
-        if ctx.grad_sink is not None:
-            ctx.grad_sink.accumulate_grad(d_depth_k, d_depth_v)
-            d_depth_k = d_depth_v = None
-        elif x.depth_k is not None:
-            d_depth_k = _pad_slots(d_depth_k, x.depth_k) if ctx.needs_input_grad[3] else None
-            d_depth_v = _pad_slots(d_depth_v, x.depth_v) if ctx.needs_input_grad[4] else None
-        return dq, dk, dv, d_depth_k, d_depth_v, None, None, None, None, None, None
+        n, sink = x.n_depth, ctx.grad_sink
+        grad_k = grad_v = None
+        n_init = 0
+        if n > 0 and sink is not None:
+            grad_k, grad_v, n_init = sink.grad_target(n)
+        elif n > 0 and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]):
+            grad_k, grad_v = torch.empty_like(x.depth_k), torch.empty_like(x.depth_v)
+            grad_k[:, :, n:] = 0  # only the unread slots are zero-filled; the backend writes [0, n)
+            grad_v[:, :, n:] = 0
+        dq, dk, dv, d_gain = ctx.bwd(x, o, lse, do.contiguous(), grad_k, grad_v, n_init)
+        if sink is not None:
+            grad_k = grad_v = None
+        if d_gain is not None:
+            d_gain = d_gain.to(ctx.gain_dtype)
+        return dq, dk, dv, grad_k, grad_v, d_gain, None, None, None, None, None, None
 
 
 def moda_attention(
@@ -109,6 +112,7 @@ def moda_attention(
     causal: bool = True,
     scale: float | None = None,
     backend: Backend = "auto",
+    depth_gain: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Mixture-of-depths attention: one softmax over the sequence keys and the token's own depth slots.
 
@@ -119,7 +123,8 @@ def moda_attention(
               \,[\, V_{\le t} ;\ \tilde V_t \,],
 
     where K, V are the layer's sequence keys/values and K~_t = depth_k[:, t, :n_depth], V~_t = depth_v[:, t,
-    :n_depth] the depth slots of token t only. With n_depth = 0 this is ordinary (GQA) attention.
+    :n_depth] the depth slots of token t only. With n_depth = 0 this is ordinary (GQA) attention. A depth gain
+    lambda_h >= 0 scales head h's depth terms e^{z~} in the softmax (a depth logit bias log lambda_h).
 
     Args:
         q: [B, T, HQ, K] queries.
@@ -132,6 +137,8 @@ def moda_attention(
         causal: causal sequence mask (keys j <= t).
         scale: logit scale, K ** -0.5 by default.
         backend: "auto" (Triton on CUDA, the CPU path elsewhere), "triton" or "cpu".
+        depth_gain: [HQ] gains lambda_h >= 0 of the depth terms (None: all 1, the paper's MoDA); differentiable,
+            with a finite gradient at lambda = 0.
 
     Returns:
         o [B, T, HQ, V] in q's dtype, and the natural-log log-sum-exp [B, T, HQ] (fp32, not differentiable).
@@ -141,5 +148,5 @@ def moda_attention(
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    check_inputs(MoDAInputs(q, k, v, depth_k, depth_v, n_depth, cu_seqlens, causal, scale))
-    return MoDAFunction.apply(q, k, v, depth_k, depth_v, n_depth, cu_seqlens, causal, scale, backend, None)
+    check_inputs(MoDAInputs(q, k, v, depth_k, depth_v, n_depth, cu_seqlens, causal, scale, depth_gain))
+    return MoDAFunction.apply(q, k, v, depth_k, depth_v, depth_gain, n_depth, cu_seqlens, causal, scale, backend, None)

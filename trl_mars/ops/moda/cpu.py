@@ -84,40 +84,83 @@ def _depth_logits(q: Tensor, depth_k: Tensor, n_depth: int, scale: float) -> Ten
     return torch.einsum("bthgk,btlhk->bthgl", qg, depth_k[:, :, :n_depth].float()) * scale
 
 
+def _gain(depth_gain: Tensor | None, shape: torch.Size) -> Tensor | float:
+    """Depth gains lambda broadcastable to the depth logits [B, T, H, G, L] (1.0 when there are none)."""
+    if depth_gain is None:
+        return 1.0
+    return depth_gain.float().view(1, 1, shape[2], shape[3], 1)
+
+
+def merge_depth(
+    q: Tensor,
+    o_seq: Tensor,
+    lse_seq: Tensor,
+    depth_k: Tensor,
+    depth_v: Tensor,
+    n_depth: int,
+    scale: float,
+    depth_gain: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Joint (o in q's dtype, lse fp32) from the sequence part's o_seq [B, T, HQ, V], lse_seq [B, T, HQ] and the
+    depth slots: lse = logaddexp(lse_seq, logsumexp(z~) + log lambda), o = e^(lse_seq - lse) o_seq + sum_i
+    lambda e^(z~_i - lse) v~_i."""
+    B, T, HQ, V = o_seq.shape
+    z = _depth_logits(q, depth_k, n_depth, scale)
+    gain = _gain(depth_gain, z.shape)
+    lse_depth = z.logsumexp(-1, keepdim=True)
+    if depth_gain is not None:
+        lse_depth = lse_depth + torch.log(gain)  # -inf for lambda = 0
+    lse = torch.logaddexp(lse_seq, lse_depth.view(B, T, HQ))
+    p = torch.exp(z - lse.view(*z.shape[:-1], 1)) * gain
+    o_depth = torch.einsum("bthgl,btlhv->bthgv", p, depth_v[:, :, :n_depth].float()).reshape(B, T, HQ, V)
+    o = o_seq.float() * torch.exp(lse_seq - lse)[..., None] + o_depth
+    return o.to(q.dtype), lse
+
+
 def cpu_moda_fwd(x: MoDAInputs) -> tuple[Tensor, Tensor]:
     """Forward pass: (o [B, T, HQ, V] in q's dtype, natural-log lse [B, T, HQ] in fp32)."""
     o_seq, lse_seq = _sequence_fwd(x.q, x.k, x.v, x.cu_seqlens, x.causal, x.scale)
     if x.n_depth == 0:
         return o_seq, lse_seq
-    B, T, HQ, V = o_seq.shape
-    z = _depth_logits(x.q, x.depth_k, x.n_depth, x.scale)
-    lse = torch.logaddexp(lse_seq, z.logsumexp(-1).view(B, T, HQ))
-    p = torch.exp(z - lse.view(*z.shape[:-1], 1))
-    o_depth = torch.einsum("bthgl,btlhv->bthgv", p, x.depth_v[:, :, : x.n_depth].float()).reshape(B, T, HQ, V)
-    o = o_seq.float() * torch.exp(lse_seq - lse)[..., None] + o_depth
-    return o.to(x.q.dtype), lse
+    return merge_depth(x.q, o_seq, lse_seq, x.depth_k, x.depth_v, x.n_depth, x.scale, x.depth_gain)
+
+
+def write_depth_grad(grad: Tensor, d: Tensor, n_init: int) -> None:
+    """Slots [0, n_init) of `grad` [B, T, Lmax, H, d] accumulate d [B, T, n, H, d]; slots [n_init, n) take it."""
+    n = d.shape[2]
+    if n_init > 0:
+        grad[:, :, : min(n_init, n)] += d[:, :, :n_init]
+    if n > n_init:
+        grad[:, :, n_init:n] = d[:, :, n_init:]
 
 
 def cpu_moda_bwd(
-    x: MoDAInputs, o: Tensor, lse: Tensor, do: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Backward pass: (dq, dk, dv, d depth_k, d depth_v), the depth gradients [B, T, n_depth, H, d] or None.
+    x: MoDAInputs, o: Tensor, lse: Tensor, do: Tensor, grad_k: Tensor | None, grad_v: Tensor | None, n_init: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Backward pass: (dq, dk, dv, d depth_gain); the depth gradients go into grad_k / grad_v (`write_depth_grad`).
 
     With P the joint probabilities and delta_t = do_t . o_t: dS = P * (dO V^T - delta); the depth block gives
-    dq += s dS~ K~, dK~ = s dS~^T q, dV~ = P~^T dO, each token touching only its own slots.
+    dq += s dS~ K~, dK~ = s dS~^T q, dV~ = P~^T dO, each token touching only its own slots, and with
+    P~ = lambda e^{z~ - lse}: d lambda_h = sum_{t, i} e^{z~ - lse} (dP~ - delta), finite at lambda = 0.
+    grad_k / grad_v are [B, T, Lmax, H, d] (None: depth gradients not needed).
     """
     q, n = x.q, x.n_depth
     dq, dk, dv = _sequence_bwd(q, x.k, x.v, o, lse, do, x.cu_seqlens, x.causal, x.scale)
     if n == 0:
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None if x.depth_gain is None else torch.zeros_like(x.depth_gain)
     B, T, HQ, K = q.shape
     z = _depth_logits(q, x.depth_k, n, x.scale)
-    p = torch.exp(z - lse.view(*z.shape[:-1], 1))
+    gain = _gain(x.depth_gain, z.shape)
+    p_unit = torch.exp(z - lse.view(*z.shape[:-1], 1))
+    p = p_unit * gain
     do_g = do.float().view(*z.shape[:-1], -1)
     delta = (do_g * o.float().view_as(do_g)).sum(-1, keepdim=True)
     dp = torch.einsum("bthgv,btlhv->bthgl", do_g, x.depth_v[:, :, :n].float())
-    ds = p * (dp - delta) * x.scale
+    ds_unit = p_unit * (dp - delta)
+    d_gain = None if x.depth_gain is None else ds_unit.sum((0, 1, 4)).reshape(HQ).to(x.depth_gain.dtype)
+    ds = ds_unit * gain * x.scale
     dq_depth = torch.einsum("bthgl,btlhk->bthgk", ds, x.depth_k[:, :, :n].float()).reshape(B, T, HQ, K)
-    d_depth_k = torch.einsum("bthgl,bthgk->btlhk", ds, q.float().view(*z.shape[:-1], K))
-    d_depth_v = torch.einsum("bthgl,bthgv->btlhv", p, do_g)
-    return (dq.float() + dq_depth).to(q.dtype), dk, dv, d_depth_k.to(x.depth_k.dtype), d_depth_v.to(x.depth_v.dtype)
+    if grad_k is not None:
+        write_depth_grad(grad_k, torch.einsum("bthgl,bthgk->btlhk", ds, q.float().view(*z.shape[:-1], K)), n_init)
+        write_depth_grad(grad_v, torch.einsum("bthgl,bthgv->btlhv", p, do_g), n_init)
+    return (dq.float() + dq_depth).to(q.dtype), dk, dv, d_gain

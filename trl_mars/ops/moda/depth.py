@@ -53,6 +53,7 @@ class DepthKVBuffer:
         self.v = torch.empty(*shape, value_dim or head_dim, dtype=dtype, device=device)
         self.grad_k: torch.Tensor | None = None
         self.grad_v: torch.Tensor | None = None
+        self.grad_slots = 0  # slots [0, grad_slots) of grad_k / grad_v hold a gradient; the rest is unwritten
 
     def write(self, carrier: torch.Tensor, slot: int, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store k, v [B, T, H, d] in `slot`; returns `carrier` (a tensor every later reader depends on)."""
@@ -68,24 +69,24 @@ class DepthKVBuffer:
         causal: bool = True,
         scale: float | None = None,
         backend: Backend = "auto",
+        depth_gain: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """MoDA output [B, T, HQ, V] over the sequence (q, k, v) and the first n_depth slots of the buffer."""
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        o, _ = MoDAFunction.apply(q, k, v, self.k, self.v, n_depth, cu_seqlens, causal, scale, backend, self)
+        args = (q, k, v, self.k, self.v, depth_gain, n_depth, cu_seqlens, causal, scale, backend, self)
+        o, _ = MoDAFunction.apply(*args)
         return o
 
-    def accumulate_grad(self, d_k: torch.Tensor | None, d_v: torch.Tensor | None) -> None:
-        """Add the gradient [B, T, n, H, d] of the first n slots (None when n = 0)."""
-        if d_k is None:
-            return
+    def grad_target(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(grad_k, grad_v, n_init) for a reader of the first n slots: it accumulates into slots [0, n_init) and
+        writes slots [n_init, n). The gradient buffers are allocated once, uninitialised (no zero-fill)."""
         if self.grad_k is None:
-            self.grad_k, self.grad_v = torch.zeros_like(self.k), torch.zeros_like(self.v)
-        n = d_k.shape[2]
-        self.grad_k[:, :, :n] += d_k
-        self.grad_v[:, :, :n] += d_v
+            self.grad_k, self.grad_v = torch.empty_like(self.k), torch.empty_like(self.v)
+        n_init, self.grad_slots = self.grad_slots, max(self.grad_slots, n)
+        return self.grad_k, self.grad_v, n_init
 
     def slot_grad(self, slot: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Total gradient of one slot, or (None, None) when no reader has propagated one."""
-        if self.grad_k is None:
+        if slot >= self.grad_slots:
             return None, None
         return self.grad_k[:, :, slot], self.grad_v[:, :, slot]

@@ -20,6 +20,7 @@ class MoDAInputs(NamedTuple):
     cu_seqlens: Tensor | None
     causal: bool
     scale: float
+    depth_gain: Tensor | None = None
 
 
 def check_inputs(x: MoDAInputs) -> None:
@@ -38,6 +39,10 @@ def check_inputs(x: MoDAInputs) -> None:
             raise ValueError(f"depth_k/depth_v must be [B, T, Lmax, H, d]; got {tuple(dk)}, {tuple(dv)}")
         if x.n_depth > dk[2]:
             raise ValueError(f"n_depth ({x.n_depth}) exceeds the depth buffer's {dk[2]} slots")
+    if x.depth_gain is not None and tuple(x.depth_gain.shape) != (HQ,):
+        raise ValueError(
+            f"depth_gain must be [HQ] = [{HQ}] (one gain per query head), got {tuple(x.depth_gain.shape)}"
+        )
     if x.cu_seqlens is not None and B != 1:
         raise ValueError(f"varlen inputs (cu_seqlens) must be packed with batch size 1, got {B}")
 

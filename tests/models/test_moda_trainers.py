@@ -7,6 +7,7 @@ trainers load the model by path through those classes.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -173,3 +174,14 @@ def test_trace_embed_trains_and_saves_a_moda_model(tmp_path, tiny_cache, shared_
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     assert isinstance(reloaded, MoDAForCausalLM)
     assert reloaded.get_input_embeddings().num_embeddings == len(trainer.processing_class)
+
+
+@pytest.mark.parametrize(
+    "module", ["mars2_trainer", "selfplay_trainer", "rerec_trainer", "trace_trainer"], ids=lambda m: m.split("_")[0]
+)
+def test_importing_a_trainer_registers_moda(module):
+    """A fresh process that only imports a trainer (as a user's script does) loads MoDA checkpoints by path."""
+    code = f"import trl_mars.trainers.{module}\nfrom transformers import AutoConfig\nprint(type(AutoConfig.for_model('moda')).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "MoDAConfig"

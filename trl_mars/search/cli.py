@@ -138,6 +138,7 @@ def load_backends(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
     from trl_mars.testing import CHAT_TEMPLATE
     from trl_mars.utils.recipes import resolve_model_path
 

@@ -33,6 +33,7 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, disable_dropout_in_model, pad, use_adapter
 
+import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
 from trl_mars.losses.policy import PolicyLossConfig, policy_loss
 from trl_mars.rewards.code import check_tests_column, make_code_reward
 from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewards, tree_group_advantages

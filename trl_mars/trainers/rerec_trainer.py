@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
 from trl_mars.rec.curriculum import OnlineCurriculum
 from trl_mars.rec.graphs import ItemAttributeGraph, graph_coverage
 from trl_mars.rec.lightgcn import ItemEmbeddings

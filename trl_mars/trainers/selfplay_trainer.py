@@ -30,6 +30,7 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import use_adapter
 
+import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
 from trl_mars.extras import require
 from trl_mars.rewards.selfplay import (
     band_mask,

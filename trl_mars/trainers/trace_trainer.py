@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTTrainer
 from trl.trainer.utils import create_model_from_path
 
+import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
 from trl_mars.embed.collator import TraceCollator, check_columns, negative_columns
 from trl_mars.embed.encoder import EncoderSettings, TraceEncoder, accepts_logits_to_keep, last_hidden_and_logits
 from trl_mars.embed.prompts import add_emb_token, prompt_parts

@@ -176,6 +176,22 @@ def test_allowed_packages_are_importable_and_others_not():
         assert sb.run("def f():\n    import torch\n", ["f()"]).verdicts[0].error_type == "ModuleNotFoundError"
 
 
+def test_allowed_packages_under_tmp_are_importable(tmp_path, monkeypatch):
+    """A package in a folder under /tmp (a virtual environment made with mktemp, as CI's) is exposed too: the
+    view's /tmp is the checks' scratch, so it appears under view.HOST_TMP, and the import path follows."""
+    from trl_mars.sandbox import pool
+
+    assert str(tmp_path).startswith("/tmp/")
+    (tmp_path / "tmp_pkg_xyz").mkdir()
+    (tmp_path / "tmp_pkg_xyz" / "__init__.py").write_text("ANSWER = 6\n")
+    monkeypatch.setattr(pool, "_PACKAGE_ROOT", f"{pool._PACKAGE_ROOT}:{tmp_path}")
+    program = "def f():\n    import tmp_pkg_xyz\n    return tmp_pkg_xyz.ANSWER\n"
+    with Sandbox(concurrency=1, timeout_s=10.0, packages=("tmp_pkg_xyz",)) as sb:
+        result = sb.run(program, ["assert f() == 6"])
+        assert result.passed, result.feedback_text()
+        assert sb.run("def f():\n    import os\n    return os.listdir('/tmp')\n", ["assert f() == ['work']"]).passed
+
+
 def test_bad_package_names_are_refused():
     with pytest.raises(ValueError, match="SandboxConfig.packages"):
         SandboxConfig(packages=("numpy; rm",))

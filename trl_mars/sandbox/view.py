@@ -22,6 +22,18 @@ from trl_mars.sandbox import limits
 
 STAGE = "/tmp"  # where the new root is assembled (a private tmpfs mounted over the host's /tmp)
 WORK = "/tmp/work"  # the checks' working directory, inside the view
+HOST_TMP = "/.host-tmp"  # where exposed host paths under /tmp (e.g. a virtual environment) appear in the view
+
+
+def view_path(path: str) -> str:
+    """Where host ``path`` appears in the view: at its own path, except under ``/tmp``, the checks' scratch.
+
+    >>> view_path("/usr/lib"), view_path("/tmp/venv/lib/site-packages/numpy")
+    ('/usr/lib', '/.host-tmp/tmp/venv/lib/site-packages/numpy')
+    """
+    return HOST_TMP + path if path == "/tmp" or path.startswith("/tmp/") else path
+
+
 DEVICES = ("null", "zero", "full", "random", "urandom")
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")
 
@@ -62,15 +74,17 @@ def _interpreter_paths() -> list[str]:
     return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
 
 
-def _bind(source: str, flags: int) -> None:
-    """Read-only (per ``flags``) bind of host ``source`` at the same path under ``STAGE``."""
-    target = STAGE + source
-    if os.path.isdir(source):
+def _bind(source: str, flags: int, pinned: dict[str, int] | None = None) -> None:
+    """Read-only (per ``flags``) bind of host ``source`` at ``view_path(source)`` under ``STAGE``; a source under
+    the host's /tmp (hidden by the stage) is read through the ``O_PATH`` descriptor ``pinned`` holds for it."""
+    host = f"/proc/self/fd/{pinned[source]}" if pinned and source in pinned else source
+    target = STAGE + view_path(source)
+    if os.path.isdir(host):
         os.makedirs(target, mode=0o755, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
         open(target, "a").close()
-    limits.mount(source, target, None, limits.MS_BIND)
+    limits.mount(host, target, None, limits.MS_BIND)
     limits.mount(None, target, None, limits.MS_REMOUNT | limits.MS_BIND | flags)
 
 
@@ -79,6 +93,8 @@ def build(tmpfs_bytes: int, packages: tuple[str, ...]) -> list[str]:
     namespace's root). Returns the import path the checks get: the entries of ``sys.path`` still present."""
     ro = limits.MS_RDONLY | limits.MS_NOSUID | limits.MS_NODEV
     packages_paths = _package_paths(packages)
+    # paths under the host's /tmp vanish once the stage is mounted there: hold them open first
+    pinned = {p: os.open(p, os.O_PATH) for p in packages_paths if view_path(p) != p}
     limits.mount(None, "/", None, limits.MS_REC | limits.MS_PRIVATE)
     limits.mount("tmpfs", STAGE, "tmpfs", limits.MS_NOSUID | limits.MS_NODEV, "size=1m,mode=0755")
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr"):
@@ -101,7 +117,9 @@ def build(tmpfs_bytes: int, packages: tuple[str, ...]) -> list[str]:
     if os.path.isdir(STAGE + base_site):
         limits.mount("tmpfs", STAGE + base_site, "tmpfs", limits.MS_NOSUID | limits.MS_NODEV, "size=1m,mode=0755")
     for path in packages_paths:
-        _bind(path, ro)
+        _bind(path, ro, pinned)
+    for fd in pinned.values():
+        os.close(fd)
     if os.path.isdir(STAGE + base_site):
         limits.mount(None, STAGE + base_site, None, limits.MS_REMOUNT | ro)
     if os.path.realpath(sys.executable) != sys.executable and not os.path.lexists(STAGE + sys.executable):
@@ -125,7 +143,7 @@ def build(tmpfs_bytes: int, packages: tuple[str, ...]) -> list[str]:
     mount_scratch(tmpfs_bytes)
     if os.access("/usr", os.W_OK) or os.path.exists(os.path.realpath(__file__)):
         raise OSError("the filesystem view is incomplete")
-    return [p for p in sys.path if p and os.path.isdir(p)]
+    return [view_path(p) for p in sys.path if p and os.path.isdir(view_path(p))]
 
 
 def mount_scratch(tmpfs_bytes: int) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from trl_mars.losses.policy import PolicyLossConfig
+from trl_mars.utils.gguf import check_gguf_reference, is_gguf_reference
 from trl_mars.utils.recipes import TINY_MODEL_IDS
 
 AGENT_KEYS = {
@@ -167,6 +168,8 @@ def check_model_reference(model: str, where: str) -> None:
     """Fail early (before any weight is read) on a model reference that cannot resolve."""
     if model in TINY_MODEL_IDS:
         return
+    if is_gguf_reference(model):
+        return check_gguf_reference(model, where)
     path = Path(os.path.expanduser(model))
     if path.exists():
         if not (path / "config.json").exists():

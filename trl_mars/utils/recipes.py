@@ -9,6 +9,8 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from trl_mars.utils.gguf import is_gguf_reference
+
 TINY_MODEL_IDS = {"trl-mars/tiny-qwen2": "qwen2", "trl-mars/tiny-llama": "llama"}
 """Model ids that name the package's offline tiny models instead of a hub repository."""
 
@@ -27,7 +29,12 @@ def parse_recipe_args(
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Hub ids and local paths pass through; ``trl-mars/tiny-*`` ids build (once) and return the offline tiny model."""
+    """Hub ids and local paths pass through; ``trl-mars/tiny-*`` ids build (once) and return the offline tiny model;
+    ``.gguf`` files and packaged GGUF ids (``trl_mars.utils.gguf``) return their cached dequantised checkpoint."""
+    if is_gguf_reference(name_or_path):
+        from trl_mars.utils.gguf import resolve_gguf
+
+        return resolve_gguf(name_or_path)
     if name_or_path in TINY_MODEL_IDS and not Path(name_or_path).exists():
         from trl_mars.testing import tiny_model_path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 
@@ -215,11 +216,34 @@ def test_smollm2_search_on_humaneval(shared_data, tmp_path):
 
     out = tmp_path / "search"
     args = ["--model", SMOLLM2, "--benchmark", str(shared_data / "humaneval" / "HumanEval.jsonl.gz"), "--limit", "3"]
-    assert main([*args, "--max-nodes", "2", "--max-new-tokens", "128", "--tplus", "--output", str(out)]) == 0
+    sampling = ["--max-new-tokens", "128", "--temperature", "0.8"]
+    assert main([*args, "--max-nodes", "2", *sampling, "--tplus", "--output", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     trees = json.loads((out / "trees.json").read_text())
     nodes = [n for t in trees for n in t["nodes"][1:]]
     assert len(nodes) == 6
-    # a pretrained instruct model answers in code fences, unlike a random tiny model
-    assert sum(n["code"] is not None for n in nodes) >= 3
+    # a pretrained instruct model answers in code fences, which a random tiny model never does
+    assert sum("```" in n["completion"] for n in nodes) >= 3
+
+
+def test_mars2_trainer_trains_a_quantized_gguf_agent(tiny_llama_path, tmp_path, cache):
+    """``AgentSpec.model`` takes a Q8_0 ``.gguf``: validated, dequantised and trained (its weights move)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "trainers"))
+    from mars2_helpers import force_advantages, tiny_mars2_config
+
+    from trl_mars.data.code_tasks import code_task_splits
+    from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
+
+    q8 = write_gguf(tiny_llama_path, tmp_path / "tiny-llama.Q8_0.gguf", gguf.GGMLQuantizationType.Q8_0)
+    with pytest.raises(ValueError, match=r"agents\[0\]\.model: GGUF file .* does not exist"):
+        tiny_mars2_config(tmp_path / "bad", [{"name": "llama", "model": str(tmp_path / "nope.gguf")}])
+    train, _ = code_task_splits(2, 0, seed=0)
+    trainer = MultiAgentTreeTrainer(
+        args=tiny_mars2_config(tmp_path / "out", [{"name": "llama", "model": str(q8)}]), train_dataset=train
+    )
+    model = trainer.policies[0].model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    force_advantages(trainer, lambda i: 1.0 if i % 2 else -1.0)
+    trainer.train()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -46,14 +47,17 @@ METHODS = {
     "abmcts": ("AB-MCTS", dict()),
     "abmcts_tplus": ("AB-MCTS + T+", dict(tplus=True)),
 }
+PLACEMENT = ("node_id", "parent_id", "depth", "agent", "step", "children")
 COLUMNS = {"pass@1": "Pass@1", "pass@1(mcts)": "Pass@1(MCTS)", "pass@n": "Pass@N", "refinement_success": "Refine"}
 
 
 def prefix_tree(tree: SearchTree, budget: int) -> SearchTree:
-    """The tree as it stood after its first ``budget`` nodes."""
-    data = tree.to_dict()
-    data["nodes"] = [{**n, "children": [c for c in n["children"] if c <= budget]} for n in data["nodes"][: budget + 1]]
-    return SearchTree.from_dict(data)
+    """The tree as it stood after its first ``budget`` nodes (nodes and posteriors replayed in order)."""
+    prefix = SearchTree(tree.tree_id, tree.problem_id, tree.dist)
+    for node in tree.solutions[:budget]:
+        fields = {k: v for k, v in asdict(node).items() if k not in PLACEMENT}
+        prefix.add(node.parent_id, node.agent, node.step, **fields)
+    return prefix
 
 
 def grow(search: TreeSearch, problems, budgets: list[int]) -> tuple[list[SearchTree], dict[int, float]]:
@@ -116,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = [from_code_problem(p, args.public) for p in load_problems(args.benchmark)[: args.limit]]
     torch.manual_seed(args.seed)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
-    load_start = time.perf_counter()
-    backend = load_backends({"smollm2": args.model}, sampling)["smollm2"]
-    load_seconds = time.perf_counter() - load_start
+    backend, load_seconds = None, 0.0
     with Sandbox() as sandbox, open(results_path, "a", encoding="utf-8") as results:
         verifier = SandboxVerifier(sandbox)
         for c in range(0, len(problems), args.chunk):
@@ -127,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                 todo = [p for p in chunk if (p.problem_id, method) not in done]
                 if not todo:
                     continue
+                if backend is None:  # loaded only when there is something left to search
+                    load_start = time.perf_counter()
+                    backend = load_backends({"smollm2": args.model}, sampling)["smollm2"]
+                    load_seconds = time.perf_counter() - load_start
                 config = SearchConfig(max_nodes=budgets[-1], **METHODS[method][1])
                 search = TreeSearch({"smollm2": backend}, verifier, config, seed=args.seed + c)
                 trees, seconds = grow(search, todo, budgets)
@@ -151,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             finished = len({r["task_id"] for r in records})
             load = os.getloadavg()
             (out / "table.md").write_text(
-                f"{command}\n\n{finished} problems; load average {load[0]:.1f} on {os.cpu_count()} CPUs; "
-                f"model load {load_seconds:.0f} s\n\n{text}\n",
+                f"{command}\n\n{finished} problems; load average {load[0]:.1f} on {os.cpu_count()} CPUs when written"
+                + (f"; model load {load_seconds:.0f} s" if backend is not None else "")
+                + f"\n\n{text}\n",
                 encoding="utf-8",
             )
             print(text, flush=True)

@@ -60,8 +60,12 @@ def prefix_tree(tree: SearchTree, budget: int) -> SearchTree:
     return prefix
 
 
-def grow(search: TreeSearch, problems, budgets: list[int]) -> tuple[list[SearchTree], dict[int, float]]:
-    """Grow one tree per problem to ``max(budgets)`` nodes; seconds until every tree had b nodes, per b."""
+def grow(
+    search: TreeSearch, problems, budgets: list[int], on_budget=None
+) -> tuple[list[SearchTree], dict[int, float]]:
+    """Grow one tree per problem to ``max(budgets)`` nodes; seconds until every tree had b nodes, per b.
+
+    ``on_budget(b, trees, seconds)`` runs as every tree reaches b nodes (results survive an interrupted run)."""
     trees = search.new_trees(problems)
     seconds, start, grown = {}, time.perf_counter(), 0
     for budget in budgets:
@@ -70,13 +74,15 @@ def grow(search: TreeSearch, problems, budgets: list[int]) -> tuple[list[SearchT
             search.step(problems, trees, [i for i in range(len(trees)) for _ in range(step)])
             grown += step
         seconds[budget] = time.perf_counter() - start
+        if on_budget is not None:
+            on_budget(budget, trees, seconds[budget])
     return trees, seconds
 
 
 def table(records: list[dict], budgets: list[int]) -> str:
     lines = [
-        "| method | budget | " + " | ".join(COLUMNS.values()) + " | search s |",
-        "|---" * (len(COLUMNS) + 3) + "|",
+        "| method | budget | problems | " + " | ".join(COLUMNS.values()) + " | search s |",
+        "|---" * (len(COLUMNS) + 4) + "|",
     ]
     for method, (label, _) in METHODS.items():
         for budget in budgets:
@@ -85,7 +91,7 @@ def table(records: list[dict], budgets: list[int]) -> str:
                 continue
             means = mean_metrics([{k: r[k] for k in COLUMNS} for r in rows])
             cells = " | ".join(f"{means[k]:.3f}" for k in COLUMNS)
-            lines.append(f"| {label} | {budget} | {cells} | {sum(r['seconds'] for r in rows):.0f} |")
+            lines.append(f"| {label} | {budget} | {len(rows)} | {cells} | {sum(r['seconds'] for r in rows):.0f} |")
     return "\n".join(lines)
 
 
@@ -115,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "command.txt").write_text(command + "\n", encoding="utf-8")
     results_path = out / "results.jsonl"
     records = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
-    done = {(r["task_id"], r["method"]) for r in records}
+    done = {(r["task_id"], r["method"]) for r in records if r["budget"] == budgets[-1]}
+    records = [r for r in records if (r["task_id"], r["method"]) in done]  # an interrupted tree is searched again
+    results_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
     problems = [from_code_problem(p, args.public) for p in load_problems(args.benchmark)[: args.limit]]
     torch.manual_seed(args.seed)
@@ -135,15 +143,20 @@ def main(argv: list[str] | None = None) -> int:
                     load_seconds = time.perf_counter() - load_start
                 config = SearchConfig(max_nodes=budgets[-1], **METHODS[method][1])
                 search = TreeSearch({"smollm2": backend}, verifier, config, seed=args.seed + c)
-                trees, seconds = grow(search, todo, budgets)
-                search.grade(todo, trees)
-                for problem, tree in zip(todo, trees):
-                    for budget in budgets:
+
+                def write(
+                    budget: int, trees: list[SearchTree], seconds: float, todo=todo, search=search, method=method
+                ):
+                    search.grade(todo, trees)
+                    for problem, tree in zip(todo, trees):
                         metrics = tree_metrics(prefix_tree(tree, budget))
                         record = {"task_id": problem.problem_id, "method": method, "budget": budget, **metrics}
                         # a chunk's search time, shared equally by its problems
-                        records.append({**record, "seconds": seconds[budget] / len(todo)})
+                        records.append({**record, "seconds": seconds / len(todo)})
                         results.write(json.dumps(records[-1]) + "\n")
+                    results.flush()
+
+                trees, seconds = grow(search, todo, budgets, write)
                 with open(out / "trees.jsonl", "a", encoding="utf-8") as f:
                     for tree in trees:  # without token ids and logprobs, to keep the file small
                         data = tree.to_dict()
@@ -151,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
                             for key in ("prompt_ids", "completion_ids", "logprobs"):
                                 node.pop(key)
                         f.write(json.dumps({"method": method, **data}) + "\n")
-                results.flush()
                 print(f"[{time.strftime('%H:%M:%S')}] {method} problems {c}..{c + len(todo) - 1}: {seconds}")
             text = table(records, budgets)
             finished = len({r["task_id"] for r in records})

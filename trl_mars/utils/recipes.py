@@ -17,6 +17,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from trl_mars.extras import require
+from trl_mars.utils.gguf import is_gguf_reference
 
 TINY_MODEL_IDS = {"trl-mars/tiny-qwen2": "qwen2", "trl-mars/tiny-llama": "llama"}
 """Model ids that name the package's offline tiny models instead of a hub repository."""
@@ -74,7 +75,12 @@ def shipped_config(name: str | os.PathLike, folder: str = "configs") -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Hub ids and local paths pass through; ``trl-mars/tiny-*`` ids build (once) and return the offline tiny model."""
+    """Hub ids and local paths pass through; ``trl-mars/tiny-*`` ids build (once) and return the offline tiny model;
+    ``.gguf`` files and packaged GGUF ids (``trl_mars.utils.gguf``) return their cached dequantised checkpoint."""
+    if is_gguf_reference(name_or_path):
+        from trl_mars.utils.gguf import resolve_gguf
+
+        return resolve_gguf(name_or_path)
     if name_or_path in TINY_MODEL_IDS and not Path(name_or_path).exists():
         from trl_mars.testing import tiny_model_path
 
@@ -86,6 +92,10 @@ def check_model_reference(model: str, where: str) -> None:
     """Fail early (before any weight is read) on a model reference that cannot resolve."""
     if model in TINY_MODEL_IDS:
         return
+    if is_gguf_reference(model):
+        from trl_mars.utils.gguf import check_gguf_reference
+
+        return check_gguf_reference(model, where)
     path = Path(os.path.expanduser(model))
     if path.exists():
         if not (path / "config.json").exists():

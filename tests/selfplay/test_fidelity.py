@@ -122,10 +122,18 @@ def test_wist_expansion_rounds_truncation_and_dropped_groups(tmp_path, tiny_qwen
     assert trainer.expand_node(movies) == []  # 3 rounds with no valid label: stop (fallback off)
     assert next(rounds) == ["G", "G"]  # the 4th round was never sampled
     text = " ".join(f"word{i}" for i in range(100))
-    short = trainer.truncate_document(text)
+    instruction = [{"role": "user", "content": "Ask about: Movies"}]
+    assert trainer.document_token_budget(instruction) == 12  # the tiny model's 2048 positions leave room for 12
+    short = trainer.truncate_document(text, 12)
     assert len(trainer.processing_class(short, add_special_tokens=False)["input_ids"]) <= 12
     assert text.startswith(short.strip()) and len(short) < len(text)
-    assert trainer.truncate_document("a short text") == "a short text"
+    assert trainer.truncate_document("a short text", 12) == "a short text"
+    # a long page never overflows the model's context: the budget is C - instruction - max_completion_length
+    trainer.args.document_max_tokens = 5792
+    tokenizer = trainer.processing_class
+    prompt = tokenizer.apply_chat_template(instruction, tokenize=False, add_generation_prompt=True)
+    used = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + args.max_completion_length
+    assert trainer.document_token_budget(instruction) == 2048 - used
     # a Challenger round whose questions are all invalid (random model) leaves every posterior untouched
     trainer._challenger_round(1)
     assert trainer.counters["invalid_questions"] == args.num_generations

@@ -371,8 +371,11 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         for _ in range(n_local * self.accelerator.num_processes):
             path = self.tree.sample_path(self.rng, self.expand_node)
             doc_id = self.tree.next_document(path[-1])
-            text = self.truncate_document(self.corpus_env.get(doc_id).text) if doc_id is not None else ""
             names = " > ".join(self.tree.path_names(path[-1]))
+            text = ""
+            if doc_id is not None:
+                budget = self.document_token_budget(challenger_messages("json", names, "", args.question_type))
+                text = self.truncate_document(self.corpus_env.get(doc_id).text, budget)
             messages = challenger_messages("json", names, text, args.question_type)
             contexts.append({"messages": messages, "path": path, "document": text})
         rank = self.accelerator.process_index
@@ -380,13 +383,28 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         self.sampled_paths += [c["path"] for c in mine]
         return mine
 
-    def truncate_document(self, text: str) -> str:
-        """The first ``document_max_tokens`` tokens of ``text`` (WIST: prompt_max_len - instruction_len)."""
+    def document_token_budget(self, instruction: list[dict]) -> int:
+        """Tokens a document may take in a Challenger prompt: ``min(document_max_tokens, C - I - L)``.
+
+        WIST's budget is ``prompt_max_len - instruction_len``; here ``C`` is the model's context
+        (``max_position_embeddings``, unbounded when the config has none), ``I`` the tokens of the prompt with an empty
+        document and ``L`` = ``max_completion_length``, so a long page never overflows the context."""
+        budget = self.args.document_max_tokens
+        context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if context is None:
+            return budget
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        prompt = tokenizer.apply_chat_template(instruction, tokenize=False, add_generation_prompt=True)
+        used = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + self.args.max_completion_length
+        return max(0, min(budget, context - used))
+
+    def truncate_document(self, text: str, max_tokens: int) -> str:
+        """The first ``max_tokens`` tokens of ``text``."""
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.args.document_max_tokens:
+        if len(ids) <= max_tokens:
             return text
-        return tokenizer.decode(ids[: self.args.document_max_tokens])
+        return tokenizer.decode(ids[:max_tokens])
 
     # ----- questions and rewards -----------------------------------------------------------------------------------
     def parse_question(self, text: str, context: dict) -> ParsedQuestion:

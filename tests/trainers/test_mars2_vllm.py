@@ -1,6 +1,6 @@
 """``use_vllm``: each agent generates on its own ``trl vllm-serve`` (TRL's ``VLLMClient``) and its updated weights are
 pushed there before it generates again. The servers are replaced by an in-process fake of ``VLLMClient`` (no vLLM
-or GPU here) that records what the trainer sends."""
+or GPU here, ``tests/trainers/vllm_fakes.py``) that records what the trainer sends."""
 
 from __future__ import annotations
 
@@ -16,51 +16,7 @@ from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
 from mars2_helpers import force_advantages, tiny_mars2_config  # noqa: E402
-
-ANSWER = "```python\ndef f(x):\n    return x\n```"
-
-
-class FakeServers:
-    """Stands in for ``trl.generation.vllm_client.VLLMClient``: one instance per base_url."""
-
-    def __init__(self, tokenizers: dict[str, AutoTokenizer]) -> None:
-        self.tokenizers = tokenizers
-        self.clients: dict[str, FakeServers.Client] = {}
-
-    def __call__(self, base_url: str, group_port: int, connection_timeout: float):
-        client = self.Client(self.tokenizers[base_url], group_port)
-        self.clients[base_url] = client
-        return client
-
-    class Client:
-        def __init__(self, tokenizer, group_port: int) -> None:
-            self.tokenizer, self.group_port = tokenizer, group_port
-            self.communicator = False
-            self.conversations: list = []
-            self.weights: dict[str, torch.Tensor] = {}
-            self.pushes: list[dict[str, torch.Tensor]] = []
-
-        def init_communicator(self, device) -> None:
-            self.communicator = True
-
-        def chat(self, messages, temperature, top_p, top_k, max_tokens, logprobs, **kwargs) -> dict:
-            assert logprobs == 0 and max_tokens == 16
-            self.conversations += messages
-            tok = self.tokenizer
-            texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
-            completion = tok(ANSWER, add_special_tokens=False).input_ids[: max_tokens - 1] + [tok.eos_token_id]
-            return {
-                "prompt_ids": [tok(t, add_special_tokens=False).input_ids for t in texts],
-                "completion_ids": [completion] * len(messages),
-                "logprobs": [[[-0.5]] * len(completion)] * len(messages),
-            }
-
-        def update_named_param(self, name: str, weights: torch.Tensor) -> None:
-            assert self.communicator, "weights pushed before init_communicator"
-            self.weights[name] = weights.detach().clone()
-
-        def reset_prefix_cache(self) -> None:
-            self.pushes.append(dict(self.weights))
+from vllm_fakes import ANSWER, FakeServers  # noqa: E402
 
 
 @pytest.fixture

@@ -12,11 +12,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_mars.data.code_tasks import code_task_splits
+from trl_mars.search.weight_sync import buckets
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
 from mars2_helpers import force_advantages, tiny_mars2_config  # noqa: E402
 from vllm_fakes import ANSWER, FakeServers  # noqa: E402
+
+BUCKET_MB = 1 / 16  # 64 KiB: a tiny model's push takes several requests
 
 
 @pytest.fixture
@@ -29,7 +32,9 @@ def run(tmp_path, tiny_qwen2_path, tiny_llama_path, monkeypatch):
         {"name": "qwen", "model": tiny_qwen2_path, "vllm_server_base_url": urls["qwen"], "lora": {"r": 4}},
         {"name": "llama", "model": tiny_llama_path, "vllm_server_base_url": urls["llama"]},
     ]
-    args = tiny_mars2_config(tmp_path, agents, use_vllm=True, max_steps=2, beta=0.0)
+    args = tiny_mars2_config(
+        tmp_path, agents, use_vllm=True, max_steps=2, beta=0.0, vllm_weight_sync_bucket_mb=BUCKET_MB
+    )
     train, _ = code_task_splits(2, 0, seed=0)
     trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
     force_advantages(trainer, lambda i: 1.0 if i % 2 else -1.0)  # a fake server's answers all score the same
@@ -74,3 +79,20 @@ def test_lora_weights_pushed_merged_under_base_names(run):
     delta = q_proj.get_delta_weight("default")
     assert delta.abs().max() > 0, "the adapter did not train"
     torch.testing.assert_close(pushed["model.layers.0.self_attn.q_proj.weight"], original_q + delta)
+
+
+def test_each_push_is_one_request_per_bucket(run):
+    """A push is one ``weight_update()`` of ``update_named_params`` requests, one per bucket of at most
+    ``vllm_weight_sync_bucket_mb`` MiB of consecutive tensors (each tensor announced once, in order), not one
+    request per tensor."""
+    trainer, servers, urls, _, _ = run
+    for policy in trainer.policies:
+        client = servers.clients[urls[policy.name]]
+        names = list(client.pushes[-1])
+        sizes = [client.pushes[-1][n].numel() * client.pushes[-1][n].element_size() for n in names]
+        expected = buckets(sizes, int(BUCKET_MB * 2**20))
+        assert 1 < len(expected) < len(names)
+        assert client.updates == len(client.pushes) >= 2
+        per_push = len(client.requests) // client.updates
+        assert len(client.requests) == per_push * client.updates and per_push == len(expected)
+        assert client.requests[-per_push:] == [[names[i] for i in group] for group in expected]

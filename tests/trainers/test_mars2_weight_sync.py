@@ -5,6 +5,7 @@ accelerate does not offer it on CPU). The server is the in-process fake of TRL's
 
 from __future__ import annotations
 
+import doctest
 import inspect
 import sys
 from pathlib import Path
@@ -18,12 +19,17 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 from trl.generation.vllm_client import VLLMClient
 
+from trl_mars.search import weight_sync
 from trl_mars.search.weight_sync import buckets, push_to_server, pushed_weights
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
 from vllm_fakes import FakeServers  # noqa: E402
 
 BUCKET = 64 * 1024  # bytes: the tiny Qwen2 (26 tensors, ~490 KB in fp32) travels in several buckets
+
+
+def test_module_doctests():
+    assert doctest.testmod(weight_sync).failed == 0
 
 
 def test_fake_client_has_the_real_clients_signatures():

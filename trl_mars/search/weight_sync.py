@@ -4,8 +4,8 @@
 W + ΔW of its active adapters (computed aside: the training model is never merged and unmerged, so its base weights
 do not drift by round-off), ``modules_to_save`` copies in place of their originals, and the adapter factors left
 out. Under FSDP2 a parameter is a DTensor shard; its full tensor is gathered (``DTensor.full_tensor()``, a collective:
-every process must walk the same list) only when it is sent, so a push holds one full parameter at a time beside
-the shards. Its name, dtype and shape are known without gathering (a DTensor's shape is the global one).
+every process must walk the same list) only when it is sent, so a push holds one gathered parameter at a time
+beside the shards (plus vLLM's own packing buffers). Its name, dtype and shape are known without gathering (a DTensor's shape is the global one).
 
 ``push_to_server`` streams the list to a ``trl vllm-serve`` through TRL's ``VLLMClient``: one ``weight_update()``
 (the server prepares and finalises the model once), in buckets of at most ``bucket_bytes`` of full tensors, each
@@ -24,7 +24,7 @@ import torch
 DEFAULT_BUCKET_BYTES = 1 << 30
 """1 GiB per ``/update_weights`` request (vLLM's packed broadcast buffers are of that order)."""
 
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "modules_to_save.default.", ".base_layer")
+_WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "modules_to_save.default.", ".base_layer")
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:
@@ -92,7 +92,7 @@ def pushed_weights(model: torch.nn.Module) -> list[PushedWeight]:
         if owner.endswith(".base_layer") and leaf == "weight":
             layer = modules[owner.removesuffix(".base_layer")]
         clean = name.removeprefix("base_model.model.")
-        for prefix in _WRAPPER_PREFIXES:
+        for prefix in _WRAPPER_PARTS:
             clean = clean.replace(prefix, "")
         out.append(PushedWeight(clean, param, layer))
     return out

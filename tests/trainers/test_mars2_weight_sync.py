@@ -9,6 +9,7 @@ import doctest
 import inspect
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,10 @@ from transformers import AutoModelForCausalLM
 from trl.generation.vllm_client import VLLMClient
 
 from trl_mars.search import weight_sync
+from trl_mars.search.backends import SamplingConfig
 from trl_mars.search.weight_sync import buckets, push_to_server, pushed_weights
+from trl_mars.trainers.mars2_config import AgentSpec
+from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
 from vllm_fakes import FakeServers  # noqa: E402
@@ -150,3 +154,30 @@ def test_dora_is_refused_naming_the_layer(tiny_qwen2_path):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen2_path), LoraConfig(r=4, use_dora=True))
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight: DoRA"):
         push_to_server(fake_client(), model, BUCKET)
+
+
+def connect_under(plugin, monkeypatch, deepspeed: bool = False) -> dict:
+    """``MultiAgentTreeTrainer._connect_vllm`` on a trainer whose accelerator runs ``plugin`` (FSDP cannot run
+    through accelerate on CPU, so the trainer is a stand-in with what the method reads)."""
+    url = "http://h:8000"
+    servers = FakeServers({url: None})
+    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", servers)
+    trainer = SimpleNamespace(
+        is_deepspeed_enabled=deepspeed,
+        accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), is_main_process=True, device="cpu"),
+        args=SimpleNamespace(vllm_mode="server", vllm_group_port=51216, vllm_server_timeout=1.0),
+        policies=[SimpleNamespace(name="a", spec=AgentSpec("a", "m", vllm_server_base_url=url), tokenizer=None)],
+        sampling_config=SamplingConfig,
+        chat_template_kwargs=None,
+    )
+    return MultiAgentTreeTrainer._connect_vllm(trainer)
+
+
+def test_fsdp2_agents_connect_to_their_servers(monkeypatch):
+    """FSDP2 with use_vllm used to be refused ("pushing sharded (FSDP/DeepSpeed) weights ... not supported yet")."""
+    backends = connect_under(SimpleNamespace(fsdp_version=2), monkeypatch)
+    assert list(backends) == ["a"] and backends["a"].client.communicator
+    with pytest.raises(ValueError, match="from FSDP2 shards only; set fsdp_version: 2"):
+        connect_under(SimpleNamespace(fsdp_version=1), monkeypatch)
+    with pytest.raises(ValueError, match="DeepSpeed-partitioned weights into vLLM is not supported"):
+        connect_under(None, monkeypatch, deepspeed=True)

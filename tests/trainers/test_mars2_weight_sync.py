@@ -22,12 +22,12 @@ from trl.generation.vllm_client import VLLMClient
 
 from trl_mars.search import weight_sync
 from trl_mars.search.backends import SamplingConfig
-from trl_mars.search.weight_sync import buckets, push_to_server, pushed_weights
+from trl_mars.search.weight_sync import buckets, load_into_engine, push_to_server, pushed_weights
 from trl_mars.trainers.mars2_config import AgentSpec
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
-from vllm_fakes import FakeServers  # noqa: E402
+from vllm_fakes import FakeEngine, FakeServers  # noqa: E402
 
 BUCKET = 64 * 1024  # bytes: the tiny Qwen2 (26 tensors, ~490 KB in fp32) travels in several buckets
 
@@ -181,3 +181,14 @@ def test_fsdp2_agents_connect_to_their_servers(monkeypatch):
         connect_under(SimpleNamespace(fsdp_version=1), monkeypatch)
     with pytest.raises(ValueError, match="DeepSpeed-partitioned weights into vLLM is not supported"):
         connect_under(None, monkeypatch, deepspeed=True)
+
+
+def test_fsdp2_weights_load_into_a_colocated_engine(gloo_group, tiny_qwen2_path):
+    """Colocate mode streams the same gathered tensors into each process's own engine."""
+    model = fsdp2_shard(AutoModelForCausalLM.from_pretrained(tiny_qwen2_path))
+    train_step(model)
+    engine = FakeEngine(model=tiny_qwen2_path, enable_sleep_mode=False)
+    load_into_engine(engine, model)
+    trained = {n: full(p) for n, p in model.named_parameters()}
+    assert set(engine.loads[-1]) == set(trained)
+    assert all(torch.equal(engine.loads[-1][n], v) for n, v in trained.items())

@@ -6,6 +6,7 @@ semantics: sleeping at level 2 discards its weights), injected through ``MultiAg
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -230,3 +231,33 @@ def test_colocate_config_accepted(tmp_path):
     assert args.vllm_mode == "colocate" and args.vllm_enable_sleep_mode and args.vllm_max_model_length == 128
     with pytest.raises(ValueError, match="vllm_mode must be 'server' or 'colocate', got 'remote'"):
         config(tmp_path, use_vllm=True, vllm_mode="remote", agents=TWO)
+
+
+def test_recipe_runs_colocated(tmp_path, monkeypatch, capsys):
+    """``recipes/mars2.py`` as docs/mars2.md runs it colocated (the GPU check's command, shortened, with the fake
+    engine): held-out search before and after training, both agents on their engines, asleep at the end."""
+    engines = []
+
+    def factory(**kwargs):
+        engines.append(FakeEngine(**kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(MultiAgentTreeTrainer, "vllm_engine_factory", staticmethod(factory))
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "mars2.py"
+    spec = importlib.util.spec_from_file_location("recipe_mars2_colocate", recipe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = (
+        "--warmup_steps_sft 0 --num_train_problems 2 --num_eval_problems 2 --eval_repeats 1 --eval_max_nodes 2 "
+        "--max_nodes 2 --trees_per_step 1 --per_device_train_batch_size 1 --max_steps 1 --max_completion_length 8 "
+        "--save_strategy no --use_vllm true --vllm_mode colocate --vllm_enable_sleep_mode true "
+        f"--vllm_gpu_memory_utilization 0.2 --output_dir {tmp_path}"
+    )
+    monkeypatch.setattr(sys, "argv", ["mars2.py", *argv.split()])
+    module.main()
+    assert "Held-out problems: 2" in capsys.readouterr().out
+    assert len(engines) == 2 and all(e.kwargs["gpu_memory_utilization"] == 0.2 for e in engines)
+    for engine in engines:
+        events = [e for _, e in engine.events]
+        assert events[0] == events[-1] == "sleep" and "generate" in events
+        assert events.count("wake_up:weights") == events.count("load_weights") == events.count("sleep") - 1 >= 3

@@ -104,13 +104,15 @@ def buckets(sizes: Sequence[int], bucket_bytes: int) -> list[list[int]]:
 
     >>> buckets([4, 4, 4, 10, 1], bucket_bytes=8)
     [[0, 1], [2], [3], [4]]
+    >>> buckets([0, 8, 0], bucket_bytes=8)
+    [[0, 1, 2]]
     """
     if bucket_bytes < 1:
         raise ValueError(f"bucket_bytes must be >= 1, got {bucket_bytes}")
     out: list[list[int]] = []
-    used = bucket_bytes  # start a new bucket at the first tensor
+    used = 0
     for i, size in enumerate(sizes):
-        if used + size > bucket_bytes:
+        if not out or used + size > bucket_bytes:
             out.append([])
             used = 0
         out[-1].append(i)

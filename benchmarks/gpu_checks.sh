@@ -4,13 +4,16 @@
 #   2. the MARS² recipe on one GPU in bf16 (short run: warm-up, 4 RL steps, checkpoints, held-out eval),
 #   3. the same under FSDP2 (accelerate's fsdp2.yaml with one process), then resumed from its last checkpoint,
 #   4. benchmarks/moda_gpu.py (MoDA efficiency against our n_depth=0 kernel and SDPA flash; autotunes the
-#      Triton kernels per sequence-length bucket on first use, then 5 timed samples per variant and shape).
-# usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]   (CHECK: kernels mars2 fsdp2 moda; default all)
+#      Triton kernels per sequence-length bucket on first use, then 5 timed samples per variant and shape),
+#   5. vLLM (needs the `vllm` package; skipped, saying so, without it): the MARS² recipe with each agent's engine
+#      colocated in the training process in sleep mode, then FSDP2 weights pushed in buckets to a real
+#      `trl vllm-serve` (two processes: the server, and a one-process FSDP2 trainer sharing its GPU).
+# usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]   (CHECK: kernels mars2 fsdp2 moda vllm; default all)
 # Each check has its own time limit; its log goes to LOG_DIR/<name>.log.
 set -uo pipefail
 LOG=${1:-gpu_logs}
 CHECKS=("${@:2}")
-[ ${#CHECKS[@]} -eq 0 ] && CHECKS=(kernels mars2 fsdp2 moda)
+[ ${#CHECKS[@]} -eq 0 ] && CHECKS=(kernels mars2 fsdp2 moda vllm)
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
@@ -40,6 +43,28 @@ for check in "${CHECKS[@]}"; do
         step mars2_fsdp2_resume 150 $PY "${FSDP2[@]}" recipes/mars2.py "${SMOKE[@]}" --max_steps 6 \
             --output_dir /tmp/mars2-fsdp2 --resume_from_checkpoint true ;;
     moda) step moda_gpu 400 $PY benchmarks/moda_gpu.py ;;
+    vllm)  # ---- vLLM: colocated engines (sleep mode), FSDP2 push to a real server. About 8 minutes (the push needs 2 GPUs).
+        if ! $PY -c "import vllm" 2>/dev/null; then
+            echo "=== vllm: skipped, the vllm package is not installed (pip install 'trl-mars[vllm]')"
+            continue
+        fi
+        # Two tiny agents 256 wide (head dim 64, which vLLM's attention kernels take), 2 RL steps + held-out eval.
+        step mars2_vllm_colocate 420 $PY recipes/mars2.py "${SMOKE[@]}" --max_steps 2 \
+            --tiny_hidden_size 256 --use_vllm true --vllm_mode colocate --vllm_enable_sleep_mode true \
+            --vllm_gpu_memory_utilization 0.2 --output_dir /tmp/mars2-colocate
+        # The server and the trainer join one NCCL group, which refuses two ranks on one GPU: needs 2 GPUs.
+        if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
+            echo "=== vllm_fsdp2_push: skipped, it needs 2 GPUs (NCCL refuses two ranks of one group on one GPU)"
+            continue
+        fi
+        TINY=$($PY -c "from trl_mars.testing import tiny_model_path as t; print(t('qwen2', hidden_size=256, intermediate_size=512))")
+        CUDA_VISIBLE_DEVICES=1 VLLM_SERVER_DEV_MODE=1 timeout 330 trl vllm-serve --model "$TINY" --port 8011 \
+            --dtype float32 --gpu_memory_utilization 0.3 --enforce_eager true >"$LOG/vllm_serve.log" 2>&1 &
+        SERVER=$!
+        CUDA_VISIBLE_DEVICES=0 step vllm_fsdp2_push 300 $PY -m torch.distributed.run --nproc_per_node 1 \
+            benchmarks/vllm_weight_push.py --model "$TINY" --base_url http://127.0.0.1:8011 --bucket_mb 0.5
+        kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null
+        grep -v '^\s*$' "$LOG/vllm_serve.log" | tail -n 5 ;;
     *) echo "unknown check $check" && exit 2 ;;
     esac
 done

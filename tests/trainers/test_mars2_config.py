@@ -51,7 +51,7 @@ def config(tmp_path, **kw):
                 "vllm_mode": "colocate",
                 "agents": [{"name": "a", "model": "trl-mars/tiny-qwen2", "vllm_server_base_url": "http://h:8000"}],
             },
-            "vllm_mode='colocate': only 'server'",
+            r"agents\[0\].vllm_server_base_url: agents have no server with vllm_mode='colocate'",
         ),
     ],
 )

@@ -6,7 +6,7 @@ finite. Independent options share runs; every value appears in at least one:
 
 | option | values (run) |
 |---|---|
-| agent_mode | heterogeneous (A, C, E), homogeneous (B, D) |
+| agent_mode | heterogeneous (A, C, E, F), homogeneous (B, D) |
 | posterior | beta (A, D), gaussian (B, C) |
 | selection_order | node_then_agent (A, C), agent_then_node (B, D) |
 | importance_sampling_level | token (A, D), sequence (B, C) |
@@ -14,6 +14,7 @@ finite. Independent options share runs; every value appears in at least one:
 | agents | full (A, B), LoRA (C, D), frozen (C) |
 | tplus | on (B), off (A, C, D) |
 | reward_shaping / node_reward / feedback | tree_consistent (A, B, D), none (C) / pass, pass_fraction (B) / summary, detailed (B) |
+| generation | transformers (A-E), vLLM colocate with sleep mode (F, fake engine: ``vllm_fakes.FakeEngine``) |
 | other | cosine schedule (A), clip-higher + overlong penalty + problem-less refinements (C), no TIS + beta 0 + GEN only (D), filter_uniform_trees + per-agent learning_rate and loss_weight + real credit (E) |
 
 Every ``recipes/configs/mars2_*.yaml`` is parsed by the recipe's own parser, its hub ids replaced by the tiny
@@ -45,6 +46,7 @@ from trl_mars.utils.recipes import parse_recipe_args
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
 from mars2_helpers import check_kill_and_resume, force_advantages, run_ddp_worker, tiny_mars2_config  # noqa: E402
+from vllm_fakes import FakeEngine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
@@ -109,6 +111,13 @@ RUNS = {
         filter_uniform_trees=True,
         lr_scheduler_type="constant",
     ),
+    "F-heter-colocate-sleep-lora": dict(
+        agents=[{"name": "qwen", "model": "qwen2", "lora": LORA}, {"name": "llama", "model": "llama"}],
+        use_vllm=True,
+        vllm_mode="colocate",
+        vllm_enable_sleep_mode=True,
+        vllm_gpu_memory_utilization=0.45,
+    ),
 }
 REAL_CREDIT = {"E-heter-real-credit-filter-uniform-trees"}
 """Runs credited by the trainer itself: node rewards planted by node id (1, 0, 1 in a 3-node tree), so no tree is
@@ -122,8 +131,10 @@ def trainable_state(policy) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("run", list(RUNS))
-def test_configuration_trains(run, tmp_path, tiny_qwen2_path, tiny_llama_path):
+def test_configuration_trains(run, tmp_path, tiny_qwen2_path, tiny_llama_path, monkeypatch):
     fields = dict(RUNS[run])
+    if fields.get("vllm_mode") == "colocate":  # no vLLM here: the fake engine over the same tiny checkpoint
+        monkeypatch.setattr(MultiAgentTreeTrainer, "vllm_engine_factory", staticmethod(lambda **kw: FakeEngine(**kw)))
     paths = {"qwen2": tiny_qwen2_path, "llama": tiny_llama_path}
     agents = [{**a, "model": paths[a["model"]]} if "model" in a else a for a in fields.pop("agents")]
     args = tiny_mars2_config(
@@ -142,6 +153,10 @@ def test_configuration_trains(run, tmp_path, tiny_qwen2_path, tiny_llama_path):
     before = {p.name: trainable_state(p) for p in trainer.policies}
     trainer.train()
     trainer.sandbox.close()
+    if args.use_vllm:  # every agent generated on its colocated engine, asleep now that training is over
+        engines = [b.engine for b in trainer.vllm_backends.values()]
+        assert len(engines) == len(trainer.policies) and all(b.asleep for b in trainer.vllm_backends.values())
+        assert all(any(e == "generate" for _, e in engine.events) for engine in engines)
 
     for policy in trainer.policies:
         after = dict(getattr(policy.model, "module", policy.model).named_parameters())

@@ -1,6 +1,6 @@
 """``use_vllm``: each agent generates on its own ``trl vllm-serve`` (TRL's ``VLLMClient``) and its updated weights are
 pushed there before it generates again. The servers are replaced by an in-process fake of ``VLLMClient`` (no vLLM
-or GPU here) that records what the trainer sends."""
+or GPU here, ``tests/trainers/vllm_fakes.py``) that records what the trainer sends."""
 
 from __future__ import annotations
 
@@ -12,55 +12,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_mars.data.code_tasks import code_task_splits
+from trl_mars.search.weight_sync import buckets
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
 from mars2_helpers import force_advantages, tiny_mars2_config  # noqa: E402
+from vllm_fakes import ANSWER, FakeServers  # noqa: E402
 
-ANSWER = "```python\ndef f(x):\n    return x\n```"
-
-
-class FakeServers:
-    """Stands in for ``trl.generation.vllm_client.VLLMClient``: one instance per base_url."""
-
-    def __init__(self, tokenizers: dict[str, AutoTokenizer]) -> None:
-        self.tokenizers = tokenizers
-        self.clients: dict[str, FakeServers.Client] = {}
-
-    def __call__(self, base_url: str, group_port: int, connection_timeout: float):
-        client = self.Client(self.tokenizers[base_url], group_port)
-        self.clients[base_url] = client
-        return client
-
-    class Client:
-        def __init__(self, tokenizer, group_port: int) -> None:
-            self.tokenizer, self.group_port = tokenizer, group_port
-            self.communicator = False
-            self.conversations: list = []
-            self.weights: dict[str, torch.Tensor] = {}
-            self.pushes: list[dict[str, torch.Tensor]] = []
-
-        def init_communicator(self, device) -> None:
-            self.communicator = True
-
-        def chat(self, messages, temperature, top_p, top_k, max_tokens, logprobs, **kwargs) -> dict:
-            assert logprobs == 0 and max_tokens == 16
-            self.conversations += messages
-            tok = self.tokenizer
-            texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
-            completion = tok(ANSWER, add_special_tokens=False).input_ids[: max_tokens - 1] + [tok.eos_token_id]
-            return {
-                "prompt_ids": [tok(t, add_special_tokens=False).input_ids for t in texts],
-                "completion_ids": [completion] * len(messages),
-                "logprobs": [[[-0.5]] * len(completion)] * len(messages),
-            }
-
-        def update_named_param(self, name: str, weights: torch.Tensor) -> None:
-            assert self.communicator, "weights pushed before init_communicator"
-            self.weights[name] = weights.detach().clone()
-
-        def reset_prefix_cache(self) -> None:
-            self.pushes.append(dict(self.weights))
+BUCKET_MB = 1 / 16  # 64 KiB: a tiny model's push takes several requests
 
 
 @pytest.fixture
@@ -73,7 +32,9 @@ def run(tmp_path, tiny_qwen2_path, tiny_llama_path, monkeypatch):
         {"name": "qwen", "model": tiny_qwen2_path, "vllm_server_base_url": urls["qwen"], "lora": {"r": 4}},
         {"name": "llama", "model": tiny_llama_path, "vllm_server_base_url": urls["llama"]},
     ]
-    args = tiny_mars2_config(tmp_path, agents, use_vllm=True, max_steps=2, beta=0.0)
+    args = tiny_mars2_config(
+        tmp_path, agents, use_vllm=True, max_steps=2, beta=0.0, vllm_weight_sync_bucket_mb=BUCKET_MB
+    )
     train, _ = code_task_splits(2, 0, seed=0)
     trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
     force_advantages(trainer, lambda i: 1.0 if i % 2 else -1.0)  # a fake server's answers all score the same
@@ -118,3 +79,20 @@ def test_lora_weights_pushed_merged_under_base_names(run):
     delta = q_proj.get_delta_weight("default")
     assert delta.abs().max() > 0, "the adapter did not train"
     torch.testing.assert_close(pushed["model.layers.0.self_attn.q_proj.weight"], original_q + delta)
+
+
+def test_each_push_is_one_request_per_bucket(run):
+    """A push is one ``weight_update()`` of ``update_named_params`` requests, one per bucket of at most
+    ``vllm_weight_sync_bucket_mb`` MiB of consecutive tensors (each tensor announced once, in order), not one
+    request per tensor."""
+    trainer, servers, urls, _, _ = run
+    for policy in trainer.policies:
+        client = servers.clients[urls[policy.name]]
+        names = list(client.pushes[-1])
+        sizes = [client.pushes[-1][n].numel() * client.pushes[-1][n].element_size() for n in names]
+        expected = buckets(sizes, int(BUCKET_MB * 2**20))
+        assert 1 < len(expected) < len(names)
+        assert client.updates == len(client.pushes) >= 2
+        per_push = len(client.requests) // client.updates
+        assert len(client.requests) == per_push * client.updates and per_push == len(expected)
+        assert client.requests[-per_push:] == [[names[i] for i in group] for group in expected]

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from trl_mars.search.weight_sync import DEFAULT_BUCKET_BYTES, push_to_server
+
 Messages = list[dict[str, str]]
 
 
@@ -310,23 +312,12 @@ class VLLMServerBackend:
                 on_text(i, text)
         return results
 
-    @torch.no_grad()
-    def push_weights(self, model: Any) -> None:
-        """Send every weight of ``model`` to the server under the base model's names, then drop the server's
-        prefix cache. Call on one process only. A LoRA layer is sent as W + ΔW of its active adapters, computed
-        aside: the training model is never merged and unmerged, so its base weights do not drift by round-off."""
-        modules = dict(model.named_modules())
-        for name, param in model.named_parameters():
-            if "lora_" in name or "original_module" in name:
-                continue  # adapter factors travel inside ΔW; modules_to_save replace their originals
-            weight = param.data
-            owner, _, leaf = name.rpartition(".")
-            if owner.endswith(".base_layer") and leaf == "weight":
-                layer = modules[owner.removesuffix(".base_layer")]
-                for adapter in (a for a in layer.active_adapters if a in layer.lora_A):
-                    if layer.use_dora.get(adapter):
-                        raise ValueError(f"{owner}: DoRA adapters cannot be pushed to vLLM yet")
-                    weight = weight + layer.get_delta_weight(adapter)
-            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-            self.client.update_named_param(name.replace("modules_to_save.default.", ""), weight)
-        self.client.reset_prefix_cache()
+    def push_weights(
+        self, model: Any, stream: bool = True, bucket_bytes: int = DEFAULT_BUCKET_BYTES, device: Any = None
+    ) -> int:
+        """Send every weight of ``model`` to the server under the base model's names, in buckets of
+        ``bucket_bytes`` (one ``update_named_params`` request each), then drop the server's prefix cache; a LoRA
+        layer is sent as W + ΔW computed aside, FSDP2 shards are gathered one parameter at a time as they are sent
+        (``trl_mars.search.weight_sync``). Every process calls it; only ``stream=True`` (one process) talks to the
+        server, the others take part in the gathers. Returns the number of requests."""
+        return push_to_server(self.client, model, bucket_bytes, stream, device)

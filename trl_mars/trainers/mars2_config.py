@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -23,11 +24,10 @@ AGENT_KEYS = {
     "loss_weight": "scale of this agent's loss (default 1.0, >= 0)",
     "lora": "LoRA kwargs for peft.LoraConfig, e.g. {r: 16, lora_alpha: 32}; null for full fine-tuning",
     "load_in_4bit": "QLoRA: load the base model in 4-bit (needs bitsandbytes and a GPU)",
-    "vllm_server_base_url": "with use_vllm: URL of this agent's `trl vllm-serve` (generation, weight pushes)",
-    "vllm_group_port": "with use_vllm: weight-transfer group port of this agent's server (default 51216 + index)",
+    "vllm_server_base_url": "vllm_mode='server': URL of this agent's `trl vllm-serve` (generation, weight pushes)",
+    "vllm_group_port": "vllm_mode='server': weight-transfer group port of this agent's server (default 51216 + index)",
 }
 
-_COLOCATE = "a vLLM colocate setting (MARS² runs one `trl vllm-serve` per agent: set it on each server)"
 _TRL_IS = "TRL's vLLM importance sampling: MARS² corrects the sampler mismatch with `tis_cap` (truncated IS)"
 _ENTROPY = "no entropy bonus or entropy masking in MARS²"
 _LOGGING = "GRPOTrainer's completion logging (MARS² keeps each round's trees: `save_trees`, `trl-mars search`)"
@@ -39,11 +39,6 @@ REJECTED_GRPO_FIELDS = {
     "use_transformers_continuous_batching": "the search generates with `model.generate` or a vLLM server",
     "transformers_continuous_batching_config": "the search generates with `model.generate` or a vLLM server",
     "use_transformers_paged": "the search generates with `model.generate` or a vLLM server",
-    "vllm_model_impl": _COLOCATE,
-    "vllm_enable_sleep_mode": _COLOCATE,
-    "vllm_gpu_memory_utilization": _COLOCATE,
-    "vllm_max_model_length": _COLOCATE,
-    "vllm_tensor_parallel_size": _COLOCATE,
     "vllm_server_base_url": "each agent names its own server: `agents[i].vllm_server_base_url`",
     "vllm_server_host": "each agent names its own server: `agents[i].vllm_server_base_url`",
     "vllm_server_port": "each agent names its own server: `agents[i].vllm_server_base_url`",
@@ -103,10 +98,15 @@ SUPPORTED_GRPO_FIELDS = {
     "repetition_penalty": "repetition penalty over the prompt and the node's own tokens (log-probs follow it)",
     "generation_kwargs": "extra keywords for `generate` / the vLLM server (sampling keys refused)",
     "chat_template_kwargs": "kwargs of every agent's chat template (e.g. enable_thinking)",
-    "use_vllm": "generate on one `trl vllm-serve` per agent",
-    "vllm_mode": "'server' only",
-    "vllm_server_timeout": "seconds to wait for each agent's server",
-    "vllm_group_port": "weight-transfer port of agents[0]; agent i defaults to it + i",
+    "use_vllm": "generate with vLLM: one `trl vllm-serve` per agent, or one engine per agent in each process",
+    "vllm_mode": "'server' (one `trl vllm-serve` per agent) or 'colocate' (each agent's engine in the training process)",
+    "vllm_server_timeout": "server mode: seconds to wait for each agent's server",
+    "vllm_group_port": "server mode: weight-transfer port of agents[0]; agent i defaults to it + i",
+    "vllm_gpu_memory_utilization": "colocate: share of the GPU each agent's engine reserves (sum over agents <= 1)",
+    "vllm_tensor_parallel_size": "colocate: must be 1 (each agent's engine fits one GPU)",
+    "vllm_enable_sleep_mode": "colocate: engines sleep (level 2) while the agents train, woken before each search",
+    "vllm_max_model_length": "colocate: each engine's context length (vLLM's max_model_len; None: the model's)",
+    "vllm_model_impl": "colocate: each engine's model implementation ('vllm', 'transformers' or 'auto')",
     "beta": "k3 KL coefficient against each agent's reference",
     "num_iterations": "optimizer steps on each buffer taken (later ones clipped against the sampling policy)",
     "epsilon": "lower clip of the token (GRPO/DAPO) or sequence (GSPO) ratio",
@@ -196,7 +196,17 @@ class MultiAgentTreeConfig(GRPOConfig):
     )
     vllm_mode: str = field(
         default="server",
-        metadata={"help": "With use_vllm: 'server' (one `trl vllm-serve` per agent, the only mode supported)."},
+        metadata={
+            "help": "With use_vllm: 'server' (one `trl vllm-serve` per agent) or 'colocate' (each agent's vLLM "
+            "engine in every training process, sleeping while the agents train with vllm_enable_sleep_mode)."
+        },
+    )
+    vllm_weight_sync_bucket_mb: float = field(
+        default=1024.0,
+        metadata={
+            "help": "vllm_mode='server': an agent's weights are pushed in buckets of at most this many MiB of full "
+            "tensors, one `update_named_params` request (/update_weights) per bucket."
+        },
     )
     max_nodes: int = field(default=8, metadata={"help": "Nodes per tree (the search budget)."})
     trees_per_step: int = field(default=4, metadata={"help": "Problems (trees) per process per training step."})
@@ -271,11 +281,12 @@ class MultiAgentTreeConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         check_rejected_fields(self)
+        self.agent_specs = parse_agents(self.agents, self.agent_mode)
+        check_deepspeed_agents(self, self.agent_specs)  # before GRPOConfig, which would import deepspeed
         self.agent_gradient_accumulation_steps = self.gradient_accumulation_steps
         self.steps_per_generation = 2  # GRPO's generation batching is not used; keep its divisibility checks met
         super().__post_init__()
         check_generation_kwargs(self.generation_kwargs)  # a JSON string from the command line is parsed now
-        self.agent_specs = parse_agents(self.agents, self.agent_mode)
         if isinstance(self.agents, str):  # JSON from the command line, valid since parse_agents accepted it
             self.agents = json.loads(self.agents)
         checks = {
@@ -308,8 +319,11 @@ class MultiAgentTreeConfig(GRPOConfig):
         except ValueError as e:
             raise ValueError(f"MultiAgentTreeConfig: {e}") from e
         check_eval_fields(self)
+        check_vllm_fields(self)
         if self.use_vllm:
             check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
+            if self.vllm_mode == "colocate" and self.agent_specs:
+                check_colocate_memory(self, len(self.agent_specs) if self.agent_mode == "heterogeneous" else 1)
 
     def policy_loss_config(self) -> PolicyLossConfig:
         """The loss every agent optimises, from the GRPOConfig loss fields (validated here, before any model)."""
@@ -386,13 +400,94 @@ def check_eval_fields(config: MultiAgentTreeConfig) -> None:
         check_reward_model(config.eval_reward_model, "eval_reward_model")
 
 
-def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:
-    """``use_vllm``: one ``trl vllm-serve`` per trained set of weights, named in the agents."""
-    if vllm_mode != "server":
+COLOCATE_FIELDS = (
+    "vllm_gpu_memory_utilization",
+    "vllm_tensor_parallel_size",
+    "vllm_enable_sleep_mode",
+    "vllm_max_model_length",
+    "vllm_model_impl",
+)
+"""Fields that configure the colocated engines (``use_vllm`` with ``vllm_mode='colocate'``)."""
+SERVER_FIELDS = ("vllm_server_timeout", "vllm_group_port", "vllm_weight_sync_bucket_mb")
+"""Fields that configure the clients of the agents' servers (``use_vllm`` with ``vllm_mode='server'``)."""
+
+
+def check_vllm_fields(config: MultiAgentTreeConfig) -> None:
+    """``vllm_mode`` is 'server' or 'colocate'; a field of the other mode (or any, without ``use_vllm``) left at
+    its default; colocated engines with tensor parallel size 1 and a memory share in (0, 1]."""
+    if config.vllm_mode not in ("server", "colocate"):
+        raise ValueError(f"MultiAgentTreeConfig.vllm_mode must be 'server' or 'colocate', got {config.vllm_mode!r}")
+    defaults = {f.name: f.default for f in fields(config)}
+    active = {"server": SERVER_FIELDS, "colocate": COLOCATE_FIELDS}[config.vllm_mode] if config.use_vllm else ()
+    for name in (*COLOCATE_FIELDS, *SERVER_FIELDS):
+        if name not in active and getattr(config, name) != defaults[name]:
+            mode = "colocate" if name in COLOCATE_FIELDS else "server"
+            raise ValueError(
+                f"MultiAgentTreeConfig.{name}={getattr(config, name)!r} only applies with use_vllm=True and "
+                f"vllm_mode={mode!r} (here use_vllm={config.use_vllm}, vllm_mode={config.vllm_mode!r}); leave it "
+                f"at its default {defaults[name]!r}"
+            )
+    if config.use_vllm and config.vllm_mode == "colocate":
+        if config.vllm_tensor_parallel_size != 1:
+            raise ValueError(
+                f"MultiAgentTreeConfig.vllm_tensor_parallel_size={config.vllm_tensor_parallel_size}: colocated "
+                "engines run with tensor parallel size 1 (each agent must fit one GPU); for larger agents use "
+                "vllm_mode='server' with a tensor-parallel `trl vllm-serve` per agent"
+            )
+        if not 0 < config.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                "MultiAgentTreeConfig.vllm_gpu_memory_utilization must be in (0, 1], got "
+                f"{config.vllm_gpu_memory_utilization}"
+            )
+    if config.vllm_weight_sync_bucket_mb <= 0:
         raise ValueError(
-            f"MultiAgentTreeConfig.vllm_mode={vllm_mode!r}: only 'server' is supported (one `trl vllm-serve` per "
-            "agent; colocating one vLLM engine per agent in the training processes is not)"
+            f"MultiAgentTreeConfig.vllm_weight_sync_bucket_mb must be > 0, got {config.vllm_weight_sync_bucket_mb}"
         )
+
+
+def check_colocate_memory(config: MultiAgentTreeConfig, engines: int) -> None:
+    """Every process holds one engine per policy, each reserving ``vllm_gpu_memory_utilization`` of its GPU."""
+    if engines * config.vllm_gpu_memory_utilization > 1:
+        raise ValueError(
+            f"MultiAgentTreeConfig.vllm_gpu_memory_utilization={config.vllm_gpu_memory_utilization}: {engines} "
+            f"colocated engines per GPU would reserve {engines * config.vllm_gpu_memory_utilization:.2f} of it "
+            "(> 1); lower it (the training models need room too)"
+        )
+
+
+def deepspeed_requested(config: Any) -> bool:
+    """Whether the run will use DeepSpeed: the ``deepspeed`` field, or ``ACCELERATE_USE_DEEPSPEED`` (what
+    ``accelerate launch`` sets with a DeepSpeed config), as ``TrainingArguments`` decides it."""
+    return bool(config.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+
+
+def check_deepspeed_agents(config: Any, specs: list[AgentSpec]) -> None:
+    """DeepSpeed with several trained sets of weights is refused, naming the setting: accelerate ties one model
+    to one DeepSpeed engine, and MARS² steps each agent's optimizer itself."""
+    owners = specs[:1] if config.agent_mode == "homogeneous" else specs
+    trained = [s.name for s in owners if s.trainable]
+    if len(trained) > 1 and deepspeed_requested(config):
+        source = f"deepspeed={config.deepspeed!r}" if config.deepspeed else "ACCELERATE_USE_DEEPSPEED=true"
+        raise ValueError(
+            f"MultiAgentTreeConfig: DeepSpeed ({source}) with {len(trained)} trained agents ({', '.join(trained)}) "
+            "is not supported: accelerate prepares one model per DeepSpeed engine and MARS² steps each agent's "
+            "optimizer itself. Use FSDP2 (recipes/accelerate_configs/fsdp2.yaml) or DDP, agent_mode='homogeneous', "
+            "or train one agent (`trainable: false` on the others)"
+        )
+
+
+def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:
+    """``use_vllm``: in server mode one ``trl vllm-serve`` per trained set of weights, named in the agents; in
+    colocate mode no agent names a server."""
+    if vllm_mode == "colocate":
+        for i, spec in enumerate(specs):
+            for key in ("vllm_server_base_url", "vllm_group_port"):
+                if getattr(spec, key) is not None:
+                    raise ValueError(
+                        f"agents[{i}].{key}: agents have no server with vllm_mode='colocate' (each agent's engine "
+                        "runs in the training processes); remove it, or use vllm_mode='server'"
+                    )
+        return
     if not specs:
         raise ValueError("use_vllm needs `agents` (each with its vllm_server_base_url)")
     urls: dict[str, int] = {}

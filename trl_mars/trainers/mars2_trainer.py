@@ -45,6 +45,7 @@ from trl_mars.search.problems import from_row
 from trl_mars.search.prompts import PromptConfig
 from trl_mars.search.reward_model import RewardModel, resolve_reward_model
 from trl_mars.search.tree import ROOT, Node, SearchTree
+from trl_mars.search.vllm_colocate import VLLMColocateBackend, VLLMEngine
 from trl_mars.trainers.mars2_agents import (
     Policy,
     load_policy_weights,
@@ -54,7 +55,12 @@ from trl_mars.trainers.mars2_agents import (
     save_policy,
     unwrap,
 )
-from trl_mars.trainers.mars2_config import AgentSpec, MultiAgentTreeConfig
+from trl_mars.trainers.mars2_config import (
+    AgentSpec,
+    MultiAgentTreeConfig,
+    check_colocate_memory,
+    check_deepspeed_agents,
+)
 from trl_mars.utils.checkpoint import MethodStateMixin
 from trl_mars.utils.fsdp import load_optimizer, save_optimizer, wrap_own_layers
 from trl_mars.utils.model_card import write_model_card
@@ -109,6 +115,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
     """
 
     _tag_names = ["trl", "trl-mars", "mars2", "multi-agent", "tree-search", "code"]
+    vllm_engine_factory = staticmethod(VLLMEngine)
+    """Builds each agent's colocated engine from ``colocate_engine_kwargs`` (``vllm_mode='colocate'``)."""
     _name = "MARS²"
     _paper = {
         "title": "MARS²: Scaling Multi-Agent Tree Search via Reinforcement Learning for Code Generation",
@@ -132,6 +140,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         _check_trl_api()
         args = (args or MultiAgentTreeConfig(output_dir="mars2-output")).trainer_arguments()
         specs, models, tokenizers = self._resolve_agents(model, processing_class, args)
+        check_deepspeed_agents(args, specs)  # agents passed as models: the config could not count them
         check_dataset(train_dataset, args.tests_column, "train_dataset")
         check_dataset(eval_dataset, args.tests_column, "eval_dataset")
         homogeneous = args.agent_mode == "homogeneous"
@@ -256,10 +265,26 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         model = model.to(self.accelerator.device)
         return Policy(spec.name, [spec.name], spec, model, tokenizer, ref)
 
-    def _connect_vllm(self) -> dict[str, VLLMServerBackend]:
-        """One ``trl vllm-serve`` client per policy; the main process opens the weight-transfer group."""
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            raise ValueError("use_vllm: pushing sharded (FSDP/DeepSpeed) weights to the servers is not supported yet")
+    def _connect_vllm(self) -> dict[str, VLLMServerBackend | VLLMColocateBackend]:
+        """One vLLM backend per policy: a ``trl vllm-serve`` client (server mode; the main process opens the
+        weight-transfer group), or an engine in this process (colocate mode)."""
+        if self.is_deepspeed_enabled:
+            raise ValueError("use_vllm: loading DeepSpeed-partitioned weights into vLLM is not supported; use FSDP2")
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if plugin is not None and plugin.fsdp_version != 2:
+            raise ValueError("use_vllm: weights are gathered for vLLM from FSDP2 shards only; set fsdp_version: 2")
+        if self.args.vllm_mode == "colocate":
+            check_colocate_memory(self.args, len(self.policies))
+            return {
+                policy.name: VLLMColocateBackend(
+                    self.vllm_engine_factory(**self.colocate_engine_kwargs(policy)),
+                    policy.tokenizer,
+                    self.sampling_config(),
+                    self.chat_template_kwargs or {},
+                    sleep_mode=self.args.vllm_enable_sleep_mode,
+                )
+                for policy in self.policies
+            }
         backends = {}
         for i, policy in enumerate(self.policies):
             spec = policy.spec
@@ -275,15 +300,51 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                 backends[policy.name].client.init_communicator(device=self.accelerator.device)
         return backends
 
-    def _push_stale_weights(self, policies: Sequence[Policy]) -> None:
-        """Send the weights of every policy updated since its last push to its server, before it generates."""
-        stale = [p for p in policies if p.name in self._vllm_stale]
-        for policy in stale:
-            if self.accelerator.is_main_process:
-                self.vllm_backends[policy.name].push_weights(self.accelerator.unwrap_model(policy.model))
+    def colocate_engine_kwargs(self, policy: Policy) -> dict[str, Any]:
+        """What ``vllm_engine_factory`` gets for ``policy``'s engine: the checkpoint it starts from (its base
+        weights; the trained ones are loaded before each search), the ``vllm_*`` colocate fields, the training
+        dtype, a per-process seed, and this process's place in the launch (vLLM's external launcher)."""
+        args, acc = self.args, self.accelerator
+        return {
+            "model": resolve_model_path(policy.spec.model),
+            "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+            "enable_sleep_mode": args.vllm_enable_sleep_mode,
+            "max_model_len": args.vllm_max_model_length,
+            "model_impl": args.vllm_model_impl,
+            "dtype": str(next(unwrap(policy.model).parameters()).dtype).removeprefix("torch."),
+            "seed": args.seed + acc.process_index,
+            "rank": acc.process_index,
+            "local_rank": acc.local_process_index,
+            "world_size": acc.num_processes,
+        }
+
+    def _sync_vllm_weights(self, policies: Sequence[Policy]) -> None:
+        """Before ``policies`` generate: each server gets the weights of a policy updated since its last push
+        (bucketed, gathered from FSDP2 shards as sent; every process takes part, the main one streams), and each
+        colocated engine wakes up and loads them (all of them after sleeping, which discarded them)."""
+        pushed = False
+        for policy in policies:
+            backend = self.vllm_backends.get(policy.name)
+            if backend is None:
+                continue
+            model = self.accelerator.unwrap_model(policy.model)
+            stale = policy.name in self._vllm_stale
+            if isinstance(backend, VLLMColocateBackend):
+                backend.wake_up(model, stale, self.accelerator.device)
+            elif stale:
+                bucket = int(self.args.vllm_weight_sync_bucket_mb * 2**20)
+                backend.push_weights(model, self.accelerator.is_main_process, bucket, self.accelerator.device)
+                pushed = True
             self._vllm_stale.discard(policy.name)
-        if stale:
+        if pushed:
             self.accelerator.wait_for_everyone()  # no rank generates from the old weights
+
+    def _sleep_vllm(self, policies: Sequence[Policy]) -> None:
+        """With sleep mode, the colocated engines of ``policies`` free their memory for training."""
+        for policy in policies:
+            backend = self.vllm_backends.get(policy.name)
+            if isinstance(backend, VLLMColocateBackend):
+                backend.sleep()
 
     def sampling_config(self) -> SamplingConfig:
         """How every agent samples: ``max_completion_length``, ``temperature``, ``top_p``, ``top_k``, ``min_p``,
@@ -390,7 +451,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         names = list(agents or self.policy_of)
         sampling = self.sampling_config()
         policies = list({id(self.policy_of[n]): self.policy_of[n] for n in names}.values())
-        self._push_stale_weights(policies)
+        self._sync_vllm_weights(policies)
         with ExitStack() as stack:
             backends = {}
             for policy in policies:
@@ -423,6 +484,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             finally:
                 if config is not None:
                     self.search.config = saved
+                self._sleep_vllm(policies)
         return trees
 
     def node_reward(self, node: Node) -> float:

@@ -53,6 +53,21 @@ def config(tmp_path, **kw):
             },
             r"agents\[0\].vllm_server_base_url: agents have no server with vllm_mode='colocate'",
         ),
+        (
+            {
+                "use_vllm": True,
+                "agents": [
+                    {
+                        "name": "a",
+                        "model": "trl-mars/tiny-qwen2",
+                        "load_in_4bit": True,
+                        "lora": {"r": 4},
+                        "vllm_server_base_url": "http://h:8000",
+                    }
+                ],
+            },
+            r"agents\[0\].load_in_4bit: QLoRA agents cannot push weights to vLLM",
+        ),
     ],
 )
 def test_bad_config_values_name_the_field(tmp_path, kwargs, message):

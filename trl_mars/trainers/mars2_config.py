@@ -478,7 +478,14 @@ def check_deepspeed_agents(config: Any, specs: list[AgentSpec]) -> None:
 
 def check_vllm_agents(specs: list[AgentSpec], mode: str, vllm_mode: str) -> None:
     """``use_vllm``: in server mode one ``trl vllm-serve`` per trained set of weights, named in the agents; in
-    colocate mode no agent names a server."""
+    colocate mode no agent names a server. No agent is QLoRA: its base weights are 4-bit bitsandbytes blocks that
+    the weight push would send as they are."""
+    for i, spec in enumerate(specs):
+        if spec.load_in_4bit:
+            raise ValueError(
+                f"agents[{i}].load_in_4bit: QLoRA agents cannot push weights to vLLM (the 4-bit base would be sent "
+                "as is); use LoRA on a bf16 base with use_vllm, or generate with transformers (use_vllm=False)"
+            )
     if vllm_mode == "colocate":
         for i, spec in enumerate(specs):
             for key in ("vllm_server_base_url", "vllm_group_port"):

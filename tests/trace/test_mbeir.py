@@ -132,6 +132,7 @@ def test_without_the_instruction_file_the_task_instruction_is_used(root):
     data = load_mbeir_eval(root, ("webqa_task1",))
     assert data.queries[0] == f"{TASK_INSTRUCTIONS[1]} What is the capital of France?"
     assert Instructions.from_root(root).table is None
+    assert data.is_complex is None and data.gold_reasoning is None  # no query_target in webqa
     assert task_of("image,text", "image") == 7
     with pytest.raises(ValueError, match="no M-BEIR task maps 'image' -> 'image,text'"):
         task_of("image", "image,text")
@@ -256,3 +257,51 @@ def test_train_errors_name_the_line(root):
         load_mbeir_train(root)
     rewrite(root / QUERY, lambda r: r[1].update(neg_cand_list=["7:5"]))
     assert len(load_mbeir_eval(root, ("cirr_task7",)).queries) == 2  # evaluation ignores negatives
+
+
+@pytest.fixture
+def saved_model(trace_model_path, trace_args, trace_task, tmp_path):
+    from datasets import Dataset
+
+    from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
+
+    dataset = Dataset.from_list(trace_task.train_rows(hard_negative=False)[:8])
+    trainer = TraceEmbedTrainer(trace_model_path, args=trace_args(), train_dataset=dataset)
+    trainer.save_model(str(tmp_path / "model"))
+    return tmp_path / "model"
+
+
+def test_cli_evaluates_a_saved_model_on_text_sets(saved_model, tmp_path, capsys):
+    from trl_mars.embed.encoder import TraceEncoder
+    from trl_mars.embed.evaluation import evaluate_retrieval_set
+    from trl_mars.embed.mbeir_cli import main
+
+    out = tmp_path / "mbeir.json"
+    # webqa_task1's local pool is text only: today's text encoder runs it (the union pool holds images)
+    argv = ["--model", str(saved_model), "--root", str(FIXTURE), "--eval_sets", "webqa_task1", "--pools", "local"]
+    argv += ["--modes", "direct", "--ks", "1", "5", "--output_json", str(out)]
+    results = main(argv)
+    printed = capsys.readouterr().out
+    assert "[mbeir] 2 queries of webqa_task1; corpus 3" in printed and "local/hit@5/webqa_task1" in printed
+    assert out.read_text() == json.dumps(results, indent=2) and set(results) == {"direct"}  # no CoT: no gold row
+    data = load_mbeir_eval(FIXTURE, ("webqa_task1",), pools=("local",))
+    want = evaluate_retrieval_set(
+        TraceEncoder.from_pretrained(saved_model), data, modes=("direct",), ks=(1, 5), pools=("local",)
+    )
+    assert not any(key.startswith("hit@") for key in results["direct"])  # the global pool was not asked for
+    for key in ("local/hit@1", "local/hit@5", "local/recall@5/webqa_task1", "local/mrr@5"):
+        assert results["direct"][key] == pytest.approx(want["direct"][key]), key
+    assert results["direct"]["local/hit@5"] == 1.0  # a pool of 3 candidates: every query hits in the top 5
+
+
+def test_cli_rejects_bad_arguments_before_the_model_loads(root, capsys):
+    from trl_mars.embed.mbeir_cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "none", "--root", str(root), "--eval_sets", "cirr_task9"])
+    assert "invalid choice: 'cirr_task9'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "none", "--root", str(root), "--ks", "0"])
+    rewrite(root / QUERY, lambda r: r[0].pop("qid"))
+    with pytest.raises(MBEIRError, match=r"test.jsonl:1: missing key\(s\) \['qid'\]"):
+        main(["--model", "no/such/model", "--root", str(root)])  # the data fails first: the model is never read

@@ -464,12 +464,13 @@ def load_mbeir_eval(
             queries.append(q)
             relevant.append({index[d] for d in rel})
             labels.append(name)
+    with_cot = any(q.target for q in queries)  # CoT targets (M-BEIR-CoT): complex flags and a gold row
     return RetrievalSet(
         queries=texts,
         corpus=[candidates[d].text for d in dids],
         relevant=relevant,
-        is_complex=[bool(q.target) for q in queries],
-        gold_reasoning=[q.target for q in queries],
+        is_complex=[bool(q.target) for q in queries] if with_cot else None,
+        gold_reasoning=[q.target for q in queries] if with_cot else None,
         query_images=[q.image_path for q in queries],
         corpus_images=[candidates[d].image_path for d in dids],
         tasks=labels,

@@ -193,3 +193,19 @@ def test_inconsistent_inputs_fail_before_any_encoding(kwargs, message):
     with pytest.raises(ValueError, match=message):
         evaluate_retrieval(encoder, queries, corpus, args.pop("relevant"), **args)
     assert encoder.calls == []
+
+
+def test_chunked_ranking_equals_the_full_ranking_and_respects_pools():
+    from trl_mars.embed.evaluation import pool_rows, rank
+
+    generator = torch.Generator().manual_seed(0)
+    queries, corpus = torch.randn(7, 4, generator=generator), torch.randn(9, 4, generator=generator)
+    full = (queries @ corpus.T).topk(3, dim=1).indices.tolist()
+    assert rank(queries, corpus, 3, chunk=2) == full == rank(queries, corpus, 3)
+    rows = pool_rows(9, {"a": [0, 1, 2, 3], "b": [8]})
+    tasks = ["a", "b"] * 3 + ["a"]
+    ranked = rank(queries, corpus, 3, tasks, rows, chunk=3)
+    assert all(r == [8] for r, t in zip(ranked, tasks) if t == "b")  # a one-item pool: one item ranked
+    for q, (r, t) in enumerate(zip(ranked, tasks)):
+        if t == "a":
+            assert r == sorted(range(4), key=lambda j: -float(queries[q] @ corpus[j]))[:3]

@@ -305,3 +305,10 @@ def test_cli_rejects_bad_arguments_before_the_model_loads(root, capsys):
     rewrite(root / QUERY, lambda r: r[0].pop("qid"))
     with pytest.raises(MBEIRError, match=r"test.jsonl:1: missing key\(s\) \['qid'\]"):
         main(["--model", "no/such/model", "--root", str(root)])  # the data fails first: the model is never read
+
+
+def test_a_local_pool_outside_the_union_pool_is_rejected(root):
+    rewrite(root / "cand_pool" / "global" / "mbeir_union_test_cand_pool.jsonl", lambda r: r.pop(0))  # drop 8:1
+    with pytest.raises(MBEIRError, match=r"local pool of 'cirr_task7' has dids \['8:1'\] that are not in the union"):
+        load_mbeir_eval(root, ("cirr_task7",), pools=("global",))
+    assert len(load_mbeir_eval(root, ("cirr_task7",), pools=("local",)).corpus) == 3  # the union is not read

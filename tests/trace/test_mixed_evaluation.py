@@ -163,6 +163,16 @@ def test_from_dataset_with_image_columns():
     assert data.query_images[0] is None and image_key(data.query_images[1]) == image_key(BLUE)
     with pytest.raises(ValueError, match=r"test rows \[3\] have a 'positive' that is not in the corpus"):
         RetrievalSet.from_dataset(rows, corpus=["", "a dog"], corpus_images=[RED, None], name="test")
+    with pytest.raises(ValueError, match="corpus_images needs corpus"):
+        RetrievalSet.from_dataset(rows, corpus_images=[RED, None])
+
+
+def test_table_columns_fit_long_keys():
+    from trl_mars.embed.evaluation import format_table
+
+    key = "local/hit@10/fashion200k_task3"
+    header, row = format_table({"direct": {key: 0.5, "hit@1": 0.25}}, [key, "hit@1"]).splitlines()
+    assert header == f"{'mode':<8}{key:>32}{'hit@1':>24}" and row == f"{'direct':<8}{0.5:>32.4f}{0.25:>24.4f}"
 
 
 @pytest.mark.parametrize(

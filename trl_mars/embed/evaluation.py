@@ -84,6 +84,8 @@ class RetrievalSet:
         missing = [c for c in ("query", "positive") if c not in dataset.column_names]
         if missing:
             raise ValueError(f"the {name} dataset lacks column(s) {missing} (got {dataset.column_names})")
+        if corpus is None and corpus_images is not None:
+            raise ValueError("corpus_images needs corpus (the candidates' texts, '' for image-only ones)")
         positives = dataset["positive"]
         has_images = "positive_image" in dataset.column_names or corpus_images is not None
         positive_images = (
@@ -350,10 +352,11 @@ def evaluate_retrieval_set(encoder: TraceEncoder, data: RetrievalSet, **kwargs) 
 
 
 def format_table(results: dict[str, dict[str, float]], keys: Sequence[str]) -> str:
-    """A plain-text table: one row per mode, one column per key."""
-    header = f"{'mode':<8}" + "".join(f"{k:>24}" for k in keys)
+    """A plain-text table: one row per mode, one column per key (at least 24 wide, wider for a longer key)."""
+    widths = [max(24, len(k) + 2) for k in keys]
+    header = f"{'mode':<8}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
     rows = [
-        f"{mode:<8}" + "".join(f"{values.get(k, float('nan')):>24.4f}" for k in keys)
+        f"{mode:<8}" + "".join(f"{values.get(k, float('nan')):>{w}.4f}" for k, w in zip(keys, widths))
         for mode, values in results.items()
     ]
     return "\n".join([header, *rows])

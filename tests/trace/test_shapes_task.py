@@ -310,3 +310,18 @@ def test_perception_alone_leaves_complex_queries_ambiguous_the_cot_resolves_them
     assert direct["local/hit@1/task3"] == 1.0
     assert gold["local/hit@1_complex"] == 1.0  # spelled-out constraints pin the scene down
     assert direct["local/hit@1_complex"] < 0.75, direct["local/hit@1_complex"]
+
+
+def test_rows_survive_a_datasets_round_trip(task):
+    from datasets import Dataset
+
+    rows = task.train_rows()[:24]
+    dataset = Dataset.from_list(rows)
+    assert dataset.features["positive_image"].__class__.__name__ == "Image"
+    for row, back in zip(rows, dataset):
+        assert back["query"] == row["query"] and back["query_target"] == row["query_target"]
+        for column in ("query_image", "positive_image", "negative_image"):
+            if row[column] is None:
+                assert back[column] is None
+            else:
+                assert back[column].convert("RGB").tobytes() == row[column].tobytes()

@@ -318,10 +318,6 @@ def query_text(instruction: str, text: str) -> str:
     return f"{instruction} {text}".strip()
 
 
-def _candidate_columns(candidate: MBEIRCandidate) -> tuple[str, str | None]:
-    return candidate.text, candidate.image_path
-
-
 def train_rows(
     queries: Sequence[MBEIRQuery],
     pool: dict[str, MBEIRCandidate],
@@ -354,7 +350,8 @@ def train_rows(
             rng.shuffle(order)
             for i in range(hard_negatives):
                 name = "negative" if hard_negatives == 1 else f"negative_{i + 1}"
-                row[name], row[f"{name}_image"] = _candidate_columns(pool[order[i % len(order)]])
+                negative = pool[order[i % len(order)]]
+                row[name], row[f"{name}_image"] = negative.text, negative.image_path
         rows.append(row)
     return rows
 

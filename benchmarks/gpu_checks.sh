@@ -4,13 +4,17 @@
 #   2. the MARS² recipe on one GPU in bf16 (short run: warm-up, 4 RL steps, checkpoints, held-out eval),
 #   3. the same under FSDP2 (accelerate's fsdp2.yaml with one process), then resumed from its last checkpoint,
 #   4. benchmarks/moda_gpu.py (MoDA efficiency against our n_depth=0 kernel and SDPA flash; autotunes the
-#      Triton kernels per sequence-length bucket on first use, then 5 timed samples per variant and shape).
-# usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]   (CHECK: kernels mars2 fsdp2 moda; default all)
+#      Triton kernels per sequence-length bucket on first use, then 5 timed samples per variant and shape),
+#   5. async search against real vLLM servers: two `trl vllm-serve` of a tiny Qwen2 on the one GPU, then
+#      `trl-mars search` with both agents on them, lockstep and --search-mode async (about 4 minutes, mostly
+#      server start-up; needs the vllm extra).
+# usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]
+#        (CHECK: kernels mars2 fsdp2 moda async_search; default all)
 # Each check has its own time limit; its log goes to LOG_DIR/<name>.log.
 set -uo pipefail
 LOG=${1:-gpu_logs}
 CHECKS=("${@:2}")
-[ ${#CHECKS[@]} -eq 0 ] && CHECKS=(kernels mars2 fsdp2 moda)
+[ ${#CHECKS[@]} -eq 0 ] && CHECKS=(kernels mars2 fsdp2 moda async_search)
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
@@ -28,6 +32,34 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to LOG/NAME
     grep -v '^\s*$' "$LOG/$name.log" | tail -n 12
 }
 
+# ---- async search against real vLLM servers (issue 20, items 1-2) ------------------------------------------------
+async_search() {  # two servers of one tiny Qwen2 (head_dim 64), 0.3 of the GPU each; the same search both ways
+    local model pids=() port mode
+    model=$($PY -c "from trl_mars.testing import tiny_model_path
+print(tiny_model_path('qwen2', hidden_size=256, num_hidden_layers=4, intermediate_size=512))")
+    for port in 8000 8001; do
+        trl vllm-serve --model "$model" --port $port --gpu_memory_utilization 0.3 >"$LOG/vllm_$port.log" 2>&1 &
+        pids+=($!)
+    done
+    for port in 8000 8001; do  # VLLMClient waits for /health/
+        $PY -c "from trl.generation.vllm_client import VLLMClient; VLLMClient('http://localhost:$port', connection_timeout=240)" \
+            || { tail -n 20 "$LOG/vllm_$port.log"; kill "${pids[@]}"; return 1; }
+    done
+    local agents=(--model "a=$model" --vllm-server a=http://localhost:8000 --model "b=$model"
+                  --vllm-server b=http://localhost:8001)
+    for mode in lockstep async; do
+        $PY -m trl_mars.search "${agents[@]}" --benchmark embedded --num-problems 64 --group-size 64 --max-nodes 8 \
+            --max-new-tokens 512 --search-mode $mode --max-inflight 1 --quiet --output "/tmp/search-$mode"
+        $PY -c "import json; r = json.load(open('/tmp/search-$mode/summary.json'))['runs']['system']
+print('$mode', r['nodes'], 'nodes in', round(r['seconds'], 1), 's:', round(r['nodes'] / r['seconds'], 1), 'nodes/s')"
+    done
+    kill "${pids[@]}"
+    wait
+}
+export -f async_search
+export LOG PY
+# ---- end of async search ----------------------------------------------------------------------------------------
+
 SMOKE=(--max_steps 4 --warmup_steps_sft 300 --eval_repeats 1 --num_eval_problems 16 --save_steps 2
        --logging_steps 1 --use_cpu false --bf16 true)
 FSDP2=(-m accelerate.commands.launch --config_file recipes/accelerate_configs/fsdp2.yaml --num_processes 1)
@@ -40,6 +72,7 @@ for check in "${CHECKS[@]}"; do
         step mars2_fsdp2_resume 150 $PY "${FSDP2[@]}" recipes/mars2.py "${SMOKE[@]}" --max_steps 6 \
             --output_dir /tmp/mars2-fsdp2 --resume_from_checkpoint true ;;
     moda) step moda_gpu 400 $PY benchmarks/moda_gpu.py ;;
+    async_search) step async_search_vllm 420 bash -c async_search ;;
     *) echo "unknown check $check" && exit 2 ;;
     esac
 done

@@ -36,9 +36,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to LOG/NAME
 async_search() {  # two servers of one tiny Qwen2 (head_dim 64), 0.3 of the GPU each; the same search both ways
     local model pids=() port mode
     model=$($PY -c "from trl_mars.testing import tiny_model_path
-print(tiny_model_path('qwen2', hidden_size=256, num_hidden_layers=4, intermediate_size=512))")
+print(tiny_model_path('qwen2', hidden_size=256, num_hidden_layers=4, intermediate_size=512,
+                     max_position_embeddings=8192))")
     for port in 8000 8001; do
-        trl vllm-serve --model "$model" --port $port --gpu_memory_utilization 0.3 >"$LOG/vllm_$port.log" 2>&1 &
+        $PY -m trl.scripts.vllm_serve --model "$model" --port $port --gpu_memory_utilization 0.3 \
+            >"$LOG/vllm_$port.log" 2>&1 &
         pids+=($!)
     done
     for port in 8000 8001; do  # VLLMClient waits for /health/

@@ -3,6 +3,7 @@ on its own, ``max_inflight`` requests per tree, pending expansions counted as vi
 
 from __future__ import annotations
 
+import doctest
 import sys
 import time
 from pathlib import Path
@@ -235,3 +236,10 @@ def test_a_failing_request_ends_the_async_search_with_its_error():
     agents = {"a": SleepyBackend("a", CallLog(), 0.01, fail=True)}
     with pytest.raises(RuntimeError, match="a: server error"):
         async_search(agents).run(PROBLEMS[:2])
+
+
+def test_module_doctests():
+    from trl_mars.search import async_search
+
+    result = doctest.testmod(async_search)
+    assert result.attempted > 0 and result.failed == 0

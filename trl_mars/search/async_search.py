@@ -36,7 +36,7 @@ from trl_mars.search.tree import SearchTree
 from trl_mars.search.verify import Verdict
 
 if TYPE_CHECKING:
-    from trl_mars.search.engine import SearchProblem, TreeSearch, _Request
+    from trl_mars.search.engine import Request, SearchProblem, TreeSearch
 
 PENDING_SCORE = 0.0
 """The virtual score of an expansion in flight (a virtual loss, as in parallel MCTS)."""
@@ -104,11 +104,11 @@ def run_async(
     names = list(search.agents)
     seeds = search.rng.integers(0, 2**63, size=len(trees))  # one draw per run, in tree order: resumable
     rngs = [np.random.default_rng(int(seed)) for seed in seeds]
-    pending: list[list[_Request]] = [[] for _ in trees]
+    pending: list[list[Request]] = [[] for _ in trees]
     launches = [len(tree) for tree in trees]
     events: queue.SimpleQueue = queue.SimpleQueue()
 
-    def generate(request: _Request, step: int) -> None:
+    def generate(request: Request, step: int) -> None:
         """Worker thread: one request to the agent's backend, then its code to the verifier."""
         try:
             gen = search.agents[request.agent].generate([request.prompt])[0]

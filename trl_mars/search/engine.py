@@ -113,7 +113,10 @@ IDLE_PROMPT: Messages = [{"role": "user", "content": "pass"}]
 
 
 @dataclass
-class _Request:
+class Request:
+    """One expansion asked of a backend: node ``parent`` of tree number ``tree`` refined (or, at the root, answered)
+    by ``agent`` from ``prompt``."""
+
     tree: int
     parent: int
     agent: str
@@ -189,7 +192,7 @@ class TreeSearch:
 
     def request(
         self, problems: Sequence[SearchProblem], trees: Sequence[SearchTree], i: int, parent: int, agent: str
-    ) -> _Request:
+    ) -> Request:
         """The prompt for expanding node ``parent`` of tree ``i`` with ``agent``."""
         cfg = self.config
         question = problems[i].question
@@ -200,7 +203,7 @@ class TreeSearch:
         )
         if self.system_prompts[agent]:
             prompt = [{"role": "system", "content": self.system_prompts[agent]}, *prompt]
-        return _Request(i, parent, agent, prompt)
+        return Request(i, parent, agent, prompt)
 
     def score(self, problem: SearchProblem, text: str) -> tuple[str | None, Future[Verdict] | Verdict]:
         """Start scoring a completion: its extracted code and the verdict (a future while the sandbox runs)."""
@@ -208,8 +211,8 @@ class TreeSearch:
         return code, no_code_verdict() if code is None else problem.verify(self.verifier, code, problem.public_tests)
 
     def land(
-        self, tree: SearchTree, request: _Request, gen: Generation, code: str | None, verdict: Verdict, step: int
-    ):
+        self, tree: SearchTree, request: Request, gen: Generation, code: str | None, verdict: Verdict, step: int
+    ) -> None:
         """Add the scored node ``request`` asked for to ``tree`` (back-propagating its score)."""
         tree.add(
             request.parent,
@@ -235,14 +238,14 @@ class TreeSearch:
         cfg = self.config
         schedule = cfg.depth_schedule if cfg.tplus else None
         names = list(self.agents)
-        by_backend: dict[int, list[_Request]] = {}
+        by_backend: dict[int, list[Request]] = {}
         for i in active:
             parent, agent = select_expansion(trees[i], names, self.rng, cfg.order, schedule, cfg.max_depth)
             by_backend.setdefault(id(self.agents[agent]), []).append(self.request(problems, trees, i, parent, agent))
         backends = {id(backend): backend for backend in self.agents.values()}
         keys = list(backends if self.sync is not None else by_backend)
 
-        def call(key: int) -> list[tuple[_Request, Generation, str | None, Future[Verdict] | Verdict]]:
+        def call(key: int) -> list[tuple[Request, Generation, str | None, Future[Verdict] | Verdict]]:
             requests = by_backend.get(key)
             if not requests:  # lockstep: this process still takes part in the model's collectives
                 backends[key].generate([IDLE_PROMPT])

@@ -19,7 +19,7 @@ from trl_mars.search.selection import select_expansion
 from trl_mars.search.tree import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helpers sit here
-from concurrency_fakes import RIGHT, CallLog, InstantVerifier, SleepyBackend  # noqa: E402
+from concurrency_fakes import RIGHT, WRONG, CallLog, InstantVerifier, SleepyBackend  # noqa: E402
 
 PROBLEMS = [SearchProblem(f"p{i}", f"Problem {i}: write f.", public_tests=["assert f() == 1"]) for i in range(8)]
 
@@ -243,3 +243,13 @@ def test_module_doctests():
 
     result = doctest.testmod(async_search)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_async_stop_on_pass_ends_a_tree_at_its_first_passing_node():
+    agents = {"a": SleepyBackend("a", CallLog(), 0.01, respond=lambda m: RIGHT if "previous" in m[-1]["content"]
+                                 else WRONG)}  # fmt: skip
+    trees = async_search(agents, max_nodes=6, stop_on_pass=True).run(PROBLEMS[:3])
+    for tree in trees:  # wrong first answers until the first refinement, which passes: the tree stops there
+        assert tree.solutions[-1].score == 1.0 and tree.solutions[-1].is_refinement
+        assert not any(n.is_refinement or n.score for n in tree.solutions[:-1])
+    assert any(len(t) < 6 for t in trees)  # stopped before the budget

@@ -6,7 +6,7 @@
 #   4. benchmarks/moda_gpu.py (MoDA efficiency against our n_depth=0 kernel and SDPA flash; autotunes the
 #      Triton kernels per sequence-length bucket on first use, then 5 timed samples per variant and shape),
 #   5. async search against real vLLM servers: two `trl vllm-serve` of a tiny Qwen2 on the one GPU, then
-#      `trl-mars search` with both agents on them, lockstep and --search-mode async (about 4 minutes, mostly
+#      `trl-mars search` with both agents on them, lockstep and --search-mode async (2 to 4 minutes, mostly
 #      server start-up; needs the vllm extra).
 # usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]
 #        (CHECK: kernels mars2 fsdp2 moda async_search; default all)
@@ -40,7 +40,7 @@ print(tiny_model_path('qwen2', hidden_size=256, num_hidden_layers=4, intermediat
                      max_position_embeddings=8192))")
     for port in 8000 8001; do
         $PY -m trl.scripts.vllm_serve --model "$model" --port $port --gpu_memory_utilization 0.3 \
-            >"$LOG/vllm_$port.log" 2>&1 &
+            --max_model_len 4096 --enforce_eager true >"$LOG/vllm_$port.log" 2>&1 &  # eager: faster start-up
         pids+=($!)
     done
     for port in 8000 8001; do  # VLLMClient waits for /health/
@@ -74,7 +74,7 @@ for check in "${CHECKS[@]}"; do
         step mars2_fsdp2_resume 150 $PY "${FSDP2[@]}" recipes/mars2.py "${SMOKE[@]}" --max_steps 6 \
             --output_dir /tmp/mars2-fsdp2 --resume_from_checkpoint true ;;
     moda) step moda_gpu 400 $PY benchmarks/moda_gpu.py ;;
-    async_search) step async_search_vllm 420 bash -c async_search ;;
+    async_search) step async_search_vllm 300 bash -c async_search ;;
     *) echo "unknown check $check" && exit 2 ;;
     esac
 done

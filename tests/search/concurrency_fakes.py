@@ -156,3 +156,63 @@ class FakeVLLMServers:
                 }
             finally:
                 self.servers.log.leave(self.base_url, start, len(messages))
+
+
+class LoopbackVLLM:
+    """A loopback HTTP server speaking the part of vLLM's OpenAI API that TRL's real ``VLLMClient`` uses (``/health``,
+    ``/v1/models``, ``/v1/chat/completions`` with token ids and log-probs): each request sleeps ``delay`` seconds,
+    then answers ``respond(messages)`` tokenised with ``tokenizer``; requests are recorded in ``log`` under ``name``.
+    Use as a context manager; ``url`` is its base URL."""
+
+    def __init__(self, name: str, tokenizer, respond: Callable[[list[dict]], str], delay: float, log: CallLog):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def reply(self, obj) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self.reply({"data": [{"id": name}]} if self.path.startswith("/v1/models") else {})
+
+            def do_POST(self) -> None:
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                start = log.enter()
+                try:
+                    time.sleep(delay)
+                    ids = tokenizer.apply_chat_template(
+                        request["messages"], add_generation_prompt=True, tokenize=False
+                    )
+                    prompt = tokenizer(ids, add_special_tokens=False).input_ids
+                    text = respond(request["messages"])
+                    out = tokenizer(text, add_special_tokens=False).input_ids[: request["max_tokens"] - 1]
+                    out.append(tokenizer.eos_token_id)
+                    entries = [{"token": f"token_id:{t}", "logprob": -0.5, "top_logprobs": []} for t in out]
+                    server.requests.append(request)
+                    self.reply({"prompt_token_ids": prompt,
+                                "choices": [{"token_ids": out, "logprobs": {"content": entries}}]})  # fmt: skip
+                finally:
+                    log.leave(name, start, 1)
+
+        self.requests: list[dict] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackVLLM:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -91,3 +91,16 @@ def test_options_it_cannot_honour_fail_before_any_model_loads(tmp_path, monkeypa
     monkeypatch.setattr(search_cli, "load_search_problems", lambda *a: pytest.fail("problems loaded"))
     with pytest.raises(SystemExit, match=message):
         search_cli.main(["--model", "local=some/path", *extra, "--output", str(tmp_path / "out")])
+
+
+def test_a_run_written_before_the_scheduling_options_resumes_and_async_is_a_changed_setting(search):
+    out, _ = search("e", delay=0.01)
+    run_file = out / "run.json"
+    old = json.loads(run_file.read_text())
+    del old["search_mode"], old["max_inflight"]  # as written before these options existed
+    run_file.write_text(json.dumps(old))
+    before = lines(out)
+    resumed, log = search("e", "--resume", delay=0.01)
+    assert lines(resumed) == before and not log.calls  # nothing redone
+    with pytest.raises(SystemExit, match="--search-mode 'lockstep', now 'async'"):
+        search("e", "--resume", "--search-mode", "async")

@@ -262,6 +262,8 @@ RESULT_SETTINGS = (
     "search_mode", "max_inflight",
 )  # fmt: skip
 """Arguments that decide the results: ``--resume`` refuses to continue a run written with other values."""
+ADDED_SETTINGS = {"search_mode": "lockstep", "max_inflight": 1}
+"""Settings newer than some runs on disk, with the value those runs used (so that they still resume)."""
 
 
 def group_seed(seed: int, label: str, group: int) -> int:
@@ -376,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     if not problems:
         raise SystemExit(f"trl-mars search: error: no problems loaded from {args.benchmark}")
     try:
-        output = RunOutput(args.output, {k: getattr(args, k) for k in RESULT_SETTINGS}, resume=args.resume)
+        settings = {k: getattr(args, k) for k in RESULT_SETTINGS}
+        output = RunOutput(args.output, settings, resume=args.resume, defaults=ADDED_SETTINGS)
     except ValueError as err:
         raise SystemExit(f"trl-mars search: error: {err}") from None
     out = output.out

@@ -8,12 +8,17 @@
 #   5. vLLM (needs the `vllm` package; skipped, saying so, without it): the MARS² recipe with each agent's engine
 #      colocated in the training process in sleep mode, then FSDP2 weights pushed in buckets to a real
 #      `trl vllm-serve` (two processes: the server, and a one-process FSDP2 trainer sharing its GPU).
-# usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]   (CHECK: kernels mars2 fsdp2 moda vllm; default all)
+#   6. async search against real vLLM servers: two `trl vllm-serve` of a tiny Qwen2 on the one GPU, then
+#      `trl-mars search` with both agents on them, lockstep and --search-mode async (2 to 4 minutes, mostly
+#      server start-up; needs the vllm extra).
+# usage: bash benchmarks/gpu_checks.sh [LOG_DIR [CHECK...]]
+#        (CHECK: kernels mars2 fsdp2 moda vllm async_search; default all). All six exceed one 15-minute lending;
+#        issue 20's steps alone: bash benchmarks/gpu_checks.sh gpu_logs vllm async_search (about 12 minutes).
 # Each check has its own time limit; its log goes to LOG_DIR/<name>.log.
 set -uo pipefail
 LOG=${1:-gpu_logs}
 CHECKS=("${@:2}")
-[ ${#CHECKS[@]} -eq 0 ] && CHECKS=(kernels mars2 fsdp2 moda vllm)
+[ ${#CHECKS[@]} -eq 0 ] && CHECKS=(kernels mars2 fsdp2 moda vllm async_search)
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
@@ -30,6 +35,36 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to LOG/NAME
     echo "=== $name: exit $?"
     grep -v '^\s*$' "$LOG/$name.log" | tail -n 12
 }
+
+# ---- async search against real vLLM servers (issue 20, items 1-2) ------------------------------------------------
+async_search() {  # two servers of one tiny Qwen2 (head_dim 64), 0.3 of the GPU each; the same search both ways
+    local model pids=() port mode
+    model=$($PY -c "from trl_mars.testing import tiny_model_path
+print(tiny_model_path('qwen2', hidden_size=256, num_hidden_layers=4, intermediate_size=512,
+                     max_position_embeddings=8192))")
+    for port in 8000 8001; do
+        $PY -m trl.scripts.vllm_serve --model "$model" --port $port --gpu_memory_utilization 0.3 \
+            --max_model_len 4096 --enforce_eager true >"$LOG/vllm_$port.log" 2>&1 &  # eager: faster start-up
+        pids+=($!)
+    done
+    for port in 8000 8001; do  # VLLMClient waits for /health/
+        $PY -c "from trl.generation.vllm_client import VLLMClient; VLLMClient('http://localhost:$port', connection_timeout=240)" \
+            || { tail -n 20 "$LOG/vllm_$port.log"; kill "${pids[@]}"; return 1; }
+    done
+    local agents=(--model "a=$model" --vllm-server a=http://localhost:8000 --model "b=$model"
+                  --vllm-server b=http://localhost:8001)
+    for mode in lockstep async; do
+        $PY -m trl_mars.search "${agents[@]}" --benchmark embedded --num-problems 64 --group-size 64 --max-nodes 8 \
+            --max-new-tokens 512 --search-mode $mode --max-inflight 1 --quiet --output "/tmp/search-$mode"
+        $PY -c "import json; r = json.load(open('/tmp/search-$mode/summary.json'))['runs']['system']
+print('$mode', r['nodes'], 'nodes in', round(r['seconds'], 1), 's:', round(r['nodes'] / r['seconds'], 1), 'nodes/s')"
+    done
+    kill "${pids[@]}"
+    wait
+}
+export -f async_search
+export LOG PY
+# ---- end of async search ----------------------------------------------------------------------------------------
 
 SMOKE=(--max_steps 4 --warmup_steps_sft 300 --eval_repeats 1 --num_eval_problems 16 --save_steps 2
        --logging_steps 1 --use_cpu false --bf16 true)
@@ -65,6 +100,7 @@ for check in "${CHECKS[@]}"; do
             benchmarks/vllm_weight_push.py --model "$TINY" --base_url http://127.0.0.1:8011 --bucket_mb 0.5
         kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null
         grep -v '^\s*$' "$LOG/vllm_serve.log" | tail -n 5 ;;
+    async_search) step async_search_vllm 300 bash -c async_search ;;
     *) echo "unknown check $check" && exit 2 ;;
     esac
 done

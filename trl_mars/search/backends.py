@@ -36,6 +36,13 @@ OnText = Callable[[int, str], None]
 
 
 class GenerationBackend(Protocol):
+    """``concurrent_requests``: whether ``generate`` may be called from several threads at once, each call served
+    independently (a server per agent, a device per agent). The search then calls such backends concurrently
+    within a step and may run asynchronously (``SearchConfig.mode='async'``). A backend without the attribute
+    counts as False: calls keep their order, as collectives and backends sharing a device need."""
+
+    concurrent_requests: bool
+
     def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]: ...
 
 
@@ -174,6 +181,8 @@ class TransformersBackend:
         self.max_batch_size = max_batch_size
         self.synced_gpus = synced_gpus
 
+    concurrent_requests = False  # one model in this process: calls keep their order (and FSDP's collectives)
+
     def encode(self, prompt: Messages) -> list[int]:
         text = self.tokenizer.apply_chat_template(
             prompt, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
@@ -241,6 +250,8 @@ class TransformersBackend:
 class ScriptedBackend:
     """A backend that answers with ``respond(messages) -> str`` (tests, demos, and the planted benchmark)."""
 
+    concurrent_requests = False
+
     def __init__(self, respond: Callable[[Messages], str]) -> None:
         self.respond = respond
         self.calls: list[int] = []
@@ -260,8 +271,11 @@ class VLLMServerBackend:
 
     Returns prompt and completion token ids with each sampled token's log-prob, so the nodes it writes can be
     trained on; ``push_weights`` sends updated weights to the server (``MultiAgentTreeTrainer`` does so after each
-    update of the agent). The client side needs the ``vllm`` extra.
+    update of the agent). The client side needs the ``vllm`` extra. Each server serves many requests at once
+    (continuous batching), so calls may come from several threads (``concurrent_requests``).
     """
+
+    concurrent_requests = True
 
     def __init__(
         self,

@@ -6,6 +6,10 @@ sandbox scores code while the next batch generates. Problems are searched in gro
 group finishes its trees are saved to ``--output``/trees/ and their lines appended to ``results.jsonl``, so
 ``--resume`` continues an interrupted run without redoing them. At the end: ``trees.json``, ``trees.html`` (the
 viewer), ``summary.json`` and a printed summary table.
+
+``--vllm-server NAME=URL`` generates agent NAME's nodes on a running ``trl vllm-serve`` (its ``--model`` path gives
+the tokenizer). Such agents are called at the same time within a step, and with ``--search-mode async`` (every
+agent on a server) each tree advances as soon as its last node is scored, ``--max-inflight`` requests per tree.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from trl_mars.eval.datasets import HUMANEVAL
 from trl_mars.eval.loaders import CodeProblem
 from trl_mars.eval.rows import DataError
 from trl_mars.sandbox import Sandbox, SandboxConfig
-from trl_mars.search.backends import SamplingConfig, TransformersBackend
+from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMServerBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
 from trl_mars.search.problems import from_code_problem
@@ -98,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="problems searched together in lockstep (one batched generate per model per step); results are "
         "written as each group finishes",
     )
+    add(
+        "--vllm-server",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="generate agent NAME's nodes on the `trl vllm-serve` at URL (its --model gives the tokenizer); repeat "
+        "per agent",
+    )
+    add(
+        "--search-mode",
+        choices=["lockstep", "async"],
+        default="lockstep",
+        help="lockstep: every tree adds a node per step; async: each tree advances as soon as its last node is "
+        "scored (every agent on a --vllm-server)",
+    )
+    add(
+        "--max-inflight",
+        type=positive_int,
+        default=1,
+        help="--search-mode async: requests in flight per tree (1: each tree's sequential AB-MCTS)",
+    )
     add("--concurrency", type=positive_int, default=SandboxConfig.concurrency, help="sandbox workers")
     add("--timeout", type=positive_float, default=SandboxConfig.timeout_s, help="sandbox seconds per test")
     add("--seed", type=int, default=0, help="seed of the search and of sampling (each group reseeded from it)")
@@ -121,36 +146,83 @@ def parse_models(specs: Sequence[str]) -> dict[str, str]:
     return models
 
 
+def parse_servers(specs: Sequence[str], models: dict[str, str]) -> dict[str, str]:
+    """``--vllm-server NAME=URL`` -> {agent name: URL}; NAME must be an agent of ``--model``, each at most once."""
+    servers: dict[str, str] = {}
+    for spec in specs:
+        name, sep, url = spec.partition("=")
+        if not sep or not url:
+            raise SystemExit(f"trl-mars search: error: --vllm-server takes NAME=URL, got {spec!r}")
+        if name not in models:
+            raise SystemExit(
+                f"trl-mars search: error: --vllm-server {spec}: no --model is named {name!r} ({list(models)})"
+            )
+        if name in servers:
+            raise SystemExit(f"trl-mars search: error: --vllm-server names agent {name!r} twice")
+        servers[name] = url
+    return servers
+
+
+def check_search_mode(args: argparse.Namespace, models: dict[str, str], servers: dict[str, str]) -> None:
+    """``--search-mode async`` needs every agent on a server (concurrent requests); ``--max-inflight`` needs async."""
+    if args.max_inflight > 1 and args.search_mode != "async":
+        raise SystemExit(f"trl-mars search: error: --max-inflight {args.max_inflight} needs --search-mode async")
+    local = [name for name in models if name not in servers]
+    if args.search_mode == "async" and local:
+        raise SystemExit(
+            f"trl-mars search: error: --search-mode async needs backends that serve concurrent requests: agent(s) "
+            f"{local} generate in this process; give each a --vllm-server NAME=URL, or use --search-mode lockstep"
+        )
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of ``path`` with a chat template and a pad token."""
+    from transformers import AutoTokenizer
+
+    from trl_mars.testing import CHAT_TEMPLATE
+    from trl_mars.utils.recipes import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    if tokenizer.chat_template is None:
+        print(f"[search] {path} has no chat template; using trl_mars.testing.CHAT_TEMPLATE")
+        tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_backends(
     models: dict[str, str],
     sampling: SamplingConfig,
     max_batch_size: int | None = None,
     chat_template_kwargs: dict | None = None,
+    servers: dict[str, str] | None = None,
 ) -> dict:
-    """One ``TransformersBackend`` per distinct path (agents naming the same path share it, so one batch)."""
+    """One ``TransformersBackend`` per distinct path (agents naming the same path share it, so one batch); agents
+    in ``servers`` generate on their ``trl vllm-serve`` instead (only the tokenizer is loaded)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
-    from trl_mars.testing import CHAT_TEMPLATE
     from trl_mars.utils.recipes import resolve_model_path
 
+    servers = servers or {}
+    served = {
+        name: VLLMServerBackend.connect(url, load_tokenizer(models[name]), sampling=sampling,
+                                        chat_template_kwargs=chat_template_kwargs)
+        for name, url in servers.items()
+    }  # fmt: skip
     cuda = torch.cuda.is_available()
     by_path: dict[str, TransformersBackend] = {}
-    for path in dict.fromkeys(models.values()):
+    for path in dict.fromkeys(p for name, p in models.items() if name not in servers):
         local = resolve_model_path(path)
-        tokenizer = AutoTokenizer.from_pretrained(local)
-        if tokenizer.chat_template is None:
-            print(f"[search] {path} has no chat template; using trl_mars.testing.CHAT_TEMPLATE")
-            tokenizer.chat_template = CHAT_TEMPLATE
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(local, dtype="auto" if cuda else torch.float32)
         model = model.to("cuda" if cuda else "cpu").eval()
         by_path[path] = TransformersBackend(
             model, tokenizer, sampling, chat_template_kwargs, max_batch_size=max_batch_size
         )
-    return {name: by_path[path] for name, path in models.items()}
+    return {name: served[name] if name in served else by_path[path] for name, path in models.items()}
 
 
 def load_search_problems(args: argparse.Namespace) -> list[SearchProblem]:
@@ -187,8 +259,11 @@ RESULT_SETTINGS = (
     "model", "benchmark", "format", "split", "release_version", "start_date", "end_date", "num_problems", "limit",
     "mode", "max_nodes", "tplus", "stop_on_pass", "public", "posterior", "order", "tie_break", "reward_model",
     "chat_template_kwargs", "temperature", "top_p", "max_new_tokens", "group_size", "timeout", "seed",
+    "search_mode", "max_inflight",
 )  # fmt: skip
 """Arguments that decide the results: ``--resume`` refuses to continue a run written with other values."""
+ADDED_SETTINGS = {"search_mode": "lockstep", "max_inflight": 1}
+"""Settings newer than some runs on disk, with the value those runs used (so that they still resume)."""
 
 
 def group_seed(seed: int, label: str, group: int) -> int:
@@ -291,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not isinstance(args.chat_template_kwargs, dict):
         raise SystemExit(f"--chat-template-kwargs must be a JSON object, got {args.chat_template_kwargs!r}")
+    models = parse_models(args.model)
+    servers = parse_servers(args.vllm_server, models)
+    check_search_mode(args, models, servers)
     if args.reward_model:
         check_reward_model(args.reward_model, "--reward-model")
     try:
@@ -300,13 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     if not problems:
         raise SystemExit(f"trl-mars search: error: no problems loaded from {args.benchmark}")
     try:
-        output = RunOutput(args.output, {k: getattr(args, k) for k in RESULT_SETTINGS}, resume=args.resume)
+        settings = {k: getattr(args, k) for k in RESULT_SETTINGS}
+        output = RunOutput(args.output, settings, resume=args.resume, defaults=ADDED_SETTINGS)
     except ValueError as err:
         raise SystemExit(f"trl-mars search: error: {err}") from None
     out = output.out
-    models = parse_models(args.model)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
-    agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs)
+    agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs, servers)
     reward_model = resolve_reward_model(args.reward_model)
     config = SearchConfig(
         max_nodes=args.max_nodes,
@@ -314,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         order=args.order,
         tplus=args.tplus,
         stop_on_pass=args.stop_on_pass,
+        mode=args.search_mode,
+        max_inflight=args.max_inflight,
     )
     runs = search_runs(args, agents)
     seconds: dict[str, float] = {}

@@ -32,15 +32,18 @@ def tree_path(out: Path, tree_id: str) -> Path:
 
 class RunOutput:
     """Finished trees of a search run in ``out``; ``resume=True`` keeps those of an earlier run with the same
-    ``settings`` (a different setting is an error naming it), otherwise the folder's earlier results are cleared."""
+    ``settings`` (a different setting is an error naming it), otherwise the folder's earlier results are cleared.
+    ``defaults``: the values of settings added since older runs were written, which their ``run.json`` lacks."""
 
-    def __init__(self, out: str | os.PathLike, settings: dict, resume: bool = False) -> None:
+    def __init__(
+        self, out: str | os.PathLike, settings: dict, resume: bool = False, defaults: dict | None = None
+    ) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         run_file = self.out / RUN_FILE
         self.records: list[dict] = []
         if resume and run_file.exists():
-            saved = json.loads(run_file.read_text(encoding="utf-8"))
+            saved = {**(defaults or {}), **json.loads(run_file.read_text(encoding="utf-8"))}
             changed = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
             if changed:
                 k = changed[0]

@@ -123,9 +123,16 @@ class SearchTree:
         )
         self.nodes.append(node)
         parent.children.append(node.node_id)
-        score = node.score
         self.stats[node.node_id] = NodeStats.fresh(self.dist)
-        self.stats[node.node_id].as_child.update(score)
+        self.stats[node.node_id].as_child.update(node.score)
+        self.backpropagate(parent_id, agent, node.score)
+        return node
+
+    def backpropagate(self, parent_id: int, agent: str, score: float) -> None:
+        """Record ``score`` of a new child of ``parent_id`` by ``agent`` everywhere but in the child's own arms:
+        GEN and the agent's GEN arm at the parent, the GEN count at the parent's depth, the agent's tree-wide
+        record, and CONT plus the child arm of every node on the path above the parent."""
+        parent = self.nodes[parent_id]
         parent_stats = self.stats[parent_id]
         parent_stats.gen.update(score)
         parent_stats.gen_by_agent.setdefault(agent, make_posterior(self.dist)).update(score)
@@ -136,7 +143,6 @@ class SearchTree:
             self.stats[current.parent_id].cont.update(score)
             self.stats[current.node_id].as_child.update(score)
             current = self.nodes[current.parent_id]
-        return node
 
     def to_dict(self) -> dict:
         return {

@@ -253,6 +253,20 @@ class MultiAgentTreeConfig(GRPOConfig):
         default=False,
         metadata={"help": "MARS²-T+ in the training search: detailed feedback on refinements, depth-guided GEN."},
     )
+    search_mode: str = field(
+        default="lockstep",
+        metadata={
+            "help": "'lockstep': every tree adds a node per step, one batched call per agent per step (in-process "
+            "models, FSDP); 'async': each tree advances as soon as its last node is scored (needs use_vllm)."
+        },  # fmt: skip
+    )
+    max_inflight: int = field(
+        default=1,
+        metadata={
+            "help": "search_mode='async': requests in flight per tree (1: each tree's sequential AB-MCTS; more: "
+            "async AB-MCTS, expansions in flight counted as virtual losses)."
+        },  # fmt: skip
+    )
     # held-out evaluation (``MultiAgentTreeTrainer.evaluate_search`` and the recipe's before/after table)
     eval_max_nodes: int | None = field(
         default=None, metadata={"help": "Held-out evaluation: nodes per tree (default: max_nodes)."}
@@ -310,6 +324,8 @@ class MultiAgentTreeConfig(GRPOConfig):
             "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
             "sandbox_timeout": self.sandbox_timeout > 0,
             "learning_rate": self.learning_rate >= 0,
+            "search_mode": self.search_mode in ("lockstep", "async"),
+            "max_inflight": self.max_inflight >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -320,6 +336,7 @@ class MultiAgentTreeConfig(GRPOConfig):
             raise ValueError(f"MultiAgentTreeConfig: {e}") from e
         check_eval_fields(self)
         check_vllm_fields(self)
+        check_search_mode(self)
         if self.use_vllm:
             check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
             if self.vllm_mode == "colocate" and self.agent_specs:
@@ -442,6 +459,22 @@ def check_vllm_fields(config: MultiAgentTreeConfig) -> None:
     if config.vllm_weight_sync_bucket_mb <= 0:
         raise ValueError(
             f"MultiAgentTreeConfig.vllm_weight_sync_bucket_mb must be > 0, got {config.vllm_weight_sync_bucket_mb}"
+        )
+
+
+def check_search_mode(config: MultiAgentTreeConfig) -> None:
+    """``search_mode='async'`` needs backends that serve concurrent requests (a ``trl vllm-serve`` per agent,
+    ``vllm_mode='server'``); ``max_inflight`` only means something there."""
+    if config.max_inflight > 1 and config.search_mode != "async":
+        raise ValueError(
+            f"MultiAgentTreeConfig.max_inflight={config.max_inflight} needs search_mode='async' (lockstep adds one "
+            "node per tree per step)"
+        )
+    if config.search_mode == "async" and not (config.use_vllm and config.vllm_mode == "server"):
+        raise ValueError(
+            "MultiAgentTreeConfig.search_mode='async' needs use_vllm with vllm_mode='server' (a `trl vllm-serve` per "
+            "agent): in-process models and colocated engines generate one batch at a time and cannot serve "
+            "concurrent requests; use search_mode='lockstep'"
         )
 
 

@@ -370,6 +370,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             prompt=prompt,
             max_depth=args.max_depth,
             tplus=args.tplus,
+            mode=args.search_mode,
+            max_inflight=args.max_inflight,
         )
         return SearchConfig(**{**fields, **overrides})
 

@@ -3,6 +3,7 @@ deterministically from the prompt, and record when each call ran (to see overlap
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import zlib
@@ -131,8 +132,14 @@ class FakeVLLMServers:
         def init_communicator(self, device) -> None:
             pass
 
-        def update_named_param(self, name, weights) -> None:
-            self.weights[name] = weights.detach().clone()
+        @contextlib.contextmanager
+        def weight_update(self):
+            yield
+
+        def update_named_params(self, metadata, named_params) -> None:
+            """TRL 1.16's bucketed push (tests/trainers/vllm_fakes.py checks its protocol in detail)."""
+            for name, tensor in named_params:
+                self.weights[name] = tensor.detach().clone()
 
         def reset_prefix_cache(self) -> None:
             pass

@@ -68,6 +68,10 @@ def config(tmp_path, **kw):
             },
             r"agents\[0\].load_in_4bit: QLoRA agents cannot push weights to vLLM",
         ),
+        (
+            {"use_vllm": True, "vllm_mode": "colocate", "search_mode": "async"},
+            r"search_mode='async' needs use_vllm with vllm_mode='server'",
+        ),
     ],
 )
 def test_bad_config_values_name_the_field(tmp_path, kwargs, message):

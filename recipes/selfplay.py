@@ -10,8 +10,10 @@ Tiny CPU demos (a tiny Qwen2, a few steps; WIST grows a domain tree over a Movie
         --config recipes/configs/rdiverse.yaml
 
 ``--sft_warmup_steps N`` first fits the tiny model (re-initialised with a tokenizer fitted to the self-play text) on
-scripted MovieLens questions/answers so that it emits parseable questions most of the time; the rdiverse and wist
-configs set it. Real models (Qwen3-4B-Base, 8 GPUs, vLLM colocate; LoRA adapters for the two roles):
+scripted MovieLens questions/answers so that it emits parseable questions most of the time; the three tiny configs
+set it. ``--eval_questions N`` / ``--eval_corpus_questions N`` ask held-out / corpus questions before and after
+training; the last line is a ``selfplay summary`` JSON (valid-question rate, Solver reward, MAP, tree children).
+``benchmarks/selfplay_evidence.py`` pairs each tiny config with the same run at learning rate 0. Real models (Qwen3-4B-Base, 8 GPUs, vLLM colocate; LoRA adapters for the two roles):
 
     accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero2.yaml recipes/selfplay.py \
         --config recipes/configs/wist_qwen3.yaml
@@ -144,11 +146,13 @@ def report_heldout(when: str, trainer: SelfPlayTrainer, name: str, qa: list, scr
 
 
 def summary(trainer: SelfPlayTrainer) -> dict:
-    """Run-level self-play figures from the log history and counters: mean Challenger valid-question rate (all
-    Challenger steps, and the last half), Solver reward, MAP penalty from iteration 2, tree children from the
+    """Run-level self-play figures from the log history and counters: mean Challenger valid-question rate over all
+    sampled candidates (all Challenger steps, and the last half), Solver reward, MAP penalty from iteration 2, tree children from the
     policy's proposals vs corpus fallbacks."""
     rows = [r for r in trainer.state.log_history if "selfplay/iteration" in r]
-    valid = [r["selfplay/challenger_valid_frac"] for r in rows if "selfplay/challenger_valid_frac" in r]
+    key = "selfplay/challenger_candidates_valid_frac"  # all sampled candidates, before WIST's subsampling
+    key = key if any(key in r for r in rows) else "selfplay/challenger_valid_frac"
+    valid = [r[key] for r in rows if key in r]
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
     out = {
         "challenger_valid_rate": mean(valid),

@@ -4,7 +4,9 @@ Each generation batch of ``G`` prompt groups is built by the trainer, not read f
 
 * Challenger groups: a Challenger prompt (fixed, or grounded in a tree path and document) gets ``num_generations``
   candidate questions. Each valid question is answered K times by the Solver; with success rate p its reward is
-  ``challenger_reward(p) - a * P_rep - b * P_MAP``; invalid output gets ``invalid_question_reward``.
+  ``challenger_reward(p) - a * P_rep - b * P_MAP``; invalid output gets ``invalid_question_reward``. With WIST's
+  ``challenger_oversample`` / ``challenger_max_retries`` a group samples more candidates (re-sampling all-invalid
+  groups) and keeps ``num_generations`` of them with their valid:invalid ratio.
 * Solver groups: a labelled question gets ``num_generations`` answers rewarded 1 if they match the label.
 
 ``roles="shared"`` mixes both kinds of groups in every batch (one merged update, WIST). ``roles="separate"`` trains a

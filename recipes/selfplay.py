@@ -145,6 +145,10 @@ def report_heldout(when: str, trainer: SelfPlayTrainer, name: str, qa: list, scr
         )
 
 
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
 def summary(trainer: SelfPlayTrainer) -> dict:
     """Run-level self-play figures from the log history and counters: mean Challenger valid-question rate over all
     sampled candidates (all Challenger steps, and the last half), Solver reward, MAP penalty from iteration 2, tree children from the
@@ -153,12 +157,11 @@ def summary(trainer: SelfPlayTrainer) -> dict:
     key = "selfplay/challenger_candidates_valid_frac"  # all sampled candidates, before WIST's subsampling
     key = key if any(key in r for r in rows) else "selfplay/challenger_valid_frac"
     valid = [r[key] for r in rows if key in r]
-    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
     out = {
-        "challenger_valid_rate": mean(valid),
-        "challenger_valid_rate_last_half": mean(valid[len(valid) // 2 :]),
-        "solver_reward": mean([r["selfplay/solver_reward"] for r in rows if "selfplay/solver_reward" in r]),
-        "map_penalty_iter2plus": mean(
+        "challenger_valid_rate": _mean(valid),
+        "challenger_valid_rate_last_half": _mean(valid[len(valid) // 2 :]),
+        "solver_reward": _mean([r["selfplay/solver_reward"] for r in rows if "selfplay/solver_reward" in r]),
+        "map_penalty_iter2plus": _mean(
             [r["selfplay/map_penalty"] for r in rows if "selfplay/map_penalty" in r and r["selfplay/iteration"] >= 2]
         ),
         "memory_size": len(trainer.memory),

@@ -10,8 +10,10 @@ Tiny CPU demos (a tiny Qwen2, a few steps; WIST grows a domain tree over a Movie
         --config recipes/configs/rdiverse.yaml
 
 ``--sft_warmup_steps N`` first fits the tiny model (re-initialised with a tokenizer fitted to the self-play text) on
-scripted MovieLens questions/answers so that it emits parseable questions most of the time; the rdiverse and wist
-configs set it. Real models (Qwen3-4B-Base, 8 GPUs, vLLM colocate; LoRA adapters for the two roles):
+scripted MovieLens questions/answers so that it emits parseable questions most of the time; the three tiny configs
+set it. ``--eval_questions N`` / ``--eval_corpus_questions N`` ask held-out / corpus questions before and after
+training; the last line is a ``selfplay summary`` JSON (valid-question rate, Solver reward, MAP, tree children).
+``benchmarks/selfplay_evidence.py`` pairs each tiny config with the same run at learning rate 0. Real models (Qwen3-4B-Base, 8 GPUs, vLLM colocate; LoRA adapters for the two roles):
 
     accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero2.yaml recipes/selfplay.py \
         --config recipes/configs/wist_qwen3.yaml
@@ -24,6 +26,7 @@ Resume the newest complete checkpoint: --resume_from_checkpoint true. The domain
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +53,13 @@ class SelfPlayScriptArguments(ScriptArguments):
     sft_warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the warm-up."})
     eval_questions: int = field(
         default=0, metadata={"help": "Held-out questions asked before and after training (0: no evaluation)."}
+    )
+    eval_corpus_questions: int = field(
+        default=0,
+        metadata={
+            "help": "Questions about the corpus's own MovieLens movies (facts its documents state), asked before and "
+            "after training (0: none)."
+        },
     )
     eval_dataset: str | None = field(
         default=None,
@@ -110,14 +120,56 @@ def heldout_questions(script_args: SelfPlayScriptArguments, args: SelfPlayConfig
     return movielens_heldout(script_args.eval_questions, skip=args.corpus_max_documents or 150, path=movielens)
 
 
-def report_heldout(when: str, trainer: SelfPlayTrainer, qa: list, script_args: SelfPlayScriptArguments) -> None:
+def corpus_questions(script_args: SelfPlayScriptArguments, args: SelfPlayConfig) -> list[tuple[str, str]]:
+    """``eval_corpus_questions`` (question, answer) pairs about the corpus's most-rated MovieLens movies: facts the
+    Challenger's documents state (and the warm-up's Solver answers cover), so self-play on the corpus can teach them."""
+    n = script_args.eval_corpus_questions
+    if n <= 0:
+        return []
+    if args.corpus != "movielens":
+        raise ValueError(f"eval_corpus_questions needs corpus=movielens, got corpus={args.corpus!r}")
+    if args.corpus_max_documents is not None and n > args.corpus_max_documents:
+        raise ValueError(
+            f"eval_corpus_questions={n} exceeds corpus_max_documents={args.corpus_max_documents} (one per movie)"
+        )
+    return movielens_heldout(n, skip=0, path=args.corpus_path)
+
+
+def report_heldout(when: str, trainer: SelfPlayTrainer, name: str, qa: list, script_args) -> None:
     result = trainer.evaluate_heldout(qa, script_args.eval_samples, greedy=script_args.eval_greedy)
     if trainer.accelerator.is_main_process:
         print(
-            f"held-out {when}: accuracy={result.accuracy:.4f} boxed={result.boxed_rate:.4f} "
+            f"{name} {when}: accuracy={result.accuracy:.4f} boxed={result.boxed_rate:.4f} "
             f"(questions={result.num_questions}, samples={result.num_samples})",
             flush=True,
         )
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def summary(trainer: SelfPlayTrainer) -> dict:
+    """Run-level self-play figures from the log history and counters: mean Challenger valid-question rate over all
+    sampled candidates (all Challenger steps, and the last half), Solver reward, MAP penalty from iteration 2, tree children from the
+    policy's proposals vs corpus fallbacks."""
+    rows = [r for r in trainer.state.log_history if "selfplay/iteration" in r]
+    key = "selfplay/challenger_candidates_valid_frac"  # all sampled candidates, before WIST's subsampling
+    key = key if any(key in r for r in rows) else "selfplay/challenger_valid_frac"
+    valid = [r[key] for r in rows if key in r]
+    out = {
+        "challenger_valid_rate": _mean(valid),
+        "challenger_valid_rate_last_half": _mean(valid[len(valid) // 2 :]),
+        "solver_reward": _mean([r["selfplay/solver_reward"] for r in rows if "selfplay/solver_reward" in r]),
+        "map_penalty_iter2plus": _mean(
+            [r["selfplay/map_penalty"] for r in rows if "selfplay/map_penalty" in r and r["selfplay/iteration"] >= 2]
+        ),
+        "memory_size": len(trainer.memory),
+        "counters": dict(sorted(trainer.counters.items())),
+    }
+    if trainer.tree is not None:
+        out["tree_nodes"] = len(trainer.tree.nodes)
+    return out
 
 
 def main() -> None:
@@ -131,17 +183,20 @@ def main() -> None:
     if script_args.sft_warmup_steps > 0:
         model_path = warm_up(model_path, script_args, args, model_args)
     trainer = SelfPlayTrainer(model_path, args=args, peft_config=get_peft_config(model_args))
-    heldout = heldout_questions(script_args, args)
-    if heldout:
-        report_heldout("before", trainer, heldout, script_args)
+    evaluations = {"held-out": heldout_questions(script_args, args), "corpus": corpus_questions(script_args, args)}
+    evaluations = {name: qa for name, qa in evaluations.items() if qa}
+    for name, qa in evaluations.items():
+        report_heldout("before", trainer, name, qa, script_args)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
-    if heldout:
-        report_heldout("after", trainer, heldout, script_args)
-    for row in trainer.state.log_history:
-        selfplay = {k.removeprefix("selfplay/"): round(v, 4) for k, v in row.items() if k.startswith("selfplay/")}
-        if selfplay:
-            print(f"step {row['step']}: {selfplay}")
+    for name, qa in evaluations.items():
+        report_heldout("after", trainer, name, qa, script_args)
+    if trainer.accelerator.is_main_process:
+        for row in trainer.state.log_history:
+            selfplay = {k.removeprefix("selfplay/"): round(v, 4) for k, v in row.items() if k.startswith("selfplay/")}
+            if selfplay:
+                print(f"step {row['step']}: {selfplay}")
+        print(f"selfplay summary: {json.dumps(summary(trainer))}", flush=True)
     if args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     if torch.distributed.is_initialized():  # a clean exit under torchrun (no gloo abort at interpreter shutdown)

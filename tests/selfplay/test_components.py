@@ -159,7 +159,9 @@ def test_warmup_chats_and_fitted_tiny_tokenizer(tmp_path):
     replies = [chat[-1]["content"] for chat in chats]
     assert all(r.startswith(("<question>", "\\boxed{")) for r in replies)  # no tree proposals without a tree
     assert all(parse_tagged_question(r).valid for r in replies if r.startswith("<question>"))
-    assert any("[Proposition Start]" in r for r in (c[-1]["content"] for c in warmup_examples(docs, "tree", 30)))
+    proposals = [c for c in warmup_examples(docs, "tree", 90) if "[Proposition Start]" in c[-1]["content"]]
+    depths = {c[0]["content"].split("Path: ")[1].split(".\n")[0].count(" > ") for c in proposals}
+    assert depths == {0, 1, 2}  # genre under Movies, sub-genre under a genre, movie under a sub-genre
     fitted = AutoTokenizer.from_pretrained(tiny_model_for_warmup("qwen2", chats, tmp_path / "tiny"))
     stock = AutoTokenizer.from_pretrained(tiny_model_path("qwen2"))
     tagged = next(r for r in replies if r.startswith("<question>"))

@@ -103,7 +103,7 @@ def test_wist_expansion_rounds_truncation_and_dropped_groups(tmp_path, tiny_qwen
     (was: g = 0)."""
     args = SelfPlayConfig(
         output_dir=str(tmp_path), preset="wist", tree_num_proposals=2, document_max_tokens=12,
-        tree_corpus_fallback=False, **BASE,
+        tree_corpus_fallback=False, max_completion_length=16, **BASE,
     )  # fmt: skip
     rounds = iter([["A", "A"], ["B", "B"], ["?", "?"], ["C", "C"], ["D", "D"], ["E", "E"], ["F", "F"]])
 
@@ -173,3 +173,67 @@ def test_both_adapters_enter_the_optimizer_after_an_evaluation(tmp_path, tiny_qw
     assert report["challenger"]["in_optimizer"] == report["default"]["in_optimizer"] == len(before) * 2
     after = dict(trainer.model.named_parameters())
     assert any(not after[n].detach().equal(v) for n, v in before.items())  # the Challenger adapter moved
+
+
+def test_wist_oversamples_candidates_keeps_the_ratio_and_bounds_retries(
+    tmp_path, tiny_qwen2_path, wist_corpus, monkeypatch
+):
+    """WIST samples C = 2G Challenger candidates per group and keeps G with the valid:invalid ratio; a group with no
+    valid candidate is sampled again at most ``challenger_max_retries`` times, then dropped (was: G candidates, no
+    oversampling, no retries). Generation is scripted: group 0 gets 6 valid of 8, group 1 none, ever."""
+    from trl import GRPOTrainer
+
+    from trl_mars.selfplay.questions import ParsedQuestion
+
+    args = SelfPlayConfig(
+        output_dir=str(tmp_path), preset="wist", challenger_max_retries=2, tree_num_proposals=2,
+        max_completion_length=8, **{**BASE, "num_generations": 4, "per_device_train_batch_size": 8},
+        num_solver_samples=2,
+    )  # fmt: skip
+    assert (args.challenger_oversample, SelfPlayConfig(output_dir=str(tmp_path), preset="wist", **BASE)
+            .challenger_max_retries) == (2, 4)  # fmt: skip
+    rows_per_call = []
+
+    class Scripted(SelfPlayTrainer):
+        def parse_question(self, text, context):  # "ok ..." is a valid question, anything else invalid
+            if text.startswith("ok"):
+                return ParsedQuestion(f"In which year was the film number {text} released?", "1995")
+            return ParsedQuestion(error="scripted invalid")
+
+    trainer = Scripted(tiny_qwen2_path, args=args, corpus=wist_corpus)
+    tok = trainer.processing_class
+
+    def scripted_generate(self, prompt_ids, images, multimodal_fields, num_generations, **kwargs):
+        c = num_generations  # candidates per group
+        call = len(rows_per_call)
+        rows_per_call.append((len(prompt_ids), c))
+        texts = []
+        for group in range(len(prompt_ids) // c):
+            valid = [4 * i < 3 * c for i in range(c)] if call == 0 and group == 0 else [False] * c
+            texts += [f"{'ok' if v else 'no'} {call} {group} {i}" for i, v in enumerate(valid)]
+        return [tok(t, add_special_tokens=False)["input_ids"] for t in texts], None
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", scripted_generate)
+    batch = trainer._challenger_round(2)
+    assert rows_per_call == [(16, 8), (8, 8), (8, 8)]  # 2 groups x C = 8, then 2 bounded retries of group 1 alone
+    texts = tok.batch_decode(batch["completion_ids"], skip_special_tokens=True)
+    group0, group1 = texts[:4], texts[4:]
+    assert sum(t.startswith("ok") for t in group0) == 3  # 4 * 6/8 = 3 valid kept, 1 invalid
+    assert all(t.startswith("no 2 0") for t in group1)  # the last retry's candidates, all invalid
+    assert (trainer.counters["challenger_retries"], trainer.counters["challenger_dropped_groups"]) == (2, 1)
+    assert trainer.counters["invalid_questions"] == 1 + 4
+    assert trainer._metrics["train"]["selfplay/challenger_candidates_valid_frac"] == [6 / 16]
+    assert float(batch["advantages"][4:].abs().sum()) == 0.0  # the dropped group carries no gradient
+    updated = [n for n in trainer.tree.nodes if n.window]
+    assert updated and all(len(n.window) == 1 for n in updated)  # group 0's path only; group 1 updated nothing
+    # no oversampling, no retries (R-Zero's settings): GRPO's own G candidates, unchanged
+    rows_per_call.clear()
+    trainer.args.challenger_oversample, trainer.args.challenger_max_retries = 1, 0
+    batch = trainer._challenger_round(2)
+    assert rows_per_call == [(8, 4)]  # G = 4 candidates per group, kept as they are; no retry of group 1
+    texts = tok.batch_decode(batch["completion_ids"], skip_special_tokens=True)
+    assert texts == [f"{'ok' if i < 3 else 'no'} 0 0 {i}" for i in range(4)] + [f"no 0 1 {i}" for i in range(4)]
+    with pytest.raises(ValueError, match="challenger_oversample must be > 0"):
+        SelfPlayConfig(output_dir=str(tmp_path), preset="wist", challenger_oversample=0, **BASE)
+    with pytest.raises(ValueError, match="challenger_max_retries must be >= 0"):
+        SelfPlayConfig(output_dir=str(tmp_path), preset="wist", challenger_max_retries=-1, **BASE)

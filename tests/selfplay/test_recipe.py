@@ -26,11 +26,14 @@ def run_recipe(config: str, out: Path, extra: list[str], monkeypatch, capsys) ->
 def test_recipe_runs_each_config(config, tmp_path, monkeypatch, capsys):
     out = tmp_path / config
     extra = ["--max_steps", "2", "--save_steps", "2", "--max_completion_length", "8"]
-    extra += ["--sft_warmup_steps", "2"] if config == "wist" else []  # the warm-up path, not its effect (see below)
-    extra += ["--eval_questions", "2"]
+    extra += ["--sft_warmup_steps", "2"]  # the warm-up path, not its effect (see below)
+    extra += ["--eval_questions", "2", "--eval_corpus_questions", "2"]
     printed, _ = run_recipe(config, out, extra, monkeypatch, capsys)
     assert "step 2:" in printed and (out / "checkpoint-2" / "trl_mars_state" / "complete.json").exists()
-    assert "held-out before: accuracy=" in printed and "held-out after: accuracy=" in printed
+    for name in ("held-out", "corpus"):
+        assert f"{name} before: accuracy=" in printed and f"{name} after: accuracy=" in printed
+    summary = json.loads(printed.split("selfplay summary: ")[1].splitlines()[0])
+    assert 0.0 <= summary["challenger_valid_rate"] <= 1.0 and "invalid_questions" in summary["counters"]
     assert "selfplay" in (out / "README.md").read_text()
     if config == "wist":
         tree = json.loads((out / "domain_tree.json").read_text())
@@ -42,11 +45,12 @@ def test_recipe_runs_each_config(config, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_rdiverse_recipe_fills_the_memory_bank_and_applies_map(tmp_path, monkeypatch, capsys):
-    """The tiny rdiverse config as shipped (SFT warm-up, 2 iterations of 2 steps): the warmed-up Challenger writes
-    parseable questions, band-passing ones enter the memory bank in iteration 1, and the MAP penalty of the
+    """The tiny rdiverse config, shortened (100 warm-up steps, 2 iterations of 2 steps): the warmed-up Challenger
+    writes parseable questions, band-passing ones enter the memory bank in iteration 1, and the MAP penalty of the
     iteration-2 Challenger questions against that bank is > 0 in the logs."""
     out = tmp_path / "rdiverse"
     extra = ["--skill_encoder", "hashing"]  # MiniLM is covered by test_components; keep CI time down
+    extra += ["--sft_warmup_steps", "100", "--max_steps", "4", "--save_steps", "2"]
     printed, rows = run_recipe("rdiverse", out, extra, monkeypatch, capsys)
     assert (out / "checkpoint-4" / "trl_mars_state" / "complete.json").exists()
     assert (out / "challenger" / "adapter_config.json").exists()

@@ -116,6 +116,15 @@ def test_rdiverse_memory_map_and_replay_with_two_adapters(tmp_path, tiny_qwen2_p
         2,
     }
 
+    # R-Diverse's eq. 11, unfloored: two identical questions (P_rep = 2/2) already in the bank (MAP > 0) with
+    # r_unc = 1 - 2|2/3 - 1/2| = 2/3 score below an invalid question (0); the floored option gives 0
+    refs = [trainer._register({"messages": [], "path": [], "document": None}) for _ in range(2)]
+    unfloored = trainer._challenger_rewards(["same", "same"], refs)
+    assert unfloored[0] == unfloored[1] < 2 / 3 - 1 < trainer.args.invalid_question_reward == 0.0
+    trainer.args.floor_challenger_reward = True
+    assert trainer._challenger_rewards(["same", "same"], refs) == [0.0, 0.0]
+    trainer.args.floor_challenger_reward = False
+
     def boom(prediction, reference):
         raise RuntimeError("grader crashed")
 

@@ -8,8 +8,12 @@ is never an error: it yields a ``ParsedQuestion`` with ``error`` set, which the 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from trl_mars.selfplay.grading import extract_boxed
 
@@ -179,6 +183,34 @@ def parse_json_question(
     if document is not None and low_a not in document.casefold():
         return ParsedQuestion(question, answer, "answer not found in the document")
     return ParsedQuestion(question, answer)
+
+
+def subsample_keep_ratio(valid: Sequence[bool], g: int, rng: np.random.Generator) -> list[int]:
+    """Indices (ascending) of ``g`` of the ``C = len(valid)`` candidates, keeping WIST's valid:invalid ratio.
+
+    With v valid candidates, ``n = floor(g * v / C + 1/2)`` valid ones are kept, clamped to ``[1, g - 1]`` when both
+    kinds exist (at least one of each), then to what is available; the rest are invalid ones. Which candidates of
+    each kind are kept is drawn uniformly by ``rng``. ``C == g`` keeps every candidate.
+
+    >>> valid = [True, True, True, False] * 4  # 12 valid of 16
+    >>> keep = subsample_keep_ratio(valid, 8, np.random.default_rng(0))
+    >>> len(keep), sum(valid[i] for i in keep)  # 8 * 12/16 = 6 valid, 2 invalid
+    (8, 6)
+    >>> one, all_but_one = [True] + [False] * 15, [True] * 15 + [False]
+    >>> [sum(v[i] for i in subsample_keep_ratio(v, 8, np.random.default_rng(0))) for v in (one, all_but_one)]
+    [1, 7]
+    """
+    c = len(valid)
+    if not 0 < g <= c:
+        raise ValueError(f"cannot keep {g} of {c} candidates")
+    valid_ids = [i for i, v in enumerate(valid) if v]
+    invalid_ids = [i for i, v in enumerate(valid) if not v]
+    n_valid = math.floor(g * len(valid_ids) / c + 0.5)
+    if valid_ids and invalid_ids:
+        n_valid = min(max(n_valid, 1), g - 1)
+    n_valid = max(min(n_valid, len(valid_ids)), g - len(invalid_ids))
+    keep = [*rng.choice(valid_ids, n_valid, replace=False), *rng.choice(invalid_ids, g - n_valid, replace=False)]
+    return sorted(int(i) for i in keep)
 
 
 _PROPOSITION_RE = re.compile(r"\[Proposition Start\](.*?)\[Proposition End\]", re.DOTALL | re.IGNORECASE)

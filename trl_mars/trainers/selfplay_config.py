@@ -26,6 +26,8 @@ _RZERO = dict(
     steps_per_iteration=20,
     challenger_steps=5,
     min_question_chars=1,
+    challenger_oversample=1,
+    challenger_max_retries=0,
     require_answer_in_document=True,
     floor_challenger_reward=True,
     loss_type="grpo",
@@ -56,6 +58,8 @@ PRESETS: dict[str, dict] = {
         steps_per_iteration=10,
         challenger_steps=0,
         min_question_chars=50,
+        challenger_oversample=2,
+        challenger_max_retries=4,
         floor_challenger_reward=False,
         require_answer_in_document=False,
         loss_type="dr_grpo",
@@ -116,6 +120,12 @@ class SelfPlayConfig(GRPOConfig):
         corpus_title_match (`str`): `string` (bare titles), `embedding` (MiniLM cosine >= max(0.5, batch median), web
             titles) or `auto` (embedding for searxng).
         document_max_tokens (`int`): document truncation in Challenger prompts, in tokens (WIST: 5792).
+        challenger_oversample (`int`): each Challenger group samples `challenger_oversample * num_generations`
+            candidates and keeps `num_generations` of them with the candidates' valid:invalid ratio (at least one of
+            each when both exist; WIST: 2, i.e. C = 16 for G = 8; R-Zero/R-Diverse: 1, no oversampling).
+        challenger_max_retries (`int`): a Challenger group whose candidates are all invalid is sampled again, at
+            most this many times (WIST: 4; 0 for R-Zero/R-Diverse); after the last it stays all-invalid (zero
+            advantage, no tree update: the prompt is dropped).
     """
 
     preset: str | None = field(default=None, metadata={"help": "rzero, rdiverse or wist: fills fields left unset."})
@@ -208,6 +218,17 @@ class SelfPlayConfig(GRPOConfig):
         default=0.5, metadata={"help": "corpus_title_match=embedding: keep cos >= max(this, batch median)."}
     )
     corpus_query_mode: str = field(default="path", metadata={"help": "path (label + ancestors) or label."})
+    challenger_oversample: int | None = field(
+        default=None,
+        metadata={
+            "help": "Challenger candidates sampled per group = this * num_generations; num_generations are kept with "
+            "the valid:invalid ratio (WIST: 2; R-Zero/R-Diverse: 1)."
+        },
+    )
+    challenger_max_retries: int | None = field(
+        default=None,
+        metadata={"help": "Re-samplings of a Challenger group with no valid candidate, then it is dropped (WIST: 4)."},
+    )
     document_max_tokens: int = field(
         default=5792, metadata={"help": "Document truncation in Challenger prompts, in tokens (WIST: 8192 - 2400)."}
     )
@@ -249,10 +270,17 @@ class SelfPlayConfig(GRPOConfig):
             "tree_num_proposals",
             "document_max_tokens",
             "tree_expansion_max_failed_rounds",
+            "challenger_oversample",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("map_coef", "question_penalty_coef", "min_question_chars", "challenger_steps"):
+        for name in (
+            "map_coef",
+            "question_penalty_coef",
+            "min_question_chars",
+            "challenger_steps",
+            "challenger_max_retries",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("replay_ratio", "challenger_fraction", "map_gamma", "question_penalty_threshold"):

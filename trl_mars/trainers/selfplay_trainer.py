@@ -4,7 +4,9 @@ Each generation batch of ``G`` prompt groups is built by the trainer, not read f
 
 * Challenger groups: a Challenger prompt (fixed, or grounded in a tree path and document) gets ``num_generations``
   candidate questions. Each valid question is answered K times by the Solver; with success rate p its reward is
-  ``challenger_reward(p) - a * P_rep - b * P_MAP``; invalid output gets ``invalid_question_reward``.
+  ``challenger_reward(p) - a * P_rep - b * P_MAP``; invalid output gets ``invalid_question_reward``. With WIST's
+  ``challenger_oversample`` / ``challenger_max_retries`` a group samples more candidates (re-sampling all-invalid
+  groups) and keeps ``num_generations`` of them with their valid:invalid ratio.
 * Solver groups: a labelled question gets ``num_generations`` answers rewarded 1 if they match the label.
 
 ``roles="shared"`` mixes both kinds of groups in every batch (one merged update, WIST). ``roles="separate"`` trains a
@@ -53,6 +55,7 @@ from trl_mars.selfplay.questions import (
     parse_json_question,
     parse_tagged_question,
     solver_messages,
+    subsample_keep_ratio,
 )
 from trl_mars.selfplay.render import dump_tree
 from trl_mars.selfplay.tree import DomainTree, aggregate_proposals, validate_label
@@ -201,6 +204,7 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
         self.counters: dict[str, int] = defaultdict(int)
         self.sampled_paths: list[list[int]] = []  # paths drawn by this process (inspection, not checkpointed)
         self._contexts: dict[int, dict] = {}
+        self._candidate_contexts: list[dict] | None = None  # set while GRPO generates an oversampled Challenger batch
         self._next_ref = 0
         self._solver_queue: list[dict] = []
         if self.tree is not None:
@@ -546,9 +550,67 @@ class SelfPlayTrainer(MethodStateMixin, GRPOTrainer):
             for c in admitted:
                 self.memory.add(c["question"], c["embedding"], c["label"], self.iteration)
 
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kwargs):
+        """GRPO's generation; for a Challenger batch with oversampling or retries, WIST's candidate selection
+        (``select_challenger_candidates``)."""
+        if self._candidate_contexts is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kwargs)
+        return self.select_challenger_candidates(prompt_ids, multimodal_fields)
+
+    def select_challenger_candidates(self, prompt_ids: list, multimodal_fields: dict) -> tuple[list, list | None]:
+        """WIST's Challenger candidates: each group samples ``C = challenger_oversample * G`` candidates
+        (G = ``num_generations``); a group with no valid one is sampled again, at most ``challenger_max_retries``
+        times; ``subsample_keep_ratio`` then keeps G of them with their valid:invalid ratio. A group still all-invalid
+        keeps G invalid candidates: equal rewards give it zero advantage and it updates no posterior (dropped).
+
+        ``prompt_ids`` are GRPO's rows (each group's prompt G times in a row). Every process runs the same number of
+        retry rounds (the largest number of failing groups of any process, padded), so collective generation (ZeRO-3,
+        vLLM server) stays matched. Returns (completion ids, sampling log-probs or None) for the G kept per group."""
+        args, g = self.args, self.num_generations
+        c = g * args.challenger_oversample
+        contexts = self._candidate_contexts
+        prompts = [prompt_ids[j * g] for j in range(len(contexts))]
+
+        def sample(groups: list[int]) -> list[tuple[list, list | None, list[bool]]]:
+            rows = [prompts[j] for j in groups for _ in range(c)]
+            ids, logps = super(SelfPlayTrainer, self)._generate_single_turn(rows, None, multimodal_fields, c)
+            texts = self.processing_class.batch_decode(ids, skip_special_tokens=True)
+            out = []
+            for k, j in enumerate(groups):
+                span = slice(k * c, (k + 1) * c)
+                valid = [self.parse_question(t, contexts[j]).valid for t in texts[span]]
+                out.append((ids[span], None if logps is None else logps[span], valid))
+            return out
+
+        candidates = sample(list(range(len(contexts))))
+        self._log_mean("selfplay/challenger_candidates_valid_frac", [float(v) for x in candidates for v in x[2]])
+        failing = [j for j, x in enumerate(candidates) if not any(x[2])]
+        for _ in range(args.challenger_max_retries):
+            rounds = max(gather_object([len(failing)]))
+            if rounds == 0:
+                break
+            todo = failing + [failing[0] if failing else 0] * (rounds - len(failing))  # padding is discarded
+            for j, redo in zip(failing, sample(todo), strict=False):
+                candidates[j] = redo
+            self.counters["challenger_retries"] += len(failing)
+            failing = [j for j in failing if not any(candidates[j][2])]
+        self.counters["challenger_dropped_groups"] += len(failing)
+        ids, logps = [], []
+        for j, (group_ids, group_logps, valid) in enumerate(candidates):
+            rng = np.random.default_rng([args.seed, self.state.global_step, self.accelerator.process_index, j])
+            keep = subsample_keep_ratio(valid, g, rng)
+            ids += [group_ids[i] for i in keep]
+            logps += [group_logps[i] for i in keep] if group_logps is not None else []
+        return ids, (logps if candidates[0][1] is not None else None)
+
     def _challenger_round(self, n_groups: int) -> dict:
         contexts = self._challenger_contexts(n_groups)
-        batch = super()._generate_and_score_completions(self._rows(contexts, "challenger"))
+        if self.args.challenger_oversample > 1 or self.args.challenger_max_retries > 0:
+            self._candidate_contexts = contexts
+        try:
+            batch = super()._generate_and_score_completions(self._rows(contexts, "challenger"))
+        finally:
+            self._candidate_contexts = None
         groups = gather_object(
             [{"path": c["path"], "best": c["best"], "candidates": c.get("candidates", [])} for c in contexts]
         )

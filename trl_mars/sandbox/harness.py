@@ -5,8 +5,10 @@ their values through the strict codec (``values.encode``); the parent decides th
 forged record can at most claim a value. The tests' own code (setup, prefixes, unsplit tests) runs in a
 test namespace with pristine builtins, never in the program's globals.
 
-Records go to a pipe fd as ``repr`` of a tuple of plain str/int/float/None, starting with a per-child nonce,
-and are parsed with ``ast.literal_eval`` by the zygote. Every function/class the harness relies on after
+Records go to a pipe fd as JSON arrays of plain str/int/float/None, one per line, starting with a per-child
+nonce, and are parsed with ``json.loads`` (then type-checked) by the zygote. They are written in one
+``write`` per test: the end of test i and the start of test i+1 together (the start of a test is always
+written before it runs, so the zygote knows which test to blame when it hangs). Every function/class the harness relies on after
 the untrusted program ran is captured in locals first, so monkey-patching builtins, ``os``, ``sys`` or this
 module cannot change a verdict; tests run with a pristine copy of builtins. ``assert`` statements raise the
 real AssertionError regardless of what the name is bound to. A child that exits without reporting a test
@@ -22,10 +24,11 @@ import os
 import sys
 import traceback
 
-from trl_mars.sandbox.cases import ACTUAL, EXPECTED
 from trl_mars.sandbox.values import Unencodable, encode
 
 FIELD_CAP = 2000  # characters kept of a message / repr / traceback
+# Where an unsplit ``assert a == b`` test (rewritten by ``cases``) keeps ``a`` and ``b`` for the failure report.
+ACTUAL, EXPECTED = "__sandbox_actual__", "__sandbox_expected__"
 
 
 class CappedSink(io.RawIOBase):
@@ -61,6 +64,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
     # Trusted references, captured before any untrusted code runs.
     exec_, eval_, compile_, repr_, str_, type_, isinstance_ = exec, eval, compile, repr, str, type, isinstance
     getattr_, json_loads, encode_, unencodable = getattr, json.loads, encode, Unencodable
+    quote, int_repr, float_repr, join = json.encoder.encode_basestring_ascii, int.__repr__, float.__repr__, ",".join
     base_exc, assertion, memory, system_exit = BaseException, AssertionError, MemoryError, SystemExit
     write, exit_, open_fd, dup2, close, open_ = os.write, os._exit, os.open, os.dup2, os.close, open
     sink_cls, wrap, wrap_in, file_io = CappedSink, text_stream, io.TextIOWrapper, io.FileIO
@@ -84,8 +88,19 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         except base_exc:
             return "<unrepresentable>"
 
+    pending = []
+
+    def field(x):
+        kind = type_(x)
+        return quote(x) if kind is str_ else "null" if x is None else int_repr(x) if kind is int else float_repr(x)
+
     def send(*record):
-        data = (repr_(record) + "\n").encode()
+        """Queue one record (a JSON array: fields are str, int, finite float or None); ``flush`` writes them."""
+        pending.append(str_concat(str_concat("[", join([field(x) for x in record])), "]\n"))
+
+    def flush():
+        data = "".join(pending).encode()
+        pending.clear()
         while data:
             data = data[write(fd, data) :]
 
@@ -120,6 +135,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         setup = compile_(check["setup"], "<setup>", "exec")
     except base_exc as e:
         send(nonce, "L", *classify(e)[:3])
+        flush()
         exit_(0)
 
     env = {"__name__": "__main__" if stdio else "__sandbox__", "__builtins__": builtins}
@@ -137,6 +153,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         except base_exc as e:
             status, etype, message, _ = classify(e)
             send(nonce, "L", "memory" if status == "memory" else "error", etype, message)
+            flush()
             exit_(0)
     send(nonce, "L", "passed", None, "")
 
@@ -175,6 +192,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
 
     for i in range(start, len(tests)):
         send(nonce, "S", i)
+        flush()  # with the previous test's end (or the load record) in one write
         t0 = clock()
         ns = None
         try:
@@ -201,4 +219,5 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
             outcome = (*classify(e), *pair)
         send(nonce, "E", i, *outcome, clock() - t0)
     send(nonce, "D")
+    flush()
     exit_(0)

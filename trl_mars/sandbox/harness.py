@@ -10,7 +10,7 @@ nonce, and are parsed with ``json.loads`` (then type-checked) by the zygote. The
 ``write`` per test: the end of test i and the start of test i+1 together (the start of a test is always
 written before it runs, so the zygote knows which test to blame when it hangs). Every function/class the harness relies on after
 the untrusted program ran is captured in locals first, so monkey-patching builtins, ``os``, ``sys`` or this
-module cannot change a verdict; tests run with a pristine copy of builtins. ``assert`` statements raise the
+module cannot change a verdict; tests run with the builtins as the zygote found them. ``assert`` statements raise the
 real AssertionError regardless of what the name is bound to. A child that exits without reporting a test
 (``os._exit``, a signal, ``sys.exit`` inside a test is an error) gets ``crashed`` from the zygote.
 """
@@ -27,6 +27,10 @@ import traceback
 from trl_mars.sandbox.values import Unencodable, encode
 
 FIELD_CAP = 2000  # characters kept of a message / repr / traceback
+# The builtins as the interpreter made them, copied when this module is imported (in the zygote: before any
+# program ran). A check's tests use this dict itself, so a fresh child need not touch every builtin's page
+# to copy it; a test whose own code runs in the child gets a copy of its own.
+PRISTINE_BUILTINS = dict(builtins.__dict__)
 # Where an unsplit ``assert a == b`` test (rewritten by ``cases``) keeps ``a`` and ``b`` for the failure report.
 ACTUAL, EXPECTED = "__sandbox_actual__", "__sandbox_expected__"
 
@@ -59,7 +63,18 @@ def text_stream(sink: CappedSink) -> io.TextIOWrapper:
     return io.TextIOWrapper(sink, encoding="utf-8", errors="replace", write_through=True)
 
 
-def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> None:
+class Streams:
+    """A check process's ``sys.stdout``/``sys.stderr`` (the first ``output_cap`` bytes kept and forwarded to
+    fds 1 and 2) and ``sys.stdin`` (fd 0, /dev/null in the child). Made once by the zygote, which never
+    uses them, so each forked child starts with fresh copies instead of building its own."""
+
+    def __init__(self, output_cap: int):
+        self.stdout_sink = CappedSink(output_cap, 1)
+        self.stdout, self.stderr = text_stream(self.stdout_sink), text_stream(CappedSink(output_cap, 2))
+        self.stdin = io.TextIOWrapper(io.FileIO(0, closefd=False))
+
+
+def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) -> None:
     """Run tests ``start..`` of ``check`` (a ``Check.wire()``), reporting on ``fd``; never returns."""
     # Trusted references, captured before any untrusted code runs.
     exec_, eval_, compile_, repr_, str_, type_, isinstance_ = exec, eval, compile, repr, str, type, isinstance
@@ -72,7 +87,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
 
     str_concat, format_exc = str.__add__, traceback.format_exception
     harness_file = run_check.__code__.co_filename
-    clean_builtins = dict(builtins.__dict__)
+    clean_builtins = PRISTINE_BUILTINS
     tests, stdio = check["tests"], check["stdio"]
 
     def text(obj, cap=FIELD_CAP):
@@ -115,9 +130,8 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
             tb = ""
         return status, text(type_(exc).__name__), text(exc), text(tb[-FIELD_CAP:])
 
-    stdout_sink = sink_cls(output_cap, 1, write)
-    sys.stdout, sys.stderr = wrap(stdout_sink), wrap(sink_cls(output_cap, 2, write))
-    sys.stdin = open_(os.devnull)
+    stdout = streams.stdout
+    sys.stdout, sys.stderr, sys.stdin = stdout, streams.stderr, streams.stdin
 
     def compile_test(i, test):
         name = f"<test {i}>"
@@ -139,7 +153,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         exit_(0)
 
     env = {"__name__": "__main__" if stdio else "__sandbox__", "__builtins__": builtins}
-    test_env = {"__name__": "__test__", "__builtins__": dict(clean_builtins)}
+    test_env = {"__name__": "__test__", "__builtins__": clean_builtins}
     if not stdio:
         try:
             exec_(prelude, env)
@@ -175,7 +189,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
                 raise
         finally:
             sys.stdout.flush()
-            sys.stdout = wrap(stdout_sink)
+            sys.stdout = stdout
         actual = bytes(sink.kept).decode("utf-8", "replace")
         return ("passed", None, "output truncated" if sink.total > sink.cap else "", "", actual, None)
 
@@ -205,12 +219,12 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
                 outcome = values_outcome([function(tests[i]["fn_name"])(*args)])
             else:
                 ns = dict(test_env)
-                ns["__builtins__"] = dict(clean_builtins)
-                if tests[i]["holes"]:
-                    prefix, holes = codes[i]
+                if tests[i]["holes"]:  # test statements and holes share the test namespace's pristine builtins:
+                    prefix, holes = codes[i]  # whatever a program did to them, it could have returned itself
                     exec_(prefix, ns)
                     outcome = values_outcome([eval_(hole, ns) for hole in holes])
                 else:
+                    ns["__builtins__"] = dict(clean_builtins)  # a test's own code gets its own copy
                     exec_(codes[i], ns)
                     outcome = ("passed", None, "", "", None, None)
         except base_exc as e:

@@ -11,6 +11,7 @@ verdict and a new child continues with the next test. Every process of the check
 
 from __future__ import annotations
 
+import _signal
 import fcntl
 import gc
 import importlib
@@ -25,7 +26,7 @@ import traceback
 
 from trl_mars.sandbox import cgroup, limits, view
 from trl_mars.sandbox.config import SandboxConfig
-from trl_mars.sandbox.harness import FIELD_CAP, run_check
+from trl_mars.sandbox.harness import FIELD_CAP, Streams, run_check
 from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, send_msg
 
 # Imported once here so checks do not pay for them (and so the forked children share their pages).
@@ -147,20 +148,20 @@ class CheckRun:
             null = os.open(os.devnull, os.O_RDWR)
             for target, source in ((0, null), (1, zygote.scratch.out_fds[0]), (2, zygote.scratch.out_fds[1])):
                 os.dup2(source, target)
-            fd = fcntl.fcntl(wfd, fcntl.F_DUPFD_CLOEXEC, 100 + secrets.randbelow(900))
+            fd = fcntl.fcntl(wfd, fcntl.F_DUPFD_CLOEXEC, 100 + int.from_bytes(os.urandom(2), "big") % 900)
             os.closerange(3, fd)
             os.closerange(fd + 1, 1 << 16)
             os.chdir(self.workdir)
-            os.environ.clear()
-            os.environ.update(CHILD_ENV, HOME=self.workdir, TMPDIR=self.workdir)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if not zygote.scratch.in_view:  # in the view the zygote's environment already names the work dir
+                os.environ.update(HOME=self.workdir, TMPDIR=self.workdir)
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # (signal.signal would convert enums)
             adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(adj, b"1000")  # the OOM killer takes the check's processes before the zygote (or anything else)
             os.close(adj)
             limits.apply_child_limits(self.config, zygote.uid, zygote.pid)
             if "netns" not in zygote.isolation["network"]:
                 limits.block_sockets()
-            run_check(self.check, start, fd, nonce, self.config.output_cap_bytes)
+            run_check(self.check, start, fd, nonce, zygote.streams)
         finally:
             os._exit(70)
 
@@ -278,6 +279,7 @@ class Zygote:
         self.pid_namespace = isolation["pid"] == "namespace"
         self.pid = 1 if self.pid_namespace else os.getpid()  # the children's parent, as they see it
         self.scratch = Scratch(config, uid, isolation["filesystem"].startswith("view"))
+        self.streams = Streams(config.output_cap_bytes)
 
     def oom_kills(self) -> int:
         return self.group.oom_kills() if self.group is not None else 0
@@ -309,7 +311,7 @@ class Zygote:
         gc.collect()
         gc.freeze()  # the children's collections skip the zygote's objects: fewer copy-on-write faults
         os.environ.clear()
-        os.environ.update(CHILD_ENV)
+        os.environ.update(CHILD_ENV, **({"HOME": view.WORK, "TMPDIR": view.WORK} if self.scratch.in_view else {}))
         weak = weak_network or self.isolation["filesystem"] == "none"
         if self.config.require_isolation and weak:
             send_msg(channel_out, {"error": f"required isolation unavailable: {self.isolation}"})

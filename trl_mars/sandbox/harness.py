@@ -5,13 +5,14 @@ their values through the strict codec (``values.encode``); the parent decides th
 forged record can at most claim a value. The tests' own code (setup, prefixes, unsplit tests) runs in a
 test namespace with pristine builtins, never in the program's globals.
 
-Records go to a pipe fd as JSON arrays of plain str/int/float/None, one per line, starting with a per-child
-nonce, and are parsed with ``json.loads`` (then type-checked) by the zygote. They are written in one
-``write`` per test: the end of test i and the start of test i+1 together (the start of a test is always
-written before it runs, so the zygote knows which test to blame when it hangs). Every function/class the harness relies on after
-the untrusted program ran is captured in locals first, so monkey-patching builtins, ``os``, ``sys`` or this
-module cannot change a verdict; tests run with the builtins as the zygote found them. ``assert`` statements raise the
-real AssertionError regardless of what the name is bound to. A child that exits without reporting a test
+Records are appended to an fd (a memfd the zygote reads) as JSON arrays of plain str/int/float/None, one per
+line, starting with a per-child nonce, and are parsed with ``json.loads`` (then type-checked) by the zygote.
+They are written in one ``write`` per test: the end of test i and the start of test i+1 together (the start
+of a test is always written before it runs, so the zygote knows which test to blame when it hangs). Every
+function/class the harness relies on after the untrusted program ran is captured in locals first, so
+monkey-patching builtins, ``os``, ``sys`` or this module cannot change a verdict; tests run with the builtins
+as the zygote found them. ``assert`` statements raise the real AssertionError regardless of what the name is
+bound to. A child that exits without reporting a test
 (``os._exit``, a signal, ``sys.exit`` inside a test is an error) gets ``crashed`` from the zygote.
 """
 

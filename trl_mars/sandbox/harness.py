@@ -12,8 +12,8 @@ of a test is always written before it runs, so the zygote knows which test to bl
 function/class the harness relies on after the untrusted program ran is captured in locals first, so
 monkey-patching builtins, ``os``, ``sys`` or this module cannot change a verdict; tests run with the builtins
 as the zygote found them. ``assert`` statements raise the real AssertionError regardless of what the name is
-bound to. A child that exits without reporting a test
-(``os._exit``, a signal, ``sys.exit`` inside a test is an error) gets ``crashed`` from the zygote.
+bound to. A child that exits without reporting a test (``os._exit``, a signal; ``sys.exit`` inside a test
+is an error) gets ``crashed`` from the zygote.
 """
 
 from __future__ import annotations

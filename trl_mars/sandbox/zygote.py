@@ -215,7 +215,7 @@ class CheckRun:
         for i in range(start, len(self.tests)):
             self.verdicts[i] = _verdict(i, self.tests[i], status, error_type, message)
 
-    def watch(self, records: int, pid: int, pidfd: int | None, nonce: str, start: int) -> tuple[str, bool, int, bool]:  # noqa: E501
+    def watch(self, records: int, pid: int, pidfd: int | None, nonce: str, start: int) -> tuple[str, bool, int, bool]:
         """Read the child's records until it finishes, dies, breaks protocol, overruns a deadline or (without
         a memory cgroup) holds more memory than allowed. Returns (reason, program loaded, index of the test
         to blame/continue at, inside that test).

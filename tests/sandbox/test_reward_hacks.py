@@ -63,7 +63,7 @@ def {entry}(*args, **kwargs):
 """
 
 FORGE = """
-import os, sys
+import json, os, sys
 
 def _frame():
     {find}
@@ -76,9 +76,9 @@ def {entry}(*args, **kwargs):
     nonce, fd, tests, i = local['nonce'], local['fd'], local['tests'], local['i']
     for j in range(i, len(tests)):
         if j > i:
-            os.write(fd, (repr((nonce, 'S', j)) + '\\n').encode())
-        os.write(fd, (repr((nonce, 'E', j, 'passed', None, '', '', {payload!r}, None, 0.0)) + '\\n').encode())
-    os.write(fd, (repr((nonce, 'D')) + '\\n').encode())
+            os.write(fd, (json.dumps([nonce, 'S', j]) + '\\n').encode())
+        os.write(fd, (json.dumps([nonce, 'E', j, 'passed', None, '', '', {payload!r}, None, 0.0]) + '\\n').encode())
+    os.write(fd, (json.dumps([nonce, 'D']) + '\\n').encode())
     os._exit(0)
 """
 FRAME_WALK = "return sys._getframe(1)"

@@ -174,10 +174,10 @@ def test_huge_ints_cross_and_are_shown(sandbox):
 def test_forged_value_records_are_refused(sandbox):
     # a program that writes its own record for the trusted test: only a well-formed value can come through
     program = (
-        "import os, sys\ndef f(x):\n    fr = sys._getframe()\n    while 'nonce' not in fr.f_locals:\n"
+        "import json, os, sys\ndef f(x):\n    fr = sys._getframe()\n    while 'nonce' not in fr.f_locals:\n"
         "        fr = fr.f_back\n    n, fd = fr.f_locals['nonce'], fr.f_locals['fd']\n"
-        "    os.write(fd, (repr((n, 'E', 0, 'passed', None, '', '', 'passed', None, 0.0)) + '\\n').encode())\n"
-        "    os.write(fd, (repr((n, 'D')) + '\\n').encode())\n    os._exit(0)\n"
+        "    os.write(fd, (json.dumps([n, 'E', 0, 'passed', None, '', '', 'passed', None, 0.0]) + '\\n').encode())\n"
+        "    os.write(fd, (json.dumps([n, 'D']) + '\\n').encode())\n    os._exit(0)\n"
     )
     (v,) = sandbox.run(program, ["assert f(1) == 2"]).verdicts
     assert v.status is Status.FAILED and v.trusted and "no valid value" in v.message

@@ -1,20 +1,30 @@
-"""Secure, fast execution of untrusted Python against tests (standard library only). See docs/sandbox.md."""
+"""Secure, fast execution of untrusted Python against tests (standard library only). See docs/sandbox.md.
 
-from trl_mars.sandbox.cases import Check, TestCase, make_check, split_humaneval, validate_tests
-from trl_mars.sandbox.config import SandboxConfig
-from trl_mars.sandbox.pool import Sandbox, SandboxUnavailable
-from trl_mars.sandbox.verdict import ExecutionResult, Status, TestVerdict
+The names are imported lazily, so the zygote (``python -m trl_mars.sandbox.zygote``) loads only what it
+runs, not the parent's pool, threads and test splitting: every page it holds is a page each check's fork
+copies the page tables of.
+"""
 
-__all__ = [
-    "Check",
-    "ExecutionResult",
-    "Sandbox",
-    "SandboxConfig",
-    "SandboxUnavailable",
-    "Status",
-    "TestCase",
-    "TestVerdict",
-    "make_check",
-    "split_humaneval",
-    "validate_tests",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Check": "trl_mars.sandbox.cases",
+    "TestCase": "trl_mars.sandbox.cases",
+    "make_check": "trl_mars.sandbox.cases",
+    "split_humaneval": "trl_mars.sandbox.cases",
+    "validate_tests": "trl_mars.sandbox.cases",
+    "SandboxConfig": "trl_mars.sandbox.config",
+    "Sandbox": "trl_mars.sandbox.pool",
+    "SandboxUnavailable": "trl_mars.sandbox.pool",
+    "ExecutionResult": "trl_mars.sandbox.verdict",
+    "Status": "trl_mars.sandbox.verdict",
+    "TestVerdict": "trl_mars.sandbox.verdict",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -16,9 +16,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from trl_mars.sandbox.harness import ACTUAL, EXPECTED
 from trl_mars.sandbox.trusted import BUILTIN_NAMES, PARENT_MODULES, Judge, child_setup, free_names, split_assert
 
-ACTUAL, EXPECTED = "__sandbox_actual__", "__sandbox_expected__"
 # Statements allowed next to the asserts of a HumanEval ``check`` body when splitting it into tests.
 _PREFIX_STMTS = (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.Pass, ast.Expr)
 _MAX_UNROLL = 20  # a `for x in range(...)` of asserts with at most this many steps becomes one test per step

@@ -5,12 +5,15 @@ their values through the strict codec (``values.encode``); the parent decides th
 forged record can at most claim a value. The tests' own code (setup, prefixes, unsplit tests) runs in a
 test namespace with pristine builtins, never in the program's globals.
 
-Records go to a pipe fd as ``repr`` of a tuple of plain str/int/float/None, starting with a per-child nonce,
-and are parsed with ``ast.literal_eval`` by the zygote. Every function/class the harness relies on after
-the untrusted program ran is captured in locals first, so monkey-patching builtins, ``os``, ``sys`` or this
-module cannot change a verdict; tests run with a pristine copy of builtins. ``assert`` statements raise the
-real AssertionError regardless of what the name is bound to. A child that exits without reporting a test
-(``os._exit``, a signal, ``sys.exit`` inside a test is an error) gets ``crashed`` from the zygote.
+Records are appended to an fd (a memfd the zygote reads) as JSON arrays of plain str/int/float/None, one per
+line, starting with a per-child nonce, and are parsed with ``json.loads`` (then type-checked) by the zygote.
+They are written in one ``write`` per test: the end of test i and the start of test i+1 together (the start
+of a test is always written before it runs, so the zygote knows which test to blame when it hangs). Every
+function/class the harness relies on after the untrusted program ran is captured in locals first, so
+monkey-patching builtins, ``os``, ``sys`` or this module cannot change a verdict; tests run with the builtins
+as the zygote found them. ``assert`` statements raise the real AssertionError regardless of what the name is
+bound to. A child that exits without reporting a test (``os._exit``, a signal; ``sys.exit`` inside a test
+is an error) gets ``crashed`` from the zygote.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ import os
 import sys
 import traceback
 
-from trl_mars.sandbox.cases import ACTUAL, EXPECTED
 from trl_mars.sandbox.values import Unencodable, encode
 
 FIELD_CAP = 2000  # characters kept of a message / repr / traceback
+# The builtins as the interpreter made them, copied when this module is imported (in the zygote: before any
+# program ran). A check's tests use this dict itself, so a fresh child need not touch every builtin's page
+# to copy it; a test whose own code runs in the child gets a copy of its own.
+PRISTINE_BUILTINS = dict(builtins.__dict__)
+# Where an unsplit ``assert a == b`` test (rewritten by ``cases``) keeps ``a`` and ``b`` for the failure report.
+ACTUAL, EXPECTED = "__sandbox_actual__", "__sandbox_expected__"
 
 
 class CappedSink(io.RawIOBase):
@@ -56,11 +64,23 @@ def text_stream(sink: CappedSink) -> io.TextIOWrapper:
     return io.TextIOWrapper(sink, encoding="utf-8", errors="replace", write_through=True)
 
 
-def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> None:
+class Streams:
+    """A check process's ``sys.stdout``/``sys.stderr`` (the first ``output_cap`` bytes kept and forwarded to
+    fds 1 and 2) and ``sys.stdin`` (fd 0, /dev/null in the child). Made once by the zygote, which never
+    uses them, so each forked child starts with fresh copies instead of building its own."""
+
+    def __init__(self, output_cap: int):
+        self.stdout_sink = CappedSink(output_cap, 1)
+        self.stdout, self.stderr = text_stream(self.stdout_sink), text_stream(CappedSink(output_cap, 2))
+        self.stdin = io.TextIOWrapper(io.FileIO(0, closefd=False))
+
+
+def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) -> None:
     """Run tests ``start..`` of ``check`` (a ``Check.wire()``), reporting on ``fd``; never returns."""
     # Trusted references, captured before any untrusted code runs.
     exec_, eval_, compile_, repr_, str_, type_, isinstance_ = exec, eval, compile, repr, str, type, isinstance
     getattr_, json_loads, encode_, unencodable = getattr, json.loads, encode, Unencodable
+    quote, int_repr, float_repr, join = json.encoder.encode_basestring_ascii, int.__repr__, float.__repr__, ",".join
     base_exc, assertion, memory, system_exit = BaseException, AssertionError, MemoryError, SystemExit
     write, exit_, open_fd, dup2, close, open_ = os.write, os._exit, os.open, os.dup2, os.close, open
     sink_cls, wrap, wrap_in, file_io = CappedSink, text_stream, io.TextIOWrapper, io.FileIO
@@ -68,7 +88,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
 
     str_concat, format_exc = str.__add__, traceback.format_exception
     harness_file = run_check.__code__.co_filename
-    clean_builtins = dict(builtins.__dict__)
+    clean_builtins = PRISTINE_BUILTINS
     tests, stdio = check["tests"], check["stdio"]
 
     def text(obj, cap=FIELD_CAP):
@@ -84,8 +104,19 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         except base_exc:
             return "<unrepresentable>"
 
+    pending = []
+
+    def field(x):
+        kind = type_(x)
+        return quote(x) if kind is str_ else "null" if x is None else int_repr(x) if kind is int else float_repr(x)
+
     def send(*record):
-        data = (repr_(record) + "\n").encode()
+        """Queue one record (a JSON array: fields are str, int, finite float or None); ``flush`` writes them."""
+        pending.append(str_concat(str_concat("[", join([field(x) for x in record])), "]\n"))
+
+    def flush():
+        data = "".join(pending).encode()
+        pending.clear()
         while data:
             data = data[write(fd, data) :]
 
@@ -100,9 +131,8 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
             tb = ""
         return status, text(type_(exc).__name__), text(exc), text(tb[-FIELD_CAP:])
 
-    stdout_sink = sink_cls(output_cap, 1, write)
-    sys.stdout, sys.stderr = wrap(stdout_sink), wrap(sink_cls(output_cap, 2, write))
-    sys.stdin = open_(os.devnull)
+    stdout = streams.stdout
+    sys.stdout, sys.stderr, sys.stdin = stdout, streams.stderr, streams.stdin
 
     def compile_test(i, test):
         name = f"<test {i}>"
@@ -120,10 +150,11 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         setup = compile_(check["setup"], "<setup>", "exec")
     except base_exc as e:
         send(nonce, "L", *classify(e)[:3])
+        flush()
         exit_(0)
 
     env = {"__name__": "__main__" if stdio else "__sandbox__", "__builtins__": builtins}
-    test_env = {"__name__": "__test__", "__builtins__": dict(clean_builtins)}
+    test_env = {"__name__": "__test__", "__builtins__": clean_builtins}
     if not stdio:
         try:
             exec_(prelude, env)
@@ -137,6 +168,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
         except base_exc as e:
             status, etype, message, _ = classify(e)
             send(nonce, "L", "memory" if status == "memory" else "error", etype, message)
+            flush()
             exit_(0)
     send(nonce, "L", "passed", None, "")
 
@@ -158,7 +190,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
                 raise
         finally:
             sys.stdout.flush()
-            sys.stdout = wrap(stdout_sink)
+            sys.stdout = stdout
         actual = bytes(sink.kept).decode("utf-8", "replace")
         return ("passed", None, "output truncated" if sink.total > sink.cap else "", "", actual, None)
 
@@ -175,6 +207,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
 
     for i in range(start, len(tests)):
         send(nonce, "S", i)
+        flush()  # with the previous test's end (or the load record) in one write
         t0 = clock()
         ns = None
         try:
@@ -187,12 +220,12 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
                 outcome = values_outcome([function(tests[i]["fn_name"])(*args)])
             else:
                 ns = dict(test_env)
-                ns["__builtins__"] = dict(clean_builtins)
-                if tests[i]["holes"]:
-                    prefix, holes = codes[i]
+                if tests[i]["holes"]:  # test statements and holes share the test namespace's pristine builtins:
+                    prefix, holes = codes[i]  # whatever a program did to them, it could have returned itself
                     exec_(prefix, ns)
                     outcome = values_outcome([eval_(hole, ns) for hole in holes])
                 else:
+                    ns["__builtins__"] = dict(clean_builtins)  # a test's own code gets its own copy
                     exec_(codes[i], ns)
                     outcome = ("passed", None, "", "", None, None)
         except base_exc as e:
@@ -201,4 +234,5 @@ def run_check(check: dict, start: int, fd: int, nonce: str, output_cap: int) -> 
             outcome = (*classify(e), *pair)
         send(nonce, "E", i, *outcome, clock() - t0)
     send(nonce, "D")
+    flush()
     exit_(0)

@@ -10,6 +10,7 @@ finding processes by uid or session. As root each worker runs programs under its
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import errno
 import os
@@ -114,7 +115,7 @@ def apply_child_limits(config, uid: int | None, parent: int) -> None:
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(limit, (value, value))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail with EFBIG instead of killing
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # oversized writes fail with EFBIG instead of killing
     if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)

@@ -32,6 +32,8 @@ import builtins
 import functools
 from dataclasses import dataclass
 
+from trl_mars.sandbox.harness import PRISTINE_BUILTINS
+
 FIELD_CAP = 2000
 # Modules the parent imports itself (its own, unpatched copies) to evaluate a test's condition.
 PARENT_MODULES = frozenset({
@@ -49,7 +51,6 @@ PARENT_CALLS = frozenset({
 # ``str(f(x)) == "..."``. This grants a program nothing: it could have returned the converted value itself.
 MATERIALIZE = frozenset({"bool", "float", "frozenset", "int", "len", "list", "repr", "set", "sorted", "str", "tuple"})
 BUILTIN_NAMES = frozenset(dir(builtins))
-PRISTINE_BUILTINS = dict(builtins.__dict__)
 HOLE = "__hole_{}__"
 _SLOW_OPS = (ast.Pow, ast.LShift)  # could turn a returned int into a huge one in the parent
 

@@ -40,6 +40,7 @@ MAX_CHARS = 60_000  # below the zygote's cap on one record field
 _SCALARS = (type(None), bool, int, float, str)
 _TAGS = {"t": tuple, "s": set, "f": frozenset}
 _BIG = 1 << 63
+_JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 
 
 class Unencodable(ValueError):
@@ -75,7 +76,7 @@ def _tree(value, depth: int, budget: list[int]):
 def encode(values: list) -> str:
     """JSON text of ``values`` (a list), or ``Unencodable``."""
     try:
-        text = json.dumps(_tree(values, 0, [MAX_NODES]), separators=(",", ":"))
+        text = _JSON.encode(_tree(values, 0, [MAX_NODES]))
     except Unencodable:
         raise
     except ValueError as e:  # e.g. an int too long for str()

@@ -4,17 +4,24 @@ Started by ``pool.Worker`` as ``python -m trl_mars.sandbox.zygote``; talks over 
 ``protocol`` messages. This outer process creates the worker's cgroup, enters new namespaces and forks the
 zygote proper, PID 1 of the new PID namespace, then only waits for it and removes the cgroup. The zygote
 joins the cgroup, builds the filesystem view (``view``), and for each check forks a child (new session,
-rlimits, own uid, scrubbed env, stdin on /dev/null) that runs ``harness.run_check``. It watches the
-child's records with per-test deadlines; when a test times out or the child dies, that test gets its
-verdict and a new child continues with the next test. Every process of the check is killed and reaped.
+rlimits, own uid, scrubbed env, stdin on /dev/null) that runs ``harness.run_check``. It reads the
+child's records (appended to a memfd) when the child exits or at each poll while it runs, with per-test
+deadlines; when a test times out or the child dies, that test gets its verdict and a new child continues
+with the next test. Every process of the check is killed and reaped.
+
+What a check costs is mostly the fork: every page either process writes afterwards is copied (the child)
+or faulted back writable (the zygote), so both do as little Python as they can: check-independent state
+(streams, pristine builtins, environment, imports) is made once in the zygote, the zygote wakes once per
+check rather than per record, and it imports neither the pool nor the test splitter.
 """
 
 from __future__ import annotations
 
-import ast
+import _signal
 import fcntl
 import gc
 import importlib
+import json
 import os
 import secrets
 import select
@@ -25,7 +32,7 @@ import traceback
 
 from trl_mars.sandbox import cgroup, limits, view
 from trl_mars.sandbox.config import SandboxConfig
-from trl_mars.sandbox.harness import FIELD_CAP, run_check
+from trl_mars.sandbox.harness import FIELD_CAP, Streams, run_check
 from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, send_msg
 
 # Imported once here so checks do not pay for them (and so the forked children share their pages).
@@ -34,6 +41,7 @@ PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", 
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 MAX_RECORD = 1 << 22
 WATCHDOG_S = 0.02  # how often memory is measured when no memory cgroup bounds the check
+POLL_S = 0.1  # how often a running child's records are read: a test's start is seen at most this late
 CHILD_STATUSES = ("passed", "failed", "error", "memory")  # the verdicts a child may report itself
 
 
@@ -139,7 +147,7 @@ class CheckRun:
             "output_truncated": truncated, "duration_s": time.monotonic() - t0, "isolation": self.zygote.isolation,
         }  # fmt: skip
 
-    def child(self, start: int, wfd: int, nonce: str) -> None:
+    def child(self, start: int, records: int, nonce: str) -> None:
         """In the forked child: isolate, limit, then run the harness. Never returns."""
         try:
             zygote = self.zygote
@@ -147,37 +155,42 @@ class CheckRun:
             null = os.open(os.devnull, os.O_RDWR)
             for target, source in ((0, null), (1, zygote.scratch.out_fds[0]), (2, zygote.scratch.out_fds[1])):
                 os.dup2(source, target)
-            fd = fcntl.fcntl(wfd, fcntl.F_DUPFD_CLOEXEC, 100 + secrets.randbelow(900))
+            fd = fcntl.fcntl(records, fcntl.F_DUPFD_CLOEXEC, 100 + int.from_bytes(os.urandom(2), "big") % 900)
             os.closerange(3, fd)
             os.closerange(fd + 1, 1 << 16)
             os.chdir(self.workdir)
-            os.environ.clear()
-            os.environ.update(CHILD_ENV, HOME=self.workdir, TMPDIR=self.workdir)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if not zygote.scratch.in_view:  # in the view the zygote's environment already names the work dir
+                os.environ.update(HOME=self.workdir, TMPDIR=self.workdir)
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # (signal.signal would convert enums)
             adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(adj, b"1000")  # the OOM killer takes the check's processes before the zygote (or anything else)
             os.close(adj)
             limits.apply_child_limits(self.config, zygote.uid, zygote.pid)
             if "netns" not in zygote.isolation["network"]:
                 limits.block_sockets()
-            run_check(self.check, start, fd, nonce, self.config.output_cap_bytes)
+            run_check(self.check, start, fd, nonce, zygote.streams)
         finally:
             os._exit(70)
 
     def spawn(self, start: int) -> int:
         """Run tests from ``start`` in a fresh child; returns the index to continue from."""
-        rfd, wfd = os.pipe()
+        # a file of its own per child: a process that outlived an earlier one cannot write into its records
+        records = os.memfd_create("records", os.MFD_CLOEXEC)
         nonce = secrets.token_hex(16)
         oom_before = self.zygote.oom_kills()
         pid = os.fork()
         if pid == 0:
-            os.close(rfd)
-            self.child(start, wfd, nonce)
-        os.close(wfd)
+            self.child(start, records, nonce)
         try:
-            reason, loaded, current, in_test = self.watch(rfd, nonce, start)
+            pidfd = os.pidfd_open(pid)  # readable once the child has exited (Linux 5.3+)
+        except (AttributeError, OSError):
+            pidfd = None
+        try:
+            reason, loaded, current, in_test = self.watch(records, pid, pidfd, nonce, start)
         finally:
-            os.close(rfd)
+            os.close(records)
+            if pidfd is not None:
+                os.close(pidfd)
         status = self.kill_and_reap(pid)
         if reason == "done":
             return len(self.tests)
@@ -201,61 +214,65 @@ class CheckRun:
         for i in range(start, len(self.tests)):
             self.verdicts[i] = _verdict(i, self.tests[i], status, error_type, message)
 
-    def watch(self, rfd: int, nonce: str, start: int) -> tuple[str, bool, int, bool]:
+    def watch(self, records: int, pid: int, pidfd: int | None, nonce: str, start: int) -> tuple[str, bool, int, bool]:
         """Read the child's records until it finishes, dies, breaks protocol, overruns a deadline or (without
         a memory cgroup) holds more memory than allowed. Returns (reason, program loaded, index of the test
-        to blame/continue at, inside that test)."""
-        loaded, current, in_test, buf = False, start, False, b""
+        to blame/continue at, inside that test).
+
+        The child appends its records to a memfd and the zygote sleeps until the child exits, reading them
+        then, or every ``POLL_S`` while it runs (``WATCHDOG_S`` when it also measures memory): a check that
+        finishes sooner wakes the zygote once, not once per test. A test's deadline counts from when its
+        start was read, so a test may run up to ``timeout_s`` plus one poll interval."""
+        loaded, current, in_test, buf, offset = False, start, False, b"", 0
         deadline = time.monotonic() + self.config.timeout_s
         watchdog = self.zygote.group is None
+        poll = min(POLL_S, self.config.timeout_s / 10, WATCHDOG_S if watchdog or pidfd is None else POLL_S)
         while True:
-            wait = min(deadline, self.deadline) - time.monotonic()
-            if wait <= 0:
-                return "timeout", loaded, current, in_test
-            if not select.select([rfd], [], [], min(wait, WATCHDOG_S) if watchdog else wait)[0]:
-                if watchdog and limits.memory_in_use(self.zygote.check_pids()) > self.config.memory_bytes:
-                    return "memory", loaded, current, in_test
-                continue
-            chunk = os.read(rfd, 1 << 16)
-            if not chunk:
-                return "eof", loaded, current, in_test
-            *lines, buf = (buf + chunk).split(b"\n")
-            if len(buf) > MAX_RECORD:
-                return "protocol", loaded, current, in_test
-            for line in lines:
-                # the start of the expected test and the final record are known byte for byte: no parsing
-                if line == repr((nonce, "S", current)).encode():
-                    rec = ("S", current)
-                elif line == repr((nonce, "D")).encode():
-                    rec = ("D",)
-                else:
-                    rec = self.parse(line, nonce)
-                kind = rec[0] if rec else None
-                if kind == "L" and not loaded and len(rec) == 4:
-                    loaded = True
-                    if rec[1] != "passed":
-                        self.program = {"program_status": rec[1], "program_error": f"{rec[2]}: {rec[3]}"}
-                        self.fill(start, rec[1], rec[2], rec[3])
-                        return "done", loaded, current, in_test
-                elif kind == "S" and loaded and not in_test and rec[1:] == (current,):
-                    in_test = True
-                elif kind == "E" and in_test and len(rec) == 9 and rec[1] == current and rec[2] in CHILD_STATUSES:
-                    self.verdicts[current] = _verdict(current, self.tests[current], *rec[2:])
-                    current, in_test = current + 1, False
-                elif kind == "D" and loaded and not in_test and current == len(self.tests):
-                    return "done", loaded, current, in_test
-                else:
+            wait = max(0.0, min(deadline, self.deadline, time.monotonic() + poll) - time.monotonic())
+            if pidfd is not None:
+                exited = bool(select.select([pidfd], [], [], wait)[0])
+            else:
+                time.sleep(wait)
+                exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            while chunk := os.pread(records, 1 << 16, offset):
+                offset += len(chunk)
+                *lines, buf = (buf + chunk).split(b"\n")
+                if len(buf) > MAX_RECORD:
                     return "protocol", loaded, current, in_test
-                deadline = time.monotonic() + self.config.timeout_s
+                for line in lines:
+                    rec = self.parse(line, nonce)
+                    kind = rec[0] if rec else None
+                    if kind == "L" and not loaded and len(rec) == 4:
+                        loaded = True
+                        if rec[1] != "passed":
+                            self.program = {"program_status": rec[1], "program_error": f"{rec[2]}: {rec[3]}"}
+                            self.fill(start, rec[1], rec[2], rec[3])
+                            return "done", loaded, current, in_test
+                    elif kind == "S" and loaded and not in_test and rec[1:] == (current,):
+                        in_test = True
+                    elif kind == "E" and in_test and len(rec) == 9 and rec[1] == current and rec[2] in CHILD_STATUSES:
+                        self.verdicts[current] = _verdict(current, self.tests[current], *rec[2:])
+                        current, in_test = current + 1, False
+                    elif kind == "D" and loaded and not in_test and current == len(self.tests):
+                        return "done", loaded, current, in_test
+                    else:
+                        return "protocol", loaded, current, in_test
+                    deadline = time.monotonic() + self.config.timeout_s
+            if exited:
+                return "eof", loaded, current, in_test
+            if watchdog and limits.memory_in_use(self.zygote.check_pids()) > self.config.memory_bytes:
+                return "memory", loaded, current, in_test
+            if time.monotonic() >= min(deadline, self.deadline):
+                return "timeout", loaded, current, in_test
 
     @staticmethod
     def parse(line: bytes, nonce: str) -> tuple | None:
         """A record minus its nonce, or None when it is malformed or carries the wrong nonce."""
         try:
-            rec = ast.literal_eval(line.decode())
-        except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+            rec = json.loads(line)
+        except (ValueError, MemoryError, RecursionError):  # UnicodeDecodeError is a ValueError
             return None
-        ok = isinstance(rec, tuple) and len(rec) >= 2 and rec[0] == nonce
+        ok = type(rec) is list and len(rec) >= 2 and rec[0] == nonce
         ok = ok and all(x is None or type(x) in (str, int, float) for x in rec)
         return tuple(x[: FIELD_CAP * 40] if isinstance(x, str) else x for x in rec[1:]) if ok else None
 
@@ -284,6 +301,7 @@ class Zygote:
         self.pid_namespace = isolation["pid"] == "namespace"
         self.pid = 1 if self.pid_namespace else os.getpid()  # the children's parent, as they see it
         self.scratch = Scratch(config, uid, isolation["filesystem"].startswith("view"))
+        self.streams = Streams(config.output_cap_bytes)
 
     def oom_kills(self) -> int:
         return self.group.oom_kills() if self.group is not None else 0
@@ -315,7 +333,7 @@ class Zygote:
         gc.collect()
         gc.freeze()  # the children's collections skip the zygote's objects: fewer copy-on-write faults
         os.environ.clear()
-        os.environ.update(CHILD_ENV)
+        os.environ.update(CHILD_ENV, **({"HOME": view.WORK, "TMPDIR": view.WORK} if self.scratch.in_view else {}))
         weak = weak_network or self.isolation["filesystem"] == "none"
         if self.config.require_isolation and weak:
             send_msg(channel_out, {"error": f"required isolation unavailable: {self.isolation}"})

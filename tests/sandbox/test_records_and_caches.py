@@ -1,0 +1,119 @@
+"""The fast paths of a check: the child's JSON records (parsed strictly by the zygote, read once the child
+exits), the test split memoized on the test source (a changed source is split again), and the zygote's lean
+imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from trl_mars.sandbox import Sandbox, Status, cases, make_check, trusted
+from trl_mars.sandbox.zygote import POLL_S, CheckRun
+
+NONCE = "0123456789abcdef0123456789abcdef"
+
+
+def record(*fields) -> bytes:
+    return json.dumps([NONCE, *fields]).encode()
+
+
+def test_records_parse_into_plain_fields():
+    assert CheckRun.parse(record("S", 3), NONCE) == ("S", 3)
+    assert CheckRun.parse(record("D"), NONCE) == ("D",)
+    end = ("E", 0, "failed", "AssertionError", "m\udc80é", "tb", None, "[1]", 0.25)
+    assert CheckRun.parse(record(*end), NONCE) == end
+
+
+def test_records_that_are_not_plain_are_refused():
+    refused = [
+        record("S", True),  # a bool is not an int here
+        record("E", 0, "passed", None, "", "", ["nested"], None, 0.0),
+        record("E", 0, "passed", None, "", "", {"d": 1}, None, 0.0),
+        json.dumps(["another nonce", "S", 0]).encode(),
+        json.dumps([NONCE]).encode(),  # no kind
+        json.dumps({"nonce": NONCE, "kind": "D"}).encode(),
+        repr((NONCE, "S", 0)).encode(),  # the old repr format
+        b'["' + NONCE.encode() + b'", "S", ' + b"1" * 5000 + b"]",  # an int past the digit limit
+        b"[" * 100_000 + b"]" * 100_000,  # too deep
+        b'["' + NONCE.encode() + b'", "\xff"]',  # not UTF-8
+        b"",
+    ]
+    assert [CheckRun.parse(line, NONCE) for line in refused] == [None] * len(refused)
+
+
+def test_long_record_fields_are_capped():
+    (kind, message) = CheckRun.parse(record("X", "m" * 10**6), NONCE)
+    assert kind == "X" and len(message) == 80_000
+
+
+def test_humaneval_split_is_memoized_on_the_test_source():
+    test = "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(3) == 6\n"
+    first = make_check("def f(x):\n    return 2 * x\n", test, "f")
+    again = make_check("def g(x):\n    return x + x\n", test, "f")
+    assert again.tests is first.tests  # the same tests for another program: not parsed again
+    changed = make_check("def f(x):\n    return 2 * x\n", test.replace("== 6", "== 7"), "f")
+    assert changed.tests is not first.tests
+    assert [t.judge.expr for t in changed.tests] == ["__hole_0__ == 4", "__hole_0__ == 7"]
+    assert [t.judge.expr for t in first.tests] == ["__hole_0__ == 4", "__hole_0__ == 6"]
+
+
+def test_changed_setup_is_evaluated_again_in_the_parent():
+    # the parent's test values (trusted._namespace) are computed once per setup source
+    for expected in (4, 5):
+        check = make_check("def f(x):\n    return 4\n", ["assert f(1) == WANT"], setup=f"WANT = {expected}")
+        (test,) = check.tests
+        assert trusted.decide(test.judge, [4]).passed is (expected == 4)
+    assert cases.assert_case.cache_info().hits > 0
+
+
+def test_the_zygote_imports_neither_the_pool_nor_the_test_splitter():
+    # every module the zygote holds is memory each check's fork maps and each check's exit unmaps
+    code = (
+        "import sys, trl_mars.sandbox.zygote\n"
+        "print(sorted(m for m in ('threading', 'subprocess', 'concurrent.futures', 'trl_mars.sandbox.pool',"
+        " 'trl_mars.sandbox.cases', 'trl_mars.sandbox.trusted') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def _switches(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_the_zygote_wakes_once_per_check_not_once_per_test():
+    # the records of a check shorter than a poll are read when its process exits: 20 tests of 2 ms each
+    # woke the zygote 21 times per check when it read a pipe record by record, now about twice
+    tests = [f"assert f({i}) == {2 * i}" for i in range(20)]
+    program = "import time\ndef f(x):\n    time.sleep(0.002)\n    return 2 * x\n"
+    with Sandbox(concurrency=1) as sb:
+        sb.start()
+        outer = sb._workers[0].proc.pid
+        zygote = int(Path(f"/proc/{outer}/task/{outer}/children").read_text().split()[0])
+        assert sb.run(program, tests).passed
+        before = _switches(zygote)
+        for _ in range(10):
+            assert sb.run(program, tests).passed
+        assert (_switches(zygote) - before) / 10 < 8
+
+
+def test_a_hanging_test_is_stopped_within_one_poll_interval():
+    tests = ["assert f(0) == 0", "assert f(60) == 60", "assert f(0) == 0"]
+    with Sandbox(concurrency=1, timeout_s=0.5, max_total_s=10.0) as sb:
+        result = sb.run("import time\ndef f(x):\n    time.sleep(x)\n    return x\n", tests)
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.TIMEOUT, Status.PASSED]
+    assert result.duration_s < 0.5 + POLL_S + 1.0  # the hanging test's budget, one poll, a fresh child
+
+
+def test_a_record_longer_than_the_cap_is_a_protocol_break():
+    # a program that finds the record fd and writes 5 MB without a newline: crashed, not a hang or a pass
+    program = (
+        "import os, sys\ndef f(x):\n    fr = sys._getframe()\n    while 'nonce' not in fr.f_locals:\n"
+        "        fr = fr.f_back\n    os.write(fr.f_locals['fd'], b'[' * (5 << 20))\n    return x\n"
+    )
+    with Sandbox(concurrency=1, timeout_s=5.0) as sb:
+        (verdict,) = sb.run(program, ["assert f(1) == 1"]).verdicts
+    assert verdict.status is Status.CRASHED and "malformed or forged" in verdict.message

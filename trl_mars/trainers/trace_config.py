@@ -59,6 +59,15 @@ class TraceConfig(SFTConfig):
     max_reasoning_tokens: int = field(
         default=128, metadata={"help": "Max CoT tokens decoded at inference before <|emb|> is forced."}
     )
+    freeze_vision_tower: bool = field(
+        default=True,
+        metadata={
+            "help": "Vision-language models: the vision encoder (patch embedding and blocks) gets no gradient "
+            "(requires_grad=False, and no LoRA adapters there); its projector (Qwen2-VL's merger) stays trainable, "
+            "as in TRACE. False trains the vision tower too (fully, or through LoRA where the target modules match). "
+            "No effect on a text-only model."
+        },
+    )
 
     def __post_init__(self):
         self._check_trace_fields()

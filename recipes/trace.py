@@ -11,6 +11,12 @@ Qwen2.5-1.5B-Instruct, LoRA r128/alpha256, lr 2e-4, 1 epoch, cosine (the paper's
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/trace.py \
         --config recipes/configs/trace_qwen2.5_1.5b.yaml
 
+Multimodal tiny CPU demo: the synthetic shapes task (PIL scenes of coloured shapes; text->image simple and complex
+queries, image->caption, image+edit->image), a tiny Qwen2-VL; prints Recall@10 (M-BEIR's, a hit rate) overall and
+per task, and reasoning rates per query kind, before and after training (pair it with --learning_rate 0):
+
+    python recipes/trace.py --config recipes/configs/trace_multimodal.yaml
+
 Resume the newest complete checkpoint: --resume_from_checkpoint true. Your own data in sentence-transformers layout
 (query, query_target, positive, negative_*): --dataset_name /path/or/hub-id; its --dataset_test_split (if present)
 is evaluated before and after training against --corpus_path (one candidate per line in a .txt, or a file with a
@@ -32,16 +38,32 @@ from trl import ModelConfig, ScriptArguments, get_peft_config
 from trl_mars.data.movielens_download import find_movielens
 from trl_mars.embed.evaluation import RetrievalSet, evaluate_retrieval_set, format_table
 from trl_mars.embed.movielens_task import build_movielens_retrieval_task
-from trl_mars.embed.tiny import TINY_MOVIELENS_MODEL_ID, tiny_movielens_model_path
+from trl_mars.embed.shapes_task import build_shapes_retrieval_task
+from trl_mars.embed.tiny import (
+    TINY_MOVIELENS_MODEL_ID,
+    TINY_SHAPES_VLM_ID,
+    tiny_movielens_model_path,
+    tiny_shapes_vlm_path,
+)
 from trl_mars.trainers.trace_config import TraceConfig
 from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
 from trl_mars.utils.recipes import parse_recipe_args, resolve_model_path
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "trace.yaml"
+TASKS = ("movielens", "shapes")
 
 
 @dataclass
 class TraceScriptArguments(ScriptArguments):
+    task: str = field(
+        default="movielens",
+        metadata={"help": "Built-in task when no --dataset_name: 'movielens' (text) or 'shapes' (images)."},
+    )
+    num_scenes: int = field(default=320, metadata={"help": "Shapes task: number of distinct scenes."})
+    image_size: int = field(default=56, metadata={"help": "Shapes task: rendered image side in pixels."})
+    candidate_modality: str = field(
+        default="image", metadata={"help": "Shapes task: scene candidates as 'image' or 'image,text'."}
+    )
     movielens_path: str | None = field(
         default=None,
         metadata={"help": "MovieLens CSV folder (default: $TRL_MARS_DATA/movielens, else downloaded to the cache)."},
@@ -57,13 +79,29 @@ class TraceScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Corpus of --dataset_name's evaluation: .txt (one per line) or a 'text' column."},
     )
-    tiny_hidden_size: int = field(default=64, metadata={"help": f"Hidden size of {TINY_MOVIELENS_MODEL_ID}."})
+    tiny_hidden_size: int = field(
+        default=64, metadata={"help": f"Hidden size of {TINY_MOVIELENS_MODEL_ID} and {TINY_SHAPES_VLM_ID}."}
+    )
 
 
-def report_keys(ks: list[int]) -> tuple[str, ...]:
+def report_keys(ks: list[int], tasks: list[str] | None = None) -> tuple[str, ...]:
+    """Table columns: recall/MRR/NDCG@K and reasoning rates; with task labels (multimodal sets) M-BEIR's
+    Recall@K (``hit@K``) overall and per task, and the reasoning rate per task."""
     k = max(ks)
-    rates = ("reasoning_rate_complex", "reasoning_rate_simple", "queries_per_second")
-    return (f"recall@{k}", f"recall@{k}_complex", f"recall@{k}_simple", f"mrr@{k}", f"ndcg@{k}", *rates)
+    rates = ("reasoning_rate_complex", "reasoning_rate_simple")
+    if tasks:
+        names = list(dict.fromkeys(tasks))
+        per_task = [f"hit@{k}/{t}" for t in names] + [f"reasoning_rate/{t}" for t in names]
+        return (f"hit@{k}", f"hit@{k}_complex", f"hit@{k}_simple", *per_task, *rates, "queries_per_second")
+    return (
+        f"recall@{k}",
+        f"recall@{k}_complex",
+        f"recall@{k}_simple",
+        f"mrr@{k}",
+        f"ndcg@{k}",
+        *rates,
+        "queries_per_second",
+    )
 
 
 def load_corpus(path: str) -> list[str]:
@@ -91,7 +129,16 @@ def load_data(script_args: TraceScriptArguments, seed: int) -> tuple[Dataset, Re
         eval_set = None if test is None else RetrievalSet.from_dataset(test, corpus, script_args.dataset_test_split)
         return data[script_args.dataset_train_split], eval_set
     if script_args.corpus_path:
-        raise ValueError("corpus_path is for --dataset_name's evaluation; the MovieLens task has its own corpus")
+        raise ValueError("corpus_path is for --dataset_name's evaluation; the built-in tasks have their own corpus")
+    if script_args.task == "shapes":
+        shapes = build_shapes_retrieval_task(
+            num_scenes=script_args.num_scenes,
+            eval_fraction=script_args.eval_fraction,
+            size=script_args.image_size,
+            candidate_modality=script_args.candidate_modality,
+            seed=seed,
+        )
+        return Dataset.from_list(shapes.train_rows(hard_negative=script_args.hard_negatives)), shapes.eval_set()
     task = build_movielens_retrieval_task(
         path=script_args.movielens_path,
         num_movies=script_args.num_movies,
@@ -106,18 +153,37 @@ def report(trainer: TraceEmbedTrainer, data: RetrievalSet, script_args: TraceScr
         trainer.encoder(), data, ks=script_args.eval_ks, batch_size=script_args.eval_batch_size
     )
     print(f"[trace eval] {name} ({len(data.queries)} held-out queries, corpus {len(data.corpus)})", flush=True)
-    print(format_table(results, report_keys(script_args.eval_ks)), flush=True)
+    print(format_table(results, report_keys(script_args.eval_ks, data.tasks)), flush=True)
     return results
 
 
+def check_script_args(script_args: TraceScriptArguments) -> None:
+    """Reject unknown task names and task options before any data or model is loaded."""
+    if script_args.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {script_args.task!r}")
+    if script_args.candidate_modality not in ("image", "image,text"):
+        raise ValueError(f"candidate_modality must be 'image' or 'image,text', got {script_args.candidate_modality!r}")
+    if script_args.dataset_name and script_args.task != "movielens":
+        raise ValueError(f"task={script_args.task!r} is a built-in task; it cannot be combined with --dataset_name")
+
+
+def tiny_model_for(model_id: str, script_args: TraceScriptArguments) -> str | None:
+    """The local path of a tiny model id (built on first use), or None for any other model."""
+    size = script_args.tiny_hidden_size
+    if model_id == TINY_MOVIELENS_MODEL_ID:
+        return tiny_movielens_model_path(hidden_size=size, intermediate_size=2 * size)
+    if model_id == TINY_SHAPES_VLM_ID:
+        return tiny_shapes_vlm_path(hidden_size=size, intermediate_size=2 * size)
+    return None
+
+
 def run(script_args: TraceScriptArguments, training_args: TraceConfig, model_args: ModelConfig) -> None:
-    if not script_args.dataset_name or model_args.model_name_or_path == TINY_MOVIELENS_MODEL_ID:
+    check_script_args(script_args)
+    needs_movielens = not script_args.dataset_name and script_args.task == "movielens"
+    if needs_movielens or model_args.model_name_or_path == TINY_MOVIELENS_MODEL_ID:
         script_args.movielens_path = str(find_movielens(script_args.movielens_path, download=True))
     train_dataset, eval_set = load_data(script_args, training_args.seed)
-    model_path = model_args.model_name_or_path
-    if model_path == TINY_MOVIELENS_MODEL_ID:
-        size = script_args.tiny_hidden_size
-        model_path = tiny_movielens_model_path(hidden_size=size, intermediate_size=2 * size)
+    model_path = tiny_model_for(model_args.model_name_or_path, script_args) or model_args.model_name_or_path
     training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     trainer = TraceEmbedTrainer(
         resolve_model_path(model_path),
@@ -134,9 +200,9 @@ def run(script_args: TraceScriptArguments, training_args: TraceConfig, model_arg
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"before": before, "after": after}, indent=2))
     trainer.save_model(training_args.output_dir)
-    trainer.create_model_card(dataset_name=script_args.dataset_name or "movielens")
+    trainer.create_model_card(dataset_name=script_args.dataset_name or script_args.task)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name or "movielens")
+        trainer.push_to_hub(dataset_name=script_args.dataset_name or script_args.task)
 
 
 def main() -> None:

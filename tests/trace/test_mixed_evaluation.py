@@ -163,6 +163,16 @@ def test_from_dataset_with_image_columns():
     assert data.query_images[0] is None and image_key(data.query_images[1]) == image_key(BLUE)
     with pytest.raises(ValueError, match=r"test rows \[3\] have a 'positive' that is not in the corpus"):
         RetrievalSet.from_dataset(rows, corpus=["", "a dog"], corpus_images=[RED, None], name="test")
+    with pytest.raises(ValueError, match="corpus_images needs corpus"):
+        RetrievalSet.from_dataset(rows, corpus_images=[RED, None])
+
+
+def test_table_columns_fit_long_keys():
+    from trl_mars.embed.evaluation import format_table
+
+    key = "local/hit@10/fashion200k_task3"
+    header, row = format_table({"direct": {key: 0.5, "hit@1": 0.25}}, [key, "hit@1"]).splitlines()
+    assert header == f"{'mode':<8}{key:>32}{'hit@1':>24}" and row == f"{'direct':<8}{0.5:>32.4f}{0.25:>24.4f}"
 
 
 @pytest.mark.parametrize(
@@ -193,3 +203,19 @@ def test_inconsistent_inputs_fail_before_any_encoding(kwargs, message):
     with pytest.raises(ValueError, match=message):
         evaluate_retrieval(encoder, queries, corpus, args.pop("relevant"), **args)
     assert encoder.calls == []
+
+
+def test_chunked_ranking_equals_the_full_ranking_and_respects_pools():
+    from trl_mars.embed.evaluation import pool_rows, rank
+
+    generator = torch.Generator().manual_seed(0)
+    queries, corpus = torch.randn(7, 4, generator=generator), torch.randn(9, 4, generator=generator)
+    full = (queries @ corpus.T).topk(3, dim=1).indices.tolist()
+    assert rank(queries, corpus, 3, chunk=2) == full == rank(queries, corpus, 3)
+    rows = pool_rows(9, {"a": [0, 1, 2, 3], "b": [8]})
+    tasks = ["a", "b"] * 3 + ["a"]
+    ranked = rank(queries, corpus, 3, tasks, rows, chunk=3)
+    assert all(r == [8] for r, t in zip(ranked, tasks) if t == "b")  # a one-item pool: one item ranked
+    for q, (r, t) in enumerate(zip(ranked, tasks)):
+        if t == "a":
+            assert r == sorted(range(4), key=lambda j: -float(queries[q] @ corpus[j]))[:3]

@@ -3,11 +3,15 @@ scenes, and the rows / evaluation set in the TRACE row schema."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 
 import pytest
+import torch
 
+from trl_mars.embed.encoder import Encoded
+from trl_mars.embed.evaluation import evaluate_retrieval_set
 from trl_mars.embed.shapes_task import (
     COLOURS,
     POSITIONS,
@@ -32,30 +36,46 @@ def task():
     return build_shapes_retrieval_task(num_scenes=120, seed=3)
 
 
-def solve_complex(text: str) -> tuple[set[Shape], int]:
-    """Read a complex query the way a person would: the count clause at the end, the first object's cell, each next
-    one's from its relation to an earlier one (``it``: the previous one)."""
+def solve_complex(text: str) -> list[tuple[set[Shape], int]]:
+    """Every scene a complex query describes (read the way a person would): the count clause at the end, then the
+    first object's row, column or cell, and each next one's relation to an earlier one (``it``: the previous one)."""
     body, clause = re.fullmatch(r"(.*), (and nothing else|\w+ shapes in all|with exactly \w+ objects)", text).groups()
     head, *rest = re.split(r", (?=a )| and (?=a )", body)
-    m = re.fullmatch(rf"a {OBJECT} in the ({'|'.join(POSITIONS)})", head)
-    objects = [Shape(CELL[m[3]], m[1], m[2])]
+    regions = "top row|bottom row|left column|right column|" + "|".join(POSITIONS)
+    m = re.fullmatch(rf"a {OBJECT} in the ({regions})", head)
+    kinds, region = [(m[1], m[2])], m[3]
     relations = "to the right of|to the left of|directly below|directly above|diagonally across from"
+    links = []
     for part in rest:
-        m = re.fullmatch(rf"a {OBJECT} ({relations}) (it|the ({'|'.join(POSITIONS)}) ({'|'.join(SHAPES)}))", part)
+        m = re.fullmatch(rf"a {OBJECT} ({relations}) (it|the {OBJECT})", part)
         assert m, part
-        anchor = objects[-1] if m[4] == "it" else next(o for o in objects if o.cell == CELL[m[5]] and o.shape == m[6])
-        r, c = divmod(anchor.cell, 2)
-        r, c = {
-            "to the right of": (r, c + 1),
-            "to the left of": (r, c - 1),
-            "directly below": (r + 1, c),
-            "directly above": (r - 1, c),
-            "diagonally across from": (1 - r, 1 - c),
-        }[m[3]]
-        assert 0 <= r < 2 and 0 <= c < 2, f"relation leaves the grid in {text!r}"
-        objects.append(Shape(2 * r + c, m[1], m[2]))
+        anchor = len(kinds) - 1 if m[4] == "it" else kinds.index((m[5], m[6]))
+        kinds.append((m[1], m[2]))
+        links.append((m[3], anchor))
+
+    def fits(cell, where):  # (row, column) of cell inside the named region / relation to the anchor's cell
+        r, c = divmod(cell, 2)
+        return {"top row": r == 0, "bottom row": r == 1, "left column": c == 0, "right column": c == 1}.get(
+            where, where in POSITIONS and POSITIONS[cell] == where
+        )
+
+    def related(cell, rel, anchor):
+        (r, c), (ra, ca) = divmod(cell, 2), divmod(anchor, 2)
+        return {
+            "to the right of": r == ra and c == ca + 1,
+            "to the left of": r == ra and c == ca - 1,
+            "directly below": c == ca and r == ra + 1,
+            "directly above": c == ca and r == ra - 1,
+            "diagonally across from": r != ra and c != ca,
+        }[rel]
+
     word = re.search(r"\b(one|two|three|four)\b", clause)
-    return set(objects), COUNTS[word[1]] if word else len(objects)
+    count = COUNTS[word[1]] if word else len(kinds)
+    scenes = []
+    for cells in itertools.permutations(range(len(POSITIONS)), len(kinds)):
+        if fits(cells[0], region) and all(related(cells[i + 1], rel, cells[j]) for i, (rel, j) in enumerate(links)):
+            scenes.append(({Shape(cell, *kind) for cell, kind in zip(cells, kinds)}, count))
+    return scenes
 
 
 def apply_edit(source: Scene, text: str) -> Scene:
@@ -118,7 +138,7 @@ def test_queries_mean_what_they_say(task):
     corpus = task.eval_scenes
     for q in task.eval:
         if q.task_id == TASK_T2I and q.complex:
-            objects, count = solve_complex(q.text)
+            ((objects, count),) = solve_complex(q.text)  # the words admit exactly one scene
             matches = [s for s in corpus if set(s.objects) == objects and len(s.objects) == count]
             assert matches == [q.source] and q.relevant == {q.source}, q.text
             assert q.target == f"{q.source.caption} {count} objects."
@@ -199,8 +219,8 @@ def test_bad_arguments_are_rejected():
         build_shapes_retrieval_task(candidate_modality="text")
     with pytest.raises(ValueError, match="tasks must be"):
         build_shapes_retrieval_task(tasks=(1,))
-    with pytest.raises(ValueError, match="only .* distinct scenes"):
-        build_shapes_retrieval_task(num_scenes=100, objects=(1,))
+    with pytest.raises(ValueError, match="only 8.* distinct scenes"):  # 48 with one object, 792 with two
+        build_shapes_retrieval_task(num_scenes=1000, objects=(1,))
     with pytest.raises(ValueError, match="size"):
         render(Scene(()), size=7)
 
@@ -209,3 +229,99 @@ def test_without_pillow_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # as when Pillow is not installed
     with pytest.raises(ImportError, match=re.escape("pip install 'trl-mars[vision]'")):
         render(Scene(()))
+
+
+def read_scene(image) -> Scene:
+    """Perfect perception: the scene drawn in a rendered image (centre pixel: colour; corners: shape)."""
+    size = image.size[0]
+    cell, margin = size // 2, max(1, size // 14)
+    names = {rgb: name for name, rgb in COLOURS.items()}
+    objects = []
+    for index in range(len(POSITIONS)):
+        x0, y0 = (index % 2) * cell + margin, (index // 2) * cell + margin
+        x1, y1 = x0 + cell - 2 * margin - 1, y0 + cell - 2 * margin - 1
+        colour = names.get(image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)))
+        if colour is None:
+            continue
+        if image.getpixel((x0 + 1, y0 + 1)) != (255, 255, 255):
+            shape = "square"
+        elif image.getpixel((x0 + 1, y1 - 1)) != (255, 255, 255):
+            shape = "triangle"
+        else:
+            shape = "circle"
+        objects.append(Shape(index, colour, shape))
+    return Scene(tuple(objects))
+
+
+FEATURES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+FEATURES += [f"{c} {s} at {p}" for c in COLOURS for s in SHAPES for p in POSITIONS] + list(COUNTS)
+
+
+def features(text: str, image=None) -> set[str]:
+    """Objects named in a text (``colour shape``), the ones it places (``... at <cell>``), its object count; and
+    everything in the image."""
+    found = {f"{m[1]} {m[2]}" for m in re.finditer(OBJECT, text)}
+    found |= {
+        f"{m[1]} {m[2]} at {m[3]}" for m in re.finditer(rf"{OBJECT} (?:at|in) (?:the )?({'|'.join(POSITIONS)})", text)
+    }
+    found |= {w for w in COUNTS if re.search(rf"\b{w}\b", text)} | {
+        next(w for w, n in COUNTS.items() if n == int(m[1])) for m in re.finditer(r"\b(\d) objects", text)
+    }
+    if image is not None:
+        scene = read_scene(image)
+        found |= features(scene.caption) | {next(w for w, n in COUNTS.items() if n == len(scene.objects))}
+    return found
+
+
+class PerceptionEncoder:
+    """A fake encoder that sees images perfectly and reads texts literally: the embedding is the indicator of
+    ``features``; a reasoned query is embedded from its reasoning, which resolves the query into the target's words."""
+
+    def __init__(self):
+        self.model = torch.nn.Linear(1, 1)
+
+    @staticmethod
+    def _embed(items) -> torch.Tensor:
+        rows = torch.tensor([[float(f in feats) for f in FEATURES] for feats in items])
+        return torch.nn.functional.normalize(rows, dim=-1)
+
+    def encode(self, texts, images=None, kind="query", mode="routed", batch_size=32):
+        return self.encode_with_details(texts, images, kind, mode, batch_size).embeddings
+
+    def encode_with_details(self, texts, images=None, kind="query", mode="routed", batch_size=32):
+        assert mode == "direct" or kind == "candidate", "this fake cannot generate reasoning"
+        images = images or [None] * len(texts)
+        return Encoded(self._embed(features(t, i) for t, i in zip(texts, images)), [False] * len(texts))
+
+    def encode_with_reasoning(self, texts, reasoning, images=None, batch_size=32):
+        images = images or [None] * len(texts)
+        items = [features(r) if r else features(t, i) for t, r, i in zip(texts, reasoning, images)]
+        return Encoded(self._embed(items), [bool(r) for r in reasoning], list(reasoning))
+
+
+def test_perception_alone_leaves_complex_queries_ambiguous_the_cot_resolves_them(task):
+    """The task needs reasoning: an encoder that perceives every image exactly and matches the query's words
+    retrieves simple queries, but not the complex ones; with their CoT (the gold row) it retrieves every one."""
+    assert all(read_scene(render(s)) == s for s in task.eval_scenes)  # the perception is exact
+    data = task.eval_set()
+    results = evaluate_retrieval_set(PerceptionEncoder(), data, modes=("direct",), ks=(1,), pools=("local",))
+    direct, gold = results["direct"], results["gold"]
+    assert direct["local/hit@1_simple"] == 1.0  # one named object / the image itself: nothing to reason about
+    assert direct["local/hit@1/task3"] == 1.0
+    assert gold["local/hit@1_complex"] == 1.0  # spelled-out constraints pin the scene down
+    assert direct["local/hit@1_complex"] < 0.75, direct["local/hit@1_complex"]
+
+
+def test_rows_survive_a_datasets_round_trip(task):
+    from datasets import Dataset
+
+    rows = task.train_rows()[:24]
+    dataset = Dataset.from_list(rows)
+    assert dataset.features["positive_image"].__class__.__name__ == "Image"
+    for row, back in zip(rows, dataset):
+        assert back["query"] == row["query"] and back["query_target"] == row["query_target"]
+        for column in ("query_image", "positive_image", "negative_image"):
+            if row[column] is None:
+                assert back[column] is None
+            else:
+                assert back[column].convert("RGB").tobytes() == row[column].tobytes()

@@ -35,7 +35,7 @@ import torch
 from datasets import Dataset
 
 from trl_mars.embed.encoder import Mode, TraceEncoder
-from trl_mars.embed.metrics import retrieval_metrics
+from trl_mars.embed.metrics import ranking_metrics, top_k_ranking
 
 ImageLike = Any  # a PIL.Image.Image, a path (str or os.PathLike), or None
 POOLS = ("global", "local")
@@ -84,6 +84,8 @@ class RetrievalSet:
         missing = [c for c in ("query", "positive") if c not in dataset.column_names]
         if missing:
             raise ValueError(f"the {name} dataset lacks column(s) {missing} (got {dataset.column_names})")
+        if corpus is None and corpus_images is not None:
+            raise ValueError("corpus_images needs corpus (the candidates' texts, '' for image-only ones)")
         positives = dataset["positive"]
         has_images = "positive_image" in dataset.column_names or corpus_images is not None
         positive_images = (
@@ -211,33 +213,43 @@ def _rate(flags: Sequence[bool], mask: Sequence[bool]) -> float:
     return sum(selected) / len(selected) if selected else float("nan")
 
 
-def _subset_metrics(scores, relevant, ks, is_complex: Sequence[bool]) -> dict[str, float]:
+def _grouped_metrics(ranked, relevant, ks, groups: Sequence, name) -> dict[str, float]:
+    """Metrics of each group of queries (``groups[i]``: query i's group), keys suffixed by ``name(group)``."""
     out = {}
-    for suffix, keep in (("complex", True), ("simple", False)):
-        rows = [i for i, c in enumerate(is_complex) if c == keep]
-        if rows:
-            metrics = retrieval_metrics(scores[rows], [relevant[i] for i in rows], ks)
-            out.update({f"{key}_{suffix}": value for key, value in metrics.items()})
+    for group in dict.fromkeys(groups):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        metrics = ranking_metrics([ranked[i] for i in rows], [relevant[i] for i in rows], ks)
+        out.update({f"{key}{name(group)}": value for key, value in metrics.items()})
     return out
 
 
-def _task_metrics(scores, relevant, ks, tasks: Sequence[str]) -> dict[str, float]:
-    out = {}
-    for task in dict.fromkeys(tasks):
-        rows = [i for i, t in enumerate(tasks) if t == task]
-        metrics = retrieval_metrics(scores[rows], [relevant[i] for i in rows], ks)
-        out.update({f"{key}/{task}": value for key, value in metrics.items()})
-    return out
-
-
-def _local_mask(n_corpus: int, tasks: Sequence[str], local_pools: dict[str, Sequence[int]]) -> torch.Tensor:
-    """``(Q, N)`` boolean: candidate j is in query i's local pool."""
-    by_task = {}
+def pool_rows(n_corpus: int, local_pools: dict[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Per task, an ``(N,)`` boolean row: candidate j is in the task's local pool."""
+    rows = {}
     for task, members in local_pools.items():
-        row = torch.zeros(n_corpus, dtype=torch.bool)
-        row[list(members)] = True
-        by_task[task] = row
-    return torch.stack([by_task[t] for t in tasks]) if tasks else torch.zeros(0, n_corpus, dtype=torch.bool)
+        rows[task] = torch.zeros(n_corpus, dtype=torch.bool)
+        rows[task][list(members)] = True
+    return rows
+
+
+def rank(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    tasks: Sequence[str] | None = None,
+    pools: dict[str, torch.Tensor] | None = None,
+    chunk: int = 1024,
+) -> list[list[int]]:
+    """Each query's top-``k`` corpus indices by inner product; with ``pools`` (``pool_rows``), only candidates of
+    the pool of the query's task. ``chunk`` queries at a time: no ``(Q, N)`` score matrix or mask is held at once."""
+    ranked = []
+    for start in range(0, queries.shape[0], chunk):
+        scores = queries[start : start + chunk] @ corpus.T
+        if pools is not None:
+            mask = torch.stack([pools[t] for t in tasks[start : start + chunk]])
+            scores = scores.masked_fill(~mask, -torch.inf)
+        ranked += top_k_ranking(scores, k)
+    return ranked
 
 
 def evaluate_retrieval(
@@ -283,7 +295,7 @@ def evaluate_retrieval(
         model.eval()
     try:
         corpus_emb = encode_corpus(encoder, corpus, corpus_images, batch_size)
-        mask = _local_mask(len(corpus), tasks, local_pools) if "local" in pools else None
+        rows = pool_rows(len(corpus), local_pools) if "local" in pools else None
         image_kwargs = {"images": list(query_images)} if _has_images(query_images) else {}
         results = {}
         runs = list(modes) + (["gold"] if gold_reasoning is not None else [])
@@ -298,7 +310,6 @@ def evaluate_retrieval(
                     list(queries), kind="query", mode=mode, batch_size=batch_size, **image_kwargs
                 )
             elapsed = time.perf_counter() - start
-            global_scores = encoded.embeddings @ corpus_emb.T
             row = {"reasoning_rate": encoded.reasoning_rate, "queries_per_second": len(queries) / elapsed}
             if is_complex is not None:
                 row["reasoning_rate_complex"] = _rate(encoded.reasoned, is_complex)
@@ -306,13 +317,14 @@ def evaluate_retrieval(
             for task in dict.fromkeys(tasks or ()):
                 row[f"reasoning_rate/{task}"] = _rate(encoded.reasoned, [t == task for t in tasks])
             for pool in pools:
-                scores = global_scores if pool == "global" else global_scores.masked_fill(~mask, -torch.inf)
-                prefix = "" if pool == "global" else "local/"
-                metrics = retrieval_metrics(scores, relevant, ks)
+                ranked = rank(encoded.embeddings, corpus_emb, max(ks), tasks, rows if pool == "local" else None)
+                metrics = ranking_metrics(ranked, relevant, ks)
                 if is_complex is not None:
-                    metrics.update(_subset_metrics(scores, relevant, ks, is_complex))
+                    kinds = ["complex" if c else "simple" for c in is_complex]
+                    metrics.update(_grouped_metrics(ranked, relevant, ks, kinds, lambda kind: f"_{kind}"))
                 if tasks is not None:
-                    metrics.update(_task_metrics(scores, relevant, ks, tasks))
+                    metrics.update(_grouped_metrics(ranked, relevant, ks, tasks, lambda task: f"/{task}"))
+                prefix = "" if pool == "global" else "local/"
                 row.update({f"{prefix}{key}": value for key, value in metrics.items()})
             results[mode] = row
         return results
@@ -340,10 +352,11 @@ def evaluate_retrieval_set(encoder: TraceEncoder, data: RetrievalSet, **kwargs) 
 
 
 def format_table(results: dict[str, dict[str, float]], keys: Sequence[str]) -> str:
-    """A plain-text table: one row per mode, one column per key."""
-    header = f"{'mode':<8}" + "".join(f"{k:>24}" for k in keys)
+    """A plain-text table: one row per mode, one column per key (at least 24 wide, wider for a longer key)."""
+    widths = [max(24, len(k) + 2) for k in keys]
+    header = f"{'mode':<8}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
     rows = [
-        f"{mode:<8}" + "".join(f"{values.get(k, float('nan')):>24.4f}" for k in keys)
+        f"{mode:<8}" + "".join(f"{values.get(k, float('nan')):>{w}.4f}" for k, w in zip(keys, widths))
         for mode, values in results.items()
     ]
     return "\n".join([header, *rows])

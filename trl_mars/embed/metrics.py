@@ -21,20 +21,25 @@ from collections.abc import Sequence
 import torch
 
 
-def retrieval_metrics(
-    scores: torch.Tensor, relevant: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, float]:
-    """``recall@k``, ``hit@k``, ``mrr@k`` and ``ndcg@k`` for each k in ``ks``; ``relevant[i]`` are query i's corpus
-    indices. Items scored ``-inf`` (outside a query's candidate pool) are never counted as retrieved."""
-    if scores.shape[0] != len(relevant):
-        raise ValueError(f"{scores.shape[0]} score rows but {len(relevant)} relevance sets")
-    if any(not rel for rel in relevant):
-        raise ValueError("every query needs at least one relevant corpus item")
-    top = scores.topk(min(max(ks), scores.shape[1]), dim=1)
-    ranked = [
+def top_k_ranking(scores: torch.Tensor, k: int) -> list[list[int]]:
+    """Per query, the corpus indices of its ``k`` best-scored items, best first; items scored ``-inf`` (outside the
+    query's candidate pool) are left out."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    return [
         [doc for doc, value in zip(docs, values) if value != -math.inf]
         for docs, values in zip(top.indices.tolist(), top.values.tolist())
     ]
+
+
+def ranking_metrics(
+    ranked: Sequence[Sequence[int]], relevant: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """``recall@k``, ``hit@k``, ``mrr@k`` and ``ndcg@k`` for each k in ``ks`` from each query's ranking (at least
+    ``max(ks)`` long unless the pool is smaller); ``relevant[i]`` are query i's corpus indices."""
+    if len(ranked) != len(relevant):
+        raise ValueError(f"{len(ranked)} score rows but {len(relevant)} relevance sets")
+    if any(not rel for rel in relevant):
+        raise ValueError("every query needs at least one relevant corpus item")
     out: dict[str, float] = {}
     for k in ks:
         recall = hit = mrr = ndcg = 0.0
@@ -49,3 +54,12 @@ def retrieval_metrics(
         n = len(relevant)
         out.update({f"recall@{k}": recall / n, f"hit@{k}": hit / n, f"mrr@{k}": mrr / n, f"ndcg@{k}": ndcg / n})
     return out
+
+
+def retrieval_metrics(
+    scores: torch.Tensor, relevant: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """``ranking_metrics`` of a query x corpus score matrix (``-inf``: outside the query's pool, never retrieved)."""
+    if scores.shape[0] != len(relevant):
+        raise ValueError(f"{scores.shape[0]} score rows but {len(relevant)} relevance sets")
+    return ranking_metrics(top_k_ranking(scores, max(ks)), relevant, ks)

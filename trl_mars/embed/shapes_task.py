@@ -1,23 +1,25 @@
 """A synthetic multimodal retrieval task: scenes of coloured shapes rendered with PIL, with captions.
 
-A **scene** puts 2 or 3 objects of distinct kinds (a colour in ``COLOURS``, a shape in ``SHAPES``) in distinct cells of a 2 x 2 grid
-(``POSITIONS``). It renders deterministically (no randomness in drawing) to a ``size`` x ``size`` RGB image, one
-object per ``size/2`` cell: at the default 56 x 56 a cell is one 28 x 28 block, i.e. one merged Qwen2-VL image token.
+A **scene** puts 2 or 3 objects of distinct kinds (a colour in ``COLOURS``, a shape in ``SHAPES``) in distinct
+cells of a 2 x 2 grid (``POSITIONS``). It renders deterministically (no randomness in drawing) to a ``size`` x
+``size`` RGB image, one object per ``size/2`` cell: at the default 56 x 56 a cell is one 28 x 28 block, i.e. one merged Qwen2-VL image token.
 Its **caption** lists the objects in grid order: ``"red circle at top left. blue square at bottom right."``.
 
 Three tasks, numbered like M-BEIR's (``trl_mars.embed.mbeir.MBEIR_TASKS``):
 
 - ``0`` text -> image. **Simple** queries name one object (``"a scene with a red circle"``, empty
   ``query_target``; relevant: every corpus scene holding a red circle). **Complex** queries pin every object down
-  with relations and a count (``"a yellow triangle in the top right, a green circle directly below it, and nothing
-  else"``); their CoT ``query_target`` spells the constraints out in the captions' own words (``"yellow triangle at
-  top right. green circle at bottom right. 2 objects."``); the relevant set is exactly one scene.
+  with a row or column and relations, plus a count (``"a yellow triangle in the right column and a green circle
+  directly below it, and nothing else"``); their CoT ``query_target`` spells out the cells these imply, in the
+  captions' own words (``"yellow triangle at top right. green circle at bottom right. 2 objects."``); the relevant
+  set is exactly one scene. Scenes come in families (the same objects in other cells, or with one more object), so
+  naming the objects is not enough: the relations must be resolved into cells, which is what the CoT does.
 - ``3`` image -> text: the query is a scene image (empty text), the candidate its caption; simple.
 - ``7`` (image, text) -> image, composed retrieval as in CIRR: the query is the image of a source scene plus an edit
   (``"make the red circle blue"``); the relevant scene is the edited one; complex, with the edited scene's caption as
   CoT.
 
-Scenes are split into training and held-out scenes; evaluation queries are about held-out scenes only and the
+Whole families of scenes are held out; evaluation queries are about held-out scenes only and the
 evaluation corpus holds the held-out scenes only (as images, or image + caption, and as captions for task 3), so
 no evaluation target is ever a training positive. Training rows follow the TRACE row schema (``query``,
 ``query_target``, ``positive``, ``negative``, ``query_image``, ``positive_image``, ``negative_image``) with a hard
@@ -27,6 +29,7 @@ negative that differs from the positive scene in exactly one attribute (one obje
 from __future__ import annotations
 
 import importlib
+import itertools
 import random
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
@@ -154,17 +157,42 @@ def simple_query(scene: Scene, rng: random.Random) -> tuple[str, Shape]:
     return rng.choice(SIMPLE_TEMPLATES).format(object=obj.name), obj
 
 
+REGIONS = {
+    "top row": (0, 1), "bottom row": (2, 3), "left column": (0, 2), "right column": (1, 3),
+    **{position: (cell,) for cell, position in enumerate(POSITIONS)},
+}  # fmt: skip
+
+
+def placements(description: list[tuple[str, int | None, str]], cells: int = len(POSITIONS)) -> list[tuple[int, ...]]:
+    """Every way to put the described objects in distinct cells: ``description[0] = ("region", None, region)``,
+    then ``(relation, index of an earlier object, "")`` per object, as ``complex_query`` writes them."""
+    out = []
+    for assignment in itertools.permutations(range(cells), len(description)):
+        if assignment[0] not in REGIONS[description[0][2]]:
+            continue
+        if all(relation(assignment[i], assignment[j]) == rel for i, (rel, j, _) in enumerate(description) if i):
+            out.append(assignment)
+    return out
+
+
 def complex_query(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """Text pinning every object down (the first by its cell, each next one by a relation to an earlier one) plus
-    the count, and its CoT: the scene's caption and the count, in the captions' words."""
+    """Text that pins every object down only through a row or column for the first one and a relation to an earlier
+    one for each next one (an exact cell only when no such description is unique), plus the count; its CoT: the
+    scene's caption and the count, i.e. the cells that the relations imply, in the captions' words."""
     order = list(scene.objects)
     rng.shuffle(order)
-    first = order[0]
-    parts = [f"a {first.name} in the {POSITIONS[first.cell]}"]
-    for i, obj in enumerate(order[1:], start=1):
-        anchor = rng.choice(order[:i])
-        who = "it" if anchor is order[i - 1] else f"the {POSITIONS[anchor.cell]} {anchor.shape}"
-        parts.append(f"a {obj.name} {relation(obj.cell, anchor.cell)} {who}")
+    regions = [r for r in ("top row", "bottom row", "left column", "right column") if order[0].cell in REGIONS[r]]
+    for attempt in range(20):
+        region = rng.choice(regions) if attempt < 19 else POSITIONS[order[0].cell]
+        description = [("region", None, region)]
+        for i, obj in enumerate(order[1:], start=1):
+            j = rng.randrange(i)
+            description.append((relation(obj.cell, order[j].cell), j, ""))
+        if len(placements(description)) == 1:
+            break
+    parts = [f"a {order[0].name} in the {region}"]
+    for i, (rel, j, _) in enumerate(description[1:], start=1):
+        parts.append(f"a {order[i].name} {rel} {'it' if j == i - 1 else f'the {order[j].name}'}")
     count = len(scene.objects)
     parts[-1] = f"{parts[-1]}, {rng.choice(COUNT_TEMPLATES).format(count=COUNT_WORDS[count])}"
     text = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
@@ -213,12 +241,23 @@ def one_attribute_neighbour(scene: Scene, rng: random.Random, avoid: Shape | Non
     raise ValueError(f"no one-attribute neighbour of {scene.caption!r} without a {avoid.name}")
 
 
-def random_scene(rng: random.Random, objects: tuple[int, ...] = (2, 3)) -> Scene:
-    """Objects of distinct kinds (colour and shape) in distinct random cells."""
+def scene_family(rng: random.Random, objects: tuple[int, ...] = (2, 3), arrangements: int = 3) -> list[Scene]:
+    """Scenes sharing their objects: ``arrangements`` distinct placements of the same objects (of distinct kinds)
+    and, when a cell is free, the first placement plus one more object. Only the cells (and the count) tell them
+    apart, so naming the objects is not enough: a query must place them."""
     count = rng.choice(objects)
-    cells = rng.sample(range(len(POSITIONS)), count)
-    kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
-    return Scene(tuple(Shape(cell, colour, shape) for cell, (colour, shape) in zip(cells, kinds)))
+    kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count + 1)
+    family: dict[Scene, None] = {}
+    for _ in range(10 * arrangements):
+        if len(family) == arrangements:
+            break
+        cells = rng.sample(range(len(POSITIONS)), count)
+        family.setdefault(Scene(tuple(Shape(cell, c, s) for cell, (c, s) in zip(cells, kinds[:count]))))
+    first = next(iter(family))
+    free = [c for c in range(len(POSITIONS)) if c not in {o.cell for o in first.objects}]
+    if free:
+        family.setdefault(Scene((*first.objects, Shape(rng.choice(free), *kinds[count]))))
+    return list(family)
 
 
 @dataclass
@@ -326,9 +365,11 @@ def build_shapes_retrieval_task(
     candidate_modality: CandidateModality = "image",
     tasks: tuple[int, ...] = (TASK_T2I, TASK_I2T, TASK_IT2I),
     objects: tuple[int, ...] = (2, 3),
+    arrangements: int = 3,
     seed: int = 0,
 ) -> ShapesTask:
-    """``num_scenes`` distinct random scenes (``objects`` objects each), ``eval_fraction`` of them held out; the
+    """``num_scenes`` distinct scenes in families (``scene_family``: ``objects`` objects in ``arrangements``
+    placements, plus one with an extra object), about ``eval_fraction`` of them held out as whole families; the
     queries of ``tasks`` on each scene. Everything is a function of the arguments (``seed`` included)."""
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
@@ -341,16 +382,23 @@ def build_shapes_retrieval_task(
         raise ValueError(f"objects must be counts in 1..{len(POSITIONS)}, got {objects}")
     if num_scenes < 2:
         raise ValueError(f"num_scenes must be >= 2, got {num_scenes}")
+    if arrangements < 1:
+        raise ValueError(f"arrangements must be >= 1, got {arrangements}")
     rng = random.Random(seed)
-    scenes: dict[Scene, None] = {}
-    for _ in range(100 * num_scenes):
-        if len(scenes) == num_scenes:
-            break
-        scenes.setdefault(random_scene(rng, objects))
+    scenes: dict[Scene, int] = {}  # scene -> its family
+    family = stale = 0
+    while len(scenes) < num_scenes and stale < 1000:  # 1000 families in a row bringing nothing new: exhausted
+        before = len(scenes)
+        for scene in scene_family(rng, objects, arrangements):
+            if len(scenes) < num_scenes:
+                scenes.setdefault(scene, family)
+        family, stale = family + 1, 0 if len(scenes) > before else stale + 1
     if len(scenes) < num_scenes:
         raise ValueError(f"only {len(scenes)} distinct scenes with {objects} objects; ask for fewer")
     order = list(scenes)
     n_eval = max(1, round(eval_fraction * num_scenes))
+    while n_eval < len(order) - 1 and scenes[order[n_eval]] == scenes[order[n_eval - 1]]:
+        n_eval += 1  # whole families are held out, so each held-out scene meets its look-alikes in the corpus
     eval_scenes, train_scenes = order[:n_eval], order[n_eval:]
     train = _queries(train_scenes, train_scenes, rng, tasks)
     rng.shuffle(train)

@@ -17,6 +17,12 @@ per task, and reasoning rates per query kind, before and after training (pair it
 
     python recipes/trace.py --config recipes/configs/trace_multimodal.yaml
 
+M-BEIR (TRACE's benchmark) in its released layout (query/, cand_pool/, instructions/, images) at --mbeir_root,
+Qwen2-VL-2B-Instruct, LoRA r128/alpha256 on the language model, frozen vision encoder, lr 2e-4, 1 epoch, cosine:
+
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/trace.py \
+        --config recipes/configs/trace_mbeir_qwen2vl.yaml --mbeir_root /data/M-BEIR
+
 Resume the newest complete checkpoint: --resume_from_checkpoint true. Your own data in sentence-transformers layout
 (query, query_target, positive, negative_*): --dataset_name /path/or/hub-id; its --dataset_test_split (if present)
 is evaluated before and after training against --corpus_path (one candidate per line in a .txt, or a file with a
@@ -37,6 +43,8 @@ from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_mars.data.movielens_download import find_movielens
 from trl_mars.embed.evaluation import RetrievalSet, evaluate_retrieval_set, format_table
+from trl_mars.embed.mbeir import MBEIR_EVAL_SETS, load_mbeir_eval, load_mbeir_train
+from trl_mars.embed.mbeir_cli import headline_keys
 from trl_mars.embed.movielens_task import build_movielens_retrieval_task
 from trl_mars.embed.shapes_task import build_shapes_retrieval_task
 from trl_mars.embed.tiny import (
@@ -50,7 +58,7 @@ from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
 from trl_mars.utils.recipes import parse_recipe_args, resolve_model_path
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "trace.yaml"
-TASKS = ("movielens", "shapes")
+TASKS = ("movielens", "shapes", "mbeir")
 
 
 @dataclass
@@ -63,6 +71,32 @@ class TraceScriptArguments(ScriptArguments):
     image_size: int = field(default=56, metadata={"help": "Shapes task: rendered image side in pixels."})
     candidate_modality: str = field(
         default="image", metadata={"help": "Shapes task: scene candidates as 'image' or 'image,text'."}
+    )
+    mbeir_root: str | None = field(default=None, metadata={"help": "M-BEIR: the dataset folder (query/, ...)."})
+    mbeir_image_root: str | None = field(
+        default=None, metadata={"help": "M-BEIR: where img_paths resolve (default: --mbeir_root)."}
+    )
+    mbeir_train_queries: str = field(
+        default="query/union_train/mbeir_union_up_train.jsonl",
+        metadata={"help": "M-BEIR: training query file, relative to --mbeir_root (add query_target for CoT)."},
+    )
+    mbeir_train_pool: str = field(
+        default="cand_pool/global/mbeir_union_train_cand_pool.jsonl",
+        metadata={"help": "M-BEIR: the candidate pool of the training queries, relative to --mbeir_root."},
+    )
+    mbeir_hard_negatives: int = field(
+        default=0, metadata={"help": "M-BEIR: hard negatives per row from neg_cand_list (UniIR and TRACE: 0)."}
+    )
+    mbeir_eval_sets: list[str] = field(
+        default_factory=lambda: ["cirr_task7"],
+        metadata={"help": f"M-BEIR: evaluation sets, of {', '.join(MBEIR_EVAL_SETS)}."},
+    )
+    mbeir_eval_split: str = field(default="test", metadata={"help": "M-BEIR: evaluation split (val or test)."})
+    mbeir_pools: list[str] = field(
+        default_factory=lambda: ["local"], metadata={"help": "M-BEIR: candidate pools, 'local' and/or 'global'."}
+    )
+    mbeir_max_eval_queries: int | None = field(
+        default=None, metadata={"help": "M-BEIR: evaluate the first N queries of each set (all: None)."}
     )
     movielens_path: str | None = field(
         default=None,
@@ -130,6 +164,24 @@ def load_data(script_args: TraceScriptArguments, seed: int) -> tuple[Dataset, Re
         return data[script_args.dataset_train_split], eval_set
     if script_args.corpus_path:
         raise ValueError("corpus_path is for --dataset_name's evaluation; the built-in tasks have their own corpus")
+    if script_args.task == "mbeir":
+        rows = load_mbeir_train(
+            script_args.mbeir_root,
+            script_args.mbeir_train_queries,
+            script_args.mbeir_train_pool,
+            script_args.mbeir_image_root,
+            hard_negatives=script_args.mbeir_hard_negatives,
+            seed=seed,
+        )
+        eval_set = load_mbeir_eval(
+            script_args.mbeir_root,
+            script_args.mbeir_eval_sets,
+            script_args.mbeir_eval_split,
+            script_args.mbeir_pools,
+            script_args.mbeir_image_root,
+            max_queries=script_args.mbeir_max_eval_queries,
+        )
+        return Dataset.from_list(rows), eval_set
     if script_args.task == "shapes":
         shapes = build_shapes_retrieval_task(
             num_scenes=script_args.num_scenes,
@@ -149,11 +201,17 @@ def load_data(script_args: TraceScriptArguments, seed: int) -> tuple[Dataset, Re
 
 
 def report(trainer: TraceEmbedTrainer, data: RetrievalSet, script_args: TraceScriptArguments, name: str) -> dict:
+    mbeir = script_args.task == "mbeir" and not script_args.dataset_name
+    pools = list(dict.fromkeys(script_args.mbeir_pools)) if mbeir else ["global"]
     results = evaluate_retrieval_set(
-        trainer.encoder(), data, ks=script_args.eval_ks, batch_size=script_args.eval_batch_size
+        trainer.encoder(), data, ks=script_args.eval_ks, batch_size=script_args.eval_batch_size, pools=pools
     )
+    if mbeir:
+        keys = headline_keys(script_args.mbeir_eval_sets, pools, sorted(script_args.eval_ks))
+    else:
+        keys = report_keys(script_args.eval_ks, data.tasks)
     print(f"[trace eval] {name} ({len(data.queries)} held-out queries, corpus {len(data.corpus)})", flush=True)
-    print(format_table(results, report_keys(script_args.eval_ks, data.tasks)), flush=True)
+    print(format_table(results, keys), flush=True)
     return results
 
 
@@ -165,6 +223,19 @@ def check_script_args(script_args: TraceScriptArguments) -> None:
         raise ValueError(f"candidate_modality must be 'image' or 'image,text', got {script_args.candidate_modality!r}")
     if script_args.dataset_name and script_args.task != "movielens":
         raise ValueError(f"task={script_args.task!r} is a built-in task; it cannot be combined with --dataset_name")
+    if script_args.task == "mbeir":
+        if not script_args.mbeir_root:
+            raise ValueError("task='mbeir' needs --mbeir_root (the M-BEIR folder: query/, cand_pool/, ...)")
+        unknown = [s for s in script_args.mbeir_eval_sets if s not in MBEIR_EVAL_SETS]
+        if unknown:
+            raise ValueError(
+                f"mbeir_eval_sets {unknown} are not M-BEIR evaluation sets ({', '.join(MBEIR_EVAL_SETS)})"
+            )
+        bad_pools = [p for p in script_args.mbeir_pools if p not in ("local", "global")]
+        if bad_pools or not script_args.mbeir_pools:
+            raise ValueError(f"mbeir_pools must be 'local' and/or 'global', got {script_args.mbeir_pools}")
+        if script_args.mbeir_eval_split not in ("val", "test"):
+            raise ValueError(f"mbeir_eval_split must be 'val' or 'test', got {script_args.mbeir_eval_split!r}")
 
 
 def tiny_model_for(model_id: str, script_args: TraceScriptArguments) -> str | None:

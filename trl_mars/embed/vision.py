@@ -134,6 +134,13 @@ class ImageBatch:
         }
 
 
+def limit_image_pixels(image_processor, max_pixels: int) -> None:
+    """Make a Qwen2-VL image processor resize every image to at most ``max_pixels`` pixels (in place)."""
+    size = image_processor.size
+    shortest = size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge
+    image_processor.size = {"shortest_edge": min(shortest, max_pixels), "longest_edge": max_pixels}
+
+
 def check_image_tokens(ids: Sequence[int], image_token_id: int, expected: int, where: str) -> None:
     """Raise if truncation (or the text itself) changed the number of image tokens of an item."""
     found = sum(1 for i in ids if i == image_token_id)

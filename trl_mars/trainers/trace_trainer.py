@@ -39,6 +39,7 @@ from trl_mars.embed.vision import (
     freeze_vision_encoder,
     has_vision,
     image_key,
+    limit_image_pixels,
     slice_vision_inputs,
     vision_encoder_pattern,
 )
@@ -142,6 +143,8 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         if isinstance(model, str):
             model = self._load_model(model, args, quantization_config)
         tokenizer, image_processor = self._processing(processing_class, model, model_id)
+        if image_processor is not None and args.image_max_pixels is not None:
+            limit_image_pixels(image_processor, args.image_max_pixels)
         images = sorted({c for d in [train_dataset, *evals.values()] for c in image_columns(_column_names(d))})
         if images and image_processor is None:
             kind = "has no vision tower" if not has_vision(model.config) else "has no image processor"

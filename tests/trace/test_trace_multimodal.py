@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 from trl_mars.embed.encoder import TraceEncoder
+from trl_mars.embed.export import export_sentence_transformers
 from trl_mars.losses.trace import IGNORE_INDEX
 from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
 
@@ -203,6 +204,17 @@ def test_freeze_vision_tower_freezes_the_encoder_and_keeps_the_projector(vlm_tra
         assert bool(vision_blocks) is (not freeze), (freeze, sorted(vision_blocks)[:3])
 
 
+def test_image_max_pixels_resizes_the_images_and_is_saved(vlm_trainer, image_rows, tmp_path):
+    """784 pixels = one 28x28 merged token per image (4 without the cap)."""
+    trainer = vlm_trainer(image_max_pixels=28 * 28, output_dir=str(tmp_path / "small"))
+    batch = trainer.data_collator(image_rows[:2])
+    assert batch["query_image_grid_thw"].tolist() == [[1, 2, 2]] * 2
+    assert (batch["query_mm_token_type_ids"].sum(dim=1) == 1).all()
+    trainer.save_model(str(tmp_path / "small"))
+    encoder = TraceEncoder.from_pretrained(tmp_path / "small")
+    assert encoder.vision.process([image_rows[0]["query_image"]]).num_tokens == [1]
+
+
 def test_image_columns_need_a_vision_model(trace_model_path, trace_args, image_dataset):
     with pytest.raises(ValueError, match=r"image columns \['negative_image', 'positive_image', 'query_image'\]"):
         TraceEmbedTrainer(trace_model_path, args=trace_args(), train_dataset=image_dataset)
@@ -286,6 +298,8 @@ def test_saved_vlm_reloads_and_encodes_with_images(vlm_trainer, image_rows, tmp_
     torch.testing.assert_close(reloaded.encode(["the red left half"], [None], mode="direct"), without)
     with pytest.raises(ValueError, match="2 texts but 1 images"):
         reloaded.encode(["a", "b"], [None])
+    with pytest.raises(ValueError, match="text-only TRACE models; this one is a vision-language model"):
+        export_sentence_transformers(reloaded, tmp_path / "st")
 
 
 def _load_worker():

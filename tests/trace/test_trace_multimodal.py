@@ -215,6 +215,28 @@ def test_image_max_pixels_resizes_the_images_and_is_saved(vlm_trainer, image_row
     assert encoder.vision.process([image_rows[0]["query_image"]]).num_tokens == [1]
 
 
+def test_no_duplicates_batches_compare_candidates_by_text_and_image(trace_vlm_path, trace_args):
+    """Image-only positives all have the empty text: duplicates are told apart (and found) by their pixels."""
+    from trace_image_rows import COLOURS, two_colour_image
+
+    names = list(COLOURS)
+    rows = [
+        {
+            "query": f"the {names[i % 4]} left half",
+            "positive": "",
+            "positive_image": two_colour_image(names[i % 4], "red"),
+        }
+        for i in range(8)
+    ]
+    args = trace_args(per_device_train_batch_size=4)
+    trainer = TraceEmbedTrainer(trace_vlm_path, args=args, train_dataset=Dataset.from_list(rows))
+    batches = list(trainer.get_train_dataloader().batch_sampler)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert [len(b) for b in batches] == [4, 4]  # equal empty texts alone would not count as duplicates
+    for batch in batches:  # rows i and i + 4 share an image
+        assert len({i % 4 for i in batch}) == len(batch), batch
+
+
 def test_image_columns_need_a_vision_model(trace_model_path, trace_args, image_dataset):
     with pytest.raises(ValueError, match=r"image columns \['negative_image', 'positive_image', 'query_image'\]"):
         TraceEmbedTrainer(trace_model_path, args=trace_args(), train_dataset=image_dataset)

@@ -13,7 +13,6 @@ Qwen2.5-VL rule, so a model whose image processor gives no ``image_grid_thw`` is
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -48,16 +47,6 @@ def load_image(image: ImageLike, where: str = "image"):
         with Image.open(image) as opened:
             return opened.convert("RGB")
     raise TypeError(f"{where}: expected a PIL image, an image path or None, got {type(image).__name__}")
-
-
-def image_key(image: ImageLike) -> str | None:
-    """A hashable identity of an image (its path, or a digest of its pixels), for duplicate detection."""
-    if image is None:
-        return None
-    if isinstance(image, str | os.PathLike):
-        return f"path:{os.fspath(image)}"
-    rgb = load_image(image)
-    return f"pixels:{rgb.size}:{hashlib.sha1(rgb.tobytes()).hexdigest()}"
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,13 @@ from trl.trainer.utils import create_model_from_path
 import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
 from trl_mars.embed.collator import IMAGE_SUFFIX, TraceCollator, check_columns, image_columns, negative_columns
 from trl_mars.embed.encoder import EncoderSettings, TraceEncoder, accepts_logits_to_keep, last_hidden_and_logits
+from trl_mars.embed.evaluation import image_key
 from trl_mars.embed.prompts import add_emb_token, prompt_parts
 from trl_mars.embed.sampler import NoDuplicatesBatchSampler
 from trl_mars.embed.vision import (
     VisionSpec,
     freeze_vision_encoder,
     has_vision,
-    image_key,
     limit_image_pixels,
     slice_vision_inputs,
     vision_encoder_pattern,

@@ -237,9 +237,12 @@ def test_no_duplicates_batches_compare_candidates_by_text_and_image(trace_vlm_pa
         assert len({i % 4 for i in batch}) == len(batch), batch
 
 
-def test_image_columns_need_a_vision_model(trace_model_path, trace_args, image_dataset):
+def test_image_columns_need_a_vision_model(trace_model_path, trace_args, image_dataset, image_rows):
     with pytest.raises(ValueError, match=r"image columns \['negative_image', 'positive_image', 'query_image'\]"):
         TraceEmbedTrainer(trace_model_path, args=trace_args(), train_dataset=image_dataset)
+    text_rows = Dataset.from_list([{"query": r["query"], "positive": r["negative"]} for r in image_rows])
+    with pytest.raises(ValueError, match="image_max_pixels is set but the model .* has no image processor"):
+        TraceEmbedTrainer(trace_model_path, args=trace_args(image_max_pixels=784), train_dataset=text_rows)
 
 
 def test_a_vlm_trains_on_text_only_rows(trace_vlm_path, trace_args, image_rows):

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from trl_mars.extras import require
+
 ImageLike = Any
 """A ``PIL.Image.Image``, a path (``str`` / ``os.PathLike``) to an image file, or ``None`` (no image)."""
 
@@ -37,6 +39,7 @@ def has_vision(config) -> bool:
 
 def load_image(image: ImageLike, where: str = "image"):
     """An RGB ``PIL.Image`` from a PIL image or a path; a clear error naming ``where`` otherwise."""
+    require("PIL", "vision", "images in TRACE prompts", package="pillow")
     from PIL import Image
 
     if isinstance(image, Image.Image):

@@ -143,7 +143,9 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         if isinstance(model, str):
             model = self._load_model(model, args, quantization_config)
         tokenizer, image_processor = self._processing(processing_class, model, model_id)
-        if image_processor is not None and args.image_max_pixels is not None:
+        if args.image_max_pixels is not None:
+            if image_processor is None:
+                raise ValueError(f"image_max_pixels is set but the model {model_id!r} has no image processor")
             limit_image_pixels(image_processor, args.image_max_pixels)
         images = sorted({c for d in [train_dataset, *evals.values()] for c in image_columns(_column_names(d))})
         if images and image_processor is None:

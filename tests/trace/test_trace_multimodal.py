@@ -325,6 +325,12 @@ def test_saved_vlm_reloads_and_encodes_with_images(vlm_trainer, image_rows, tmp_
         reloaded.encode(["a", "b"], [None])
     with pytest.raises(ValueError, match="text-only TRACE models; this one is a vision-language model"):
         export_sentence_transformers(reloaded, tmp_path / "st")
+    if lora:  # an adapter folder without the image processor falls back to the base model's
+        (out / "preprocessor_config.json").unlink()
+        again = TraceEncoder.from_pretrained(out)
+        torch.testing.assert_close(
+            again.encode(texts, images, mode="direct"), reloaded.encode(texts, images, mode="direct")
+        )
 
 
 def _load_worker():

@@ -132,7 +132,10 @@ def load_trace_model(
         model = PeftModel.from_pretrained(base, path)
     else:
         model = auto.from_pretrained(path, **model_kwargs)
-    image_processor = AutoImageProcessor.from_pretrained(path) if has_vision(config) else None
+    image_processor = None
+    if has_vision(config):  # saved next to the weights by TraceEmbedTrainer, else the base model's
+        saved = Path(path, "preprocessor_config.json").exists()
+        image_processor = AutoImageProcessor.from_pretrained(path if saved else base_path)
     return model, tokenizer, image_processor
 
 

@@ -204,6 +204,27 @@ def test_freeze_vision_tower_freezes_the_encoder_and_keeps_the_projector(vlm_tra
         assert bool(vision_blocks) is (not freeze), (freeze, sorted(vision_blocks)[:3])
 
 
+def test_qwen2_5_vl_trains_with_lora_kept_off_its_vision_mlp(tiny_cache, trace_args, image_dataset):
+    """Qwen2.5-VL's vision MLP is named like the language model's (gate/up/down_proj): a LoRA target list hits
+    it unless the vision encoder is excluded."""
+    from peft import LoraConfig
+
+    from trl_mars.testing import tiny_vlm_path
+
+    path = tiny_vlm_path("qwen2_5_vl", cache_dir=tiny_cache)
+    targets = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+    for freeze in (True, False):
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM")
+        args = trace_args(max_steps=1, freeze_vision_tower=freeze)
+        trainer = TraceEmbedTrainer(path, args=args, train_dataset=image_dataset, peft_config=lora)
+        adapted = [n for n, p in trainer.model.named_parameters() if "lora_A" in n]
+        in_vision = [n for n in adapted if ".visual." in n]
+        assert any(".language_model." in n for n in adapted)
+        assert bool(in_vision) is (not freeze), in_vision[:3]
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+
+
 def test_image_max_pixels_resizes_the_images_and_is_saved(vlm_trainer, image_rows, tmp_path):
     """784 pixels = one 28x28 merged token per image (4 without the cap)."""
     trainer = vlm_trainer(image_max_pixels=28 * 28, output_dir=str(tmp_path / "small"))

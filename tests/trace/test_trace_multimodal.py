@@ -104,6 +104,11 @@ def test_collator_rejects_an_image_that_max_length_cuts(vlm_trainer, image_rows)
     collator.max_length = prefix + 3 + len(collator.query_parts.suffix_ids) + 1
     with pytest.raises(ValueError, match="query row 0: 2 image tokens in the prompt, expected 4"):
         trainer.data_collator(image_rows[:2])
+    collator.max_length = 128
+    with pytest.raises(FileNotFoundError, match="query_image 1: image file '/no/such.png' does not exist"):
+        collator([image_rows[0], {**image_rows[1], "query_image": "/no/such.png"}])
+    with pytest.raises(TypeError, match="positive_image"):
+        collator([{**image_rows[0], "positive_image": 3}])
 
 
 def _row_forward(model, tokenizer, vision, ids: list[int], image):

@@ -114,8 +114,8 @@ class TraceCollator:
             for i, ids in enumerate(rows):
                 check_image_tokens(ids, self.vision.image_token_id, images.num_tokens[i], f"{where} row {i}")
 
-    def _candidates(self, texts: list[str], images: list, prefix: str) -> dict[str, torch.Tensor]:
-        batch_images = self.images(images, f"{prefix} images")
+    def _candidates(self, texts: list[str], images: list, prefix: str, where: str) -> dict[str, torch.Tensor]:
+        batch_images = self.images(images, where)
         rows = [self.candidate_ids(text, self.placeholder(batch_images, i)) for i, text in enumerate(texts)]
         self._check(rows, batch_images, prefix)
         ids, mask = left_pad(rows, self.tokenizer.pad_token_id)
@@ -144,10 +144,11 @@ class TraceCollator:
         if self.vision is not None:
             batch.update(batch_vision_inputs("query", q_images, q_ids, self.vision.image_token_id))
         positives = [ex.get("positive_image") for ex in examples]
-        batch.update(self._candidates([ex["positive"] for ex in examples], positives, "candidate"))
+        batch.update(self._candidates([ex["positive"] for ex in examples], positives, "candidate", "positive_image"))
         columns = [(ex, c) for ex in examples for c in negative_columns(ex)]
         if columns:
             texts = [ex[c] for ex, c in columns]
             images = [ex.get(c + IMAGE_SUFFIX) for ex, c in columns]
-            batch.update(self._candidates(texts, images, "negative"))
+            where = "negative images (row-major over the negative columns)"
+            batch.update(self._candidates(texts, images, "negative", where))
         return batch

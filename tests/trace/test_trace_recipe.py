@@ -53,7 +53,7 @@ def test_multimodal_recipe_learns_retrieval_and_routing_against_a_no_update_run(
     for name, extra in (("trained", []), ("no_update", ["--learning_rate", "0", "--max_steps", "2"])):
         out = tmp_path / name
         cmd = [sys.executable, str(RECIPE), "--config", str(MULTIMODAL_CONFIG), "--output_dir", str(out)]
-        cmd += ["--num_scenes", "120", *extra]
+        cmd += ["--num_scenes", "160", *extra]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]
         assert "hit@10/task7" in result.stdout and "reasoning_rate/task3" in result.stdout

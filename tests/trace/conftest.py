@@ -1,8 +1,28 @@
-"""Fixtures of the TRACE tests: a MovieLens retrieval task and a tiny Qwen2 with a movie-vocabulary tokenizer."""
+"""Fixtures of the TRACE tests: a MovieLens retrieval task, a tiny Qwen2 with a movie-vocabulary tokenizer, a tiny
+Qwen2-VL and rows with images (two-colour 56x56 PIL images, from trace_image_rows.py)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+
+def _register_image_rows() -> None:
+    """Make ``import trace_image_rows`` work (the tests use ``--import-mode=importlib``: no sys.path entry)."""
+    import importlib.util
+
+    if "trace_image_rows" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "trace_image_rows", Path(__file__).with_name("trace_image_rows.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["trace_image_rows"] = module
+        spec.loader.exec_module(module)
+
+
+_register_image_rows()
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +51,18 @@ def trace_args(tmp_path):
         return TraceConfig(**kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trace_vlm_path(tiny_cache) -> str:
+    """A tiny Qwen2-VL (images become 4x4 patches = 4 image tokens) with a tokenizer trained on the rows' words."""
+    from trace_image_rows import tiny_trace_vlm_path
+
+    return tiny_trace_vlm_path(tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def image_rows() -> list[dict]:
+    from trace_image_rows import image_rows
+
+    return image_rows()

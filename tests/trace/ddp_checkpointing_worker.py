@@ -1,7 +1,8 @@
 """Two GradCache steps of TraceEmbedTrainer under torchrun with gradient checkpointing and L_gen on.
 
-Usage: torchrun --nproc_per_node 2 ddp_checkpointing_worker.py MODEL_PATH OUT_DIR. Each rank writes
+Usage: torchrun --nproc_per_node 2 ddp_checkpointing_worker.py MODEL_PATH OUT_DIR [images]. Each rank writes
 ``OUT_DIR/rank<r>.pt`` with its logged losses and its parameters after training (DDP keeps ranks identical).
+``images``: the multimodal rows of ``trace_image_rows`` with a vision-language model at MODEL_PATH.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from trl_mars.trainers.trace_config import TraceConfig
 from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
 
 
-def main(model_path: str, out_dir: Path) -> None:
-    task = build_movielens_retrieval_task(num_movies=40, seed=0)
+def main(model_path: str, out_dir: Path, images: bool = False) -> None:
     args = TraceConfig(
         **{**TINY_TRACE_ARGS, "gradient_checkpointing": True},
         output_dir=str(out_dir / "run"),
@@ -30,7 +30,13 @@ def main(model_path: str, out_dir: Path) -> None:
         use_cpu=True,
         logging_steps=1,
     )
-    dataset = Dataset.from_list(task.train_rows(hard_negative=True)[:24])
+    if images:
+        from trace_image_rows import image_rows
+
+        dataset = Dataset.from_list(image_rows(16))
+    else:
+        task = build_movielens_retrieval_task(num_movies=40, seed=0)
+        dataset = Dataset.from_list(task.train_rows(hard_negative=True)[:24])
     trainer = TraceEmbedTrainer(model_path, args=args, train_dataset=dataset)
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -43,4 +49,4 @@ def main(model_path: str, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), images=sys.argv[3:] == ["images"])

@@ -1,6 +1,7 @@
 """One SGD step of TraceEmbedTrainer on 8 rows: under torchrun 2 x 4 rows, in-process 1 x 8 rows.
 
-Usage: torchrun ... ddp_trainer_worker.py MODEL_PATH OUT_DIR MINI_BATCH_SIZE (0 = no GradCache).
+Usage: torchrun ... ddp_trainer_worker.py MODEL_PATH OUT_DIR MINI_BATCH_SIZE (0 = no GradCache) [images]
+(``images``: the multimodal rows of ``trace_image_rows`` with a vision-language model at MODEL_PATH).
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from trl_mars.trainers.trace_config import TraceConfig
 from trl_mars.trainers.trace_trainer import TraceEmbedTrainer
 
 
-def run_one_step(model_path: str, out_dir: Path, mini_batch_size: int) -> dict:
+def run_one_step(model_path: str, out_dir: Path, mini_batch_size: int, images: bool = False) -> dict:
     """Train one step; returns (and on rank 0 saves) the logged loss and every parameter's change."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    task = build_movielens_retrieval_task(num_movies=40, seed=0)
-    dataset = Dataset.from_list(task.train_rows(hard_negative=True)[:8])
+    if images:
+        from trace_image_rows import image_rows
+
+        dataset = Dataset.from_list(image_rows(8))
+    else:
+        task = build_movielens_retrieval_task(num_movies=40, seed=0)
+        dataset = Dataset.from_list(task.train_rows(hard_negative=True)[:8])
     args = TraceConfig(
         **TINY_TRACE_ARGS,
         output_dir=str(out_dir / "run"),
@@ -54,4 +60,4 @@ def run_one_step(model_path: str, out_dir: Path, mini_batch_size: int) -> dict:
 
 
 if __name__ == "__main__":
-    run_one_step(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]))
+    run_one_step(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), images=sys.argv[4:] == ["images"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from trl_mars.embed.collator import TraceCollator, check_columns, left_pad, negative_columns
+from trl_mars.embed.collator import TraceCollator, check_columns, image_columns, left_pad, negative_columns
 from trl_mars.embed.metrics import retrieval_metrics
 from trl_mars.embed.movielens_task import GENRE_PHRASES, decade, movie_description
 from trl_mars.embed.prompts import add_emb_token, emb_token_id, prompt_ids, prompt_parts
@@ -72,13 +72,14 @@ def test_columns_are_checked():
     check_columns(["query", "positive", "negative_1"])
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['positive'\]"):
         check_columns(["query", "query_target"])
-    with pytest.raises(NotImplementedError, match="image"):
-        check_columns(["query", "positive", "query_image"])
-    assert negative_columns(["negative_2", "query", "negative", "negative_1", "negatives"]) == [
-        "negative",
-        "negative_1",
-        "negative_2",
-    ]
+    check_columns(["query", "positive", "query_image", "positive_image", "negative_1", "negative_1_image"])
+    with pytest.raises(ValueError, match=r"\['image'\]; TRACE reads images from 'query_image'"):
+        check_columns(["query", "positive", "image"])
+    with pytest.raises(ValueError, match=r"image column\(s\) \['negative_2_image'\] without their text column"):
+        check_columns(["query", "positive", "negative_1", "negative_2_image"])
+    columns = ["negative_2", "query", "negative", "negative_1", "negatives", "negative_image", "negative_1_image"]
+    assert negative_columns(columns) == ["negative", "negative_1", "negative_2"]
+    assert image_columns([*columns, "positive_image"]) == ["positive_image", "negative_image", "negative_1_image"]
 
 
 def test_left_pad():

@@ -37,6 +37,7 @@ def train_dataset(trace_task) -> Dataset:
         ({"packing": True}, r"\['packing'\] are SFT options"),
         ({"emb_token": ""}, "emb_token must be a non-empty string"),
         ({"batch_sampler": "group_by_label"}, "batch_sampler must be one of"),
+        ({"image_max_pixels": 700}, "image_max_pixels must be >= 784"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, match):

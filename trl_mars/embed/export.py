@@ -6,6 +6,10 @@ Layout: Transformer (weights + a tokenizer whose post-processor appends the chat
 ``model.encode(texts, prompt_name="query")`` tokenises ``prefix + text + suffix`` and pools the last state, which
 is the pre-``<|emb|>`` state of TRACE's ``direct`` mode; ``prompt_name="document"`` gives the candidate embedding.
 sentence-transformers cannot decode, so reasoning (``routed``/``cot``) stays with ``TraceEncoder``.
+
+Text-only models only: a vision-language encoder is rejected. sentence-transformers 6.2 loads a VLM folder through
+``AutoProcessor``, whose Qwen2-VL processor needs torchvision (for its video processor); that path was not run here
+and is not claimed to reproduce TRACE's image embeddings. Serve images with ``TraceEncoder.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from tokenizers import processors
 
 from trl_mars.embed.encoder import TraceEncoder
+from trl_mars.embed.vision import has_vision
 
 MODULES = [
     {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -33,6 +38,11 @@ def _write_json(path: Path, obj: dict | list) -> None:
 
 def export_sentence_transformers(encoder: TraceEncoder, output_dir: str | os.PathLike) -> Path:
     """Write ``encoder`` as a sentence-transformers model; LoRA adapters are merged into the weights (in place)."""
+    if encoder.vision is not None or has_vision(encoder.model.config):
+        raise ValueError(
+            "export_sentence_transformers is for text-only TRACE models; this one is a vision-language model: load "
+            "it with TraceEncoder.from_pretrained(path) and encode(texts, images=...)"
+        )
     out = Path(output_dir)
     model = encoder.model
     if hasattr(model, "merge_and_unload"):

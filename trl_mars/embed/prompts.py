@@ -4,6 +4,7 @@ A text is embedded from ``prefix + text + suffix (+ target)``, where ``prefix``/
 template rendered around the user text (system instruction first, generation prompt last). Queries are followed by
 the target ``[CoT; <|emb|>]``, candidates by ``<|emb|>`` only. ``prefix + text`` is tokenised as one string (so a
 sentence-transformers prompt prefix gives the same ids) and truncated on the right so the suffix and target survive.
+An item with an image has the image's placeholder between the prefix and the text (``trl_mars.embed.vision``).
 """
 
 from __future__ import annotations
@@ -42,14 +43,17 @@ def prompt_parts(tokenizer: PreTrainedTokenizerBase, instruction: str) -> Prompt
     return PromptParts(prefix, suffix, tuple(tokenizer(suffix, add_special_tokens=False)["input_ids"]))
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, parts: PromptParts, text: str, max_tokens: int) -> list[int]:
-    """Token ids of ``prefix + text`` (right-truncated to fit) followed by the suffix; at most ``max_tokens`` ids."""
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, parts: PromptParts, text: str, max_tokens: int, image: str = ""
+) -> list[int]:
+    """Token ids of ``prefix + image + text`` (right-truncated to fit) followed by the suffix; at most ``max_tokens``
+    ids. ``image`` is an image's placeholder text (``VisionSpec.placeholder``), empty for a text-only item."""
     budget = max_tokens - len(parts.suffix_ids)
     if budget <= 0:
         raise ValueError(
             f"max length {max_tokens} leaves no room for the text after the {len(parts.suffix_ids)} suffix ids"
         )
-    ids = tokenizer(parts.prefix + text, add_special_tokens=False)["input_ids"][:budget]
+    ids = tokenizer(parts.prefix + image + text, add_special_tokens=False)["input_ids"][:budget]
     return [*ids, *parts.suffix_ids]
 
 

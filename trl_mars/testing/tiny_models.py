@@ -1,4 +1,5 @@
-"""Offline tiny models: a locally trained byte-level BPE tokenizer and tiny Qwen2/Llama causal LMs.
+"""Offline tiny models: a locally trained byte-level BPE tokenizer, tiny Qwen2/Llama causal LMs and tiny
+Qwen2-VL / Qwen2.5-VL vision-language models (with their image processor).
 
 Everything is built from configs on the spot (no hub access) and saved with ``save_pretrained`` so that
 every code path loads it by path, exactly as it would load ``Qwen/Qwen3-8B``.
@@ -17,17 +18,25 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
     Qwen2Config,
+    Qwen2VLConfig,
 )
 
 from trl_mars.data.locations import cache_dir as default_cache_dir
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = resources.files("trl_mars.testing").joinpath("chat_template.jinja").read_text()
+VL_CHAT_TEMPLATE = resources.files("trl_mars.testing").joinpath("chat_template_vl.jinja").read_text()
+"""ChatML that also renders content blocks: ``{"type": "image"}`` as ``<|vision_start|><|image_pad|><|vision_end|>``
+(as Qwen2-VL's template does) and ``{"type": "text"}`` as its text."""
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+TINY_VLM_ARCHS = ("qwen2_vl", "qwen2_5_vl")
 TINY_ARCHS = ("qwen2", "llama")
 HEADS = {"causal-lm": AutoModelForCausalLM, "reward": AutoModelForSequenceClassification}
 """``head`` of a tiny model: a causal LM, or a one-label sequence classifier (a reward model, as TRL trains)."""
@@ -136,6 +145,121 @@ def tiny_model_path(
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
         save_tiny_model(arch, staging, head=head, **overrides)
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race; its copy is identical
+            pass
+    return str(target)
+
+
+def tiny_vlm_config(arch: str, tokenizer: PreTrainedTokenizerFast, **overrides) -> PretrainedConfig:
+    """A tiny Qwen2-VL / Qwen2.5-VL config: the text model of ``tiny_config`` (M-RoPE sections 2/3/3 of the 16-dim
+    heads), a one- or two-block vision tower with 14-pixel patches and 2x2 merging, image ids from ``tokenizer``.
+
+    ``overrides`` go to the text config (``hidden_size`` also sizes the vision tower's output).
+    """
+    if arch not in TINY_VLM_ARCHS:
+        raise ValueError(f"arch must be one of {TINY_VLM_ARCHS}, got {arch!r}")
+    missing = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the vision tokens {missing}; build it with add_vision_tokens()")
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    text.update(overrides)
+    if arch == "qwen2_vl":
+        vision = dict(depth=1, embed_dim=32, hidden_size=text["hidden_size"], num_heads=2, mlp_ratio=2)
+    else:
+        vision = dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=text["hidden_size"],
+            num_heads=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    return (Qwen2VLConfig if arch == "qwen2_vl" else Qwen2_5_VLConfig)(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
+
+
+def add_vision_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Add Qwen2-VL's image/video special tokens and the block-aware chat template to ``tokenizer`` (in place)."""
+    new = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_vlm(
+    path: str | os.PathLike,
+    arch: str = "qwen2_vl",
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    image_pixels: int = 56 * 56,
+    seed: int = 0,
+    **overrides,
+) -> Path:
+    """Build a randomly initialised tiny VLM and save it at ``path`` with its tokenizer (plus the vision tokens) and
+    a ``Qwen2VLImageProcessor`` that resizes every image to about ``image_pixels`` pixels (56x56: a 4x4 patch grid,
+    i.e. 4 image tokens after 2x2 merging), so ``AutoModelForImageTextToText`` / ``AutoImageProcessor`` load it."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = add_vision_tokens(tokenizer if tokenizer is not None else build_tiny_tokenizer())
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(tiny_vlm_config(arch, tokenizer, **overrides))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    Qwen2VLImageProcessorPil(min_pixels=image_pixels, max_pixels=image_pixels).save_pretrained(path)
+    return path
+
+
+def tiny_vlm_path(
+    arch: str = "qwen2_vl",
+    cache_dir: str | os.PathLike | None = None,
+    tokenizer_corpus: Iterable[str] | None = None,
+    vocab_size: int = 1024,
+    **overrides,
+) -> str:
+    """Path of a cached tiny VLM (built on first use; atomic rename as ``tiny_model_path``), keyed by architecture,
+    tokenizer corpus, vocabulary size and overrides (``image_pixels``, text-config fields)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    corpus = None if tokenizer_corpus is None else list(tokenizer_corpus)
+    named = (
+        arch,
+        vocab_size,
+        sorted(overrides.items()),
+        None if corpus is None else hashlib.sha256("\x00".join(corpus).encode()).hexdigest(),
+    )
+    key = hashlib.sha256(repr(named).encode()).hexdigest()[:12]
+    target = root / f"tiny-{arch}-{key}"
+    if not (target / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+        save_tiny_vlm(staging, arch, tokenizer=build_tiny_tokenizer(corpus, vocab_size=vocab_size), **overrides)
         try:
             staging.rename(target)
         except OSError:  # another process won the race; its copy is identical

@@ -59,6 +59,23 @@ class TraceConfig(SFTConfig):
     max_reasoning_tokens: int = field(
         default=128, metadata={"help": "Max CoT tokens decoded at inference before <|emb|> is forced."}
     )
+    image_max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Vision-language models: resize every image to at most this many pixels (the Qwen2-VL image "
+            "processor's max_pixels; image tokens = pixels / 28^2 at most), saved with the model. None keeps the "
+            "processor's setting."
+        },
+    )
+    freeze_vision_tower: bool = field(
+        default=True,
+        metadata={
+            "help": "Vision-language models: the vision encoder (patch embedding and blocks) gets no gradient "
+            "(requires_grad=False, and no LoRA adapters there); its projector (Qwen2-VL's merger) stays trainable, "
+            "as in TRACE. False trains the vision tower too (fully, or through LoRA where the target modules match). "
+            "No effect on a text-only model."
+        },
+    )
 
     def __post_init__(self):
         self._check_trace_fields()
@@ -84,6 +101,8 @@ class TraceConfig(SFTConfig):
             raise ValueError("emb_token must be a non-empty string")
         if self.max_target_length < 1:
             raise ValueError(f"max_target_length must be >= 1 (room for <|emb|>), got {self.max_target_length}")
+        if self.image_max_pixels is not None and self.image_max_pixels < 28 * 28:
+            raise ValueError(f"image_max_pixels must be >= 784 (one 28x28 image token), got {self.image_max_pixels}")
         if self.max_reasoning_tokens < 1:
             raise ValueError(f"max_reasoning_tokens must be >= 1, got {self.max_reasoning_tokens}")
         longest = max(self.max_target_length, self.max_reasoning_tokens + 1)

@@ -5,11 +5,17 @@ simple queries learn to emit ``<|emb|>`` first) and the query embedding (pre-``<
 ``[prompt; <|emb|>]``. ``L = lambda_gen * L_gen + lambda_ret * InfoNCE(q, [c; negatives])`` with embeddings
 gathered across ranks (local gradient kept). ``mini_batch_size`` switches to GradCache: embeddings are computed
 without gradients, ``dL/de`` is cached, and each chunk is re-run with gradients when the Trainer calls backward.
+
+Vision-language models (Qwen2-VL family, loaded with their image processor): rows may carry images
+(``query_image``, ``positive_image``, ``<negative>_image``); every forward, the GradCache replay included, gets the
+rows' ``pixel_values`` / ``image_grid_thw`` / ``mm_token_type_ids``, so the vision tower runs inside the replayed
+forward. ``freeze_vision_tower`` (default) keeps the vision encoder frozen and LoRA off it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from collections.abc import Callable
 from functools import partial
@@ -18,15 +24,25 @@ from typing import Any
 import torch
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers.processing_utils import ProcessorMixin
 from trl import SFTTrainer
 from trl.trainer.utils import create_model_from_path
 
 import trl_mars.models.moda  # noqa: F401 - registers model_type "moda": MoDA checkpoints load by path
-from trl_mars.embed.collator import TraceCollator, check_columns, negative_columns
+from trl_mars.embed.collator import IMAGE_SUFFIX, TraceCollator, check_columns, image_columns, negative_columns
 from trl_mars.embed.encoder import EncoderSettings, TraceEncoder, accepts_logits_to_keep, last_hidden_and_logits
+from trl_mars.embed.evaluation import image_key
 from trl_mars.embed.prompts import add_emb_token, prompt_parts
 from trl_mars.embed.sampler import NoDuplicatesBatchSampler
+from trl_mars.embed.vision import (
+    VisionSpec,
+    freeze_vision_encoder,
+    has_vision,
+    limit_image_pixels,
+    slice_vision_inputs,
+    vision_encoder_pattern,
+)
 from trl_mars.losses.trace import (
     IGNORE_INDEX,
     embed_chunks,
@@ -59,6 +75,20 @@ def emb_trainable_peft_config(peft_config, model: PreTrainedModel, emb_id: int):
     for name in modules:
         indices[name] = sorted({*indices.get(name, []), emb_id})
     peft_config.trainable_token_indices = indices
+    return peft_config
+
+
+def exclude_vision_encoder(peft_config, model: PreTrainedModel):
+    """Keep LoRA off the vision encoder: its module names are added to ``peft_config.exclude_modules`` (a regex)."""
+    pattern = vision_encoder_pattern(model)
+    if pattern is None:
+        return peft_config
+    user = peft_config.exclude_modules
+    if isinstance(user, str):
+        pattern = f"(?:{user})|(?:{pattern})"
+    elif user:
+        pattern = "|".join([f"(?:{pattern})", *(rf"(?:(.*\.)?{re.escape(name)})" for name in user)])
+    peft_config.exclude_modules = pattern
     return peft_config
 
 
@@ -112,10 +142,29 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         set_seed(args.seed)  # the new <|emb|> row is sampled around the mean embedding: make it reproducible
         if isinstance(model, str):
             model = self._load_model(model, args, quantization_config)
-        tokenizer = processing_class if processing_class is not None else AutoTokenizer.from_pretrained(model_id)
+        tokenizer, image_processor = self._processing(processing_class, model, model_id)
+        if args.image_max_pixels is not None:
+            if image_processor is None:
+                raise ValueError(f"image_max_pixels is set but the model {model_id!r} has no image processor")
+            limit_image_pixels(image_processor, args.image_max_pixels)
+        images = sorted({c for d in [train_dataset, *evals.values()] for c in image_columns(_column_names(d))})
+        if images and image_processor is None:
+            kind = "has no vision tower" if not has_vision(model.config) else "has no image processor"
+            raise ValueError(
+                f"the datasets have image columns {images} but the model {model_id!r} {kind}; use a vision-language "
+                "model (e.g. Qwen2-VL) saved with its image processor, or pass processing_class=its processor"
+            )
         emb_id, _ = add_emb_token(tokenizer, args.emb_token)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
+        if has_vision(model.config):
+            if args.freeze_vision_tower:
+                freeze_vision_encoder(model)
+                if peft_config is not None:
+                    peft_config = exclude_vision_encoder(peft_config, model)
+            if args.ddp_find_unused_parameters is None:
+                # a batch without images leaves the vision tower (its projector, at least) without gradient
+                args.ddp_find_unused_parameters = True
         if peft_config is not None:
             peft_config = emb_trainable_peft_config(peft_config, model, emb_id)
         super().__init__(
@@ -129,6 +178,8 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
             peft_config=peft_config,
         )
         self.emb_token_id = emb_id
+        self.image_processor = image_processor
+        self.vision = VisionSpec.from_model(model.config, tokenizer, image_processor) if image_processor else None
         self.data_collator = TraceCollator(
             tokenizer=tokenizer,
             emb_token_id=emb_id,
@@ -136,10 +187,29 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
             candidate_parts=prompt_parts(tokenizer, args.candidate_instruction),
             max_length=args.max_length,
             max_target_length=args.max_target_length,
+            vision=self.vision,
         )
         self.negative_columns = negative_columns(_column_names(train_dataset))
         self.counts = {"queries_seen": 0, "reasoning_queries_seen": 0}
         self._logits_to_keep = accepts_logits_to_keep(self.model)
+
+    @staticmethod
+    def _processing(processing_class, model: PreTrainedModel, model_id: str) -> tuple[PreTrainedTokenizerBase, object]:
+        """The tokenizer and, for a vision-language model, its image processor (None otherwise).
+
+        ``processing_class`` may be a tokenizer or a processor (its ``tokenizer`` and ``image_processor`` are used);
+        by default both load from ``model_id`` (the image processor from ``preprocessor_config.json``).
+        """
+        if isinstance(processing_class, ProcessorMixin):
+            return processing_class.tokenizer, getattr(processing_class, "image_processor", None)
+        tokenizer = processing_class if processing_class is not None else AutoTokenizer.from_pretrained(model_id)
+        image_processor = None
+        if has_vision(model.config):
+            try:
+                image_processor = AutoImageProcessor.from_pretrained(model_id)
+            except OSError:  # no preprocessor_config.json: the model can only be trained on text
+                image_processor = None
+        return tokenizer, image_processor
 
     @staticmethod
     def _load_model(model_id: str, args: TraceConfig, quantization_config) -> PreTrainedModel:
@@ -153,12 +223,17 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         return create_model_from_path(model_id, **kwargs)
 
     def get_train_dataloader(self) -> DataLoader:
-        """With ``batch_sampler="no_duplicates"``, batches from ``NoDuplicatesBatchSampler`` over the rows' candidate
-        texts (positive and hard negatives); otherwise the Trainer's."""
+        """With ``batch_sampler="no_duplicates"``, batches from ``NoDuplicatesBatchSampler`` over the rows' candidates
+        (positive and hard negatives, each a (text, image) pair); otherwise the Trainer's."""
         if self.args.batch_sampler != "no_duplicates":
             return super().get_train_dataloader()
-        columns = ["positive", *self.negative_columns]
-        keys = [frozenset(row.values()) for row in self.train_dataset.select_columns(columns)]
+        texts = ["positive", *self.negative_columns]
+        present = set(self.train_dataset.column_names)
+        columns = [c for t in texts for c in (t, t + IMAGE_SUFFIX) if c in present]
+        keys = [
+            frozenset((row[t], image_key(row.get(t + IMAGE_SUFFIX))) for t in texts)
+            for row in self.train_dataset.select_columns(columns)
+        ]
         sampler = NoDuplicatesBatchSampler(
             keys,
             self._train_batch_size,
@@ -177,13 +252,16 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         return self.accelerator.prepare(loader)
 
     # ---------------------------------------------------------------- forward pieces
-    def _hidden(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return last_hidden_and_logits(model, input_ids, attention_mask, self._logits_to_keep)[0]
+    def _hidden(self, model, inputs: Inputs, prefix: str, rows: slice) -> torch.Tensor:
+        """Last hidden states of rows ``rows`` of group ``prefix``, with their images' vision inputs."""
+        vision = slice_vision_inputs(inputs, prefix, rows)
+        ids, mask = inputs[f"{prefix}_input_ids"][rows], inputs[f"{prefix}_attention_mask"][rows]
+        return last_hidden_and_logits(model, ids, mask, self._logits_to_keep, **vision)[0]
 
     def _query_forward(self, model, inputs: Inputs, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Query embeddings, summed CE on ``CoT; <|emb|>`` and, per row, whether the first-step route is right."""
         ids, labels = inputs["query_input_ids"][rows], inputs["query_labels"][rows]
-        hidden = self._hidden(model, ids, inputs["query_attention_mask"][rows])
+        hidden = self._hidden(model, inputs, "query", rows)
         lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
         ce_sum, _ = generative_ce(hidden, labels, lm_head)
         with torch.no_grad():
@@ -195,7 +273,7 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
 
     def _candidate_forward(self, model, inputs: Inputs, prefix: str, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         ids = inputs[f"{prefix}_input_ids"][rows]
-        hidden = self._hidden(model, ids, inputs[f"{prefix}_attention_mask"][rows])
+        hidden = self._hidden(model, inputs, prefix, rows)
         return pool_pre_token(hidden, ids, self.emb_token_id), hidden.new_zeros(())
 
     def _retrieval_loss(self, q: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None) -> torch.Tensor:
@@ -324,10 +402,14 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
 
     def encoder(self) -> TraceEncoder:
         """A ``TraceEncoder`` over the model being trained (switch it to ``eval()`` before encoding)."""
-        return TraceEncoder(self.accelerator.unwrap_model(self.model), self.processing_class, self.encoder_settings())
+        model = self.accelerator.unwrap_model(self.model)
+        return TraceEncoder(model, self.processing_class, self.encoder_settings(), self.image_processor)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save weights and tokenizer (with ``<|emb|>``), plus ``trace_encoder.json`` for ``TraceEncoder``."""
+        """Save weights and tokenizer (with ``<|emb|>``), the image processor of a VLM, plus ``trace_encoder.json``
+        for ``TraceEncoder``."""
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             self.encoder_settings().save(output_dir or self.args.output_dir)
+            if self.image_processor is not None:
+                self.image_processor.save_pretrained(output_dir or self.args.output_dir)

@@ -29,15 +29,14 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from datasets import Dataset
 
 from trl_mars.embed.encoder import Mode, TraceEncoder
 from trl_mars.embed.metrics import ranking_metrics, top_k_ranking
+from trl_mars.embed.vision import ImageLike
 
-ImageLike = Any  # a PIL.Image.Image, a path (str or os.PathLike), or None
 POOLS = ("global", "local")
 
 

@@ -129,6 +129,10 @@ class CheckRun:
             outputs = scratch.outputs()
         finally:
             scratch.finish()
+        return self.report(outputs, time.monotonic() - t0, self.zygote.isolation)
+
+    def report(self, outputs: list[tuple[str, int]], duration_s: float, isolation: dict) -> dict:
+        """The check's result (an ``ExecutionResult`` as a dict); tests never reached are timeouts."""
         verdicts = [
             v or _verdict(i, t, "timeout", message="not run: the check's time budget was exhausted")
             for i, (v, t) in enumerate(zip(self.verdicts, self.tests))
@@ -136,7 +140,7 @@ class CheckRun:
         truncated = any(size >= self.config.output_cap_bytes for _, size in outputs)
         return {
             "verdicts": verdicts, **self.program, "stdout": outputs[0][0], "stderr": outputs[1][0],
-            "output_truncated": truncated, "duration_s": time.monotonic() - t0, "isolation": self.zygote.isolation,
+            "output_truncated": truncated, "duration_s": duration_s, "isolation": isolation,
         }  # fmt: skip
 
     def child(self, start: int, wfd: int, nonce: str) -> None:
@@ -189,6 +193,11 @@ class CheckRun:
             verdict, message = "crashed", "the sandboxed process sent a malformed or forged report"
         else:
             verdict, message = _describe_exit(status)
+        return self.settle(start, loaded, current, verdict, message)
+
+    def settle(self, start: int, loaded: bool, current: int, verdict: str, message: str) -> int:
+        """After a child ended without finishing its report: blame the program (not loaded: every test from
+        ``start`` gets ``verdict``) or the test it was in; returns the index to continue from."""
         if not loaded:
             self.program = {"program_status": verdict, "program_error": message}
             self.fill(start, verdict, "", message)
@@ -205,47 +214,27 @@ class CheckRun:
         """Read the child's records until it finishes, dies, breaks protocol, overruns a deadline or (without
         a memory cgroup) holds more memory than allowed. Returns (reason, program loaded, index of the test
         to blame/continue at, inside that test)."""
-        loaded, current, in_test, buf = False, start, False, b""
+        records = Records(self, nonce, start)
+        buf = b""
         deadline = time.monotonic() + self.config.timeout_s
         watchdog = self.zygote.group is None
         while True:
             wait = min(deadline, self.deadline) - time.monotonic()
             if wait <= 0:
-                return "timeout", loaded, current, in_test
+                return "timeout", records.loaded, records.current, records.in_test
             if not select.select([rfd], [], [], min(wait, WATCHDOG_S) if watchdog else wait)[0]:
                 if watchdog and limits.memory_in_use(self.zygote.check_pids()) > self.config.memory_bytes:
-                    return "memory", loaded, current, in_test
+                    return "memory", records.loaded, records.current, records.in_test
                 continue
             chunk = os.read(rfd, 1 << 16)
             if not chunk:
-                return "eof", loaded, current, in_test
+                return "eof", records.loaded, records.current, records.in_test
             *lines, buf = (buf + chunk).split(b"\n")
             if len(buf) > MAX_RECORD:
-                return "protocol", loaded, current, in_test
+                return "protocol", records.loaded, records.current, records.in_test
             for line in lines:
-                # the start of the expected test and the final record are known byte for byte: no parsing
-                if line == repr((nonce, "S", current)).encode():
-                    rec = ("S", current)
-                elif line == repr((nonce, "D")).encode():
-                    rec = ("D",)
-                else:
-                    rec = self.parse(line, nonce)
-                kind = rec[0] if rec else None
-                if kind == "L" and not loaded and len(rec) == 4:
-                    loaded = True
-                    if rec[1] != "passed":
-                        self.program = {"program_status": rec[1], "program_error": f"{rec[2]}: {rec[3]}"}
-                        self.fill(start, rec[1], rec[2], rec[3])
-                        return "done", loaded, current, in_test
-                elif kind == "S" and loaded and not in_test and rec[1:] == (current,):
-                    in_test = True
-                elif kind == "E" and in_test and len(rec) == 9 and rec[1] == current and rec[2] in CHILD_STATUSES:
-                    self.verdicts[current] = _verdict(current, self.tests[current], *rec[2:])
-                    current, in_test = current + 1, False
-                elif kind == "D" and loaded and not in_test and current == len(self.tests):
-                    return "done", loaded, current, in_test
-                else:
-                    return "protocol", loaded, current, in_test
+                if reason := records.feed(line):
+                    return reason, records.loaded, records.current, records.in_test
                 deadline = time.monotonic() + self.config.timeout_s
 
     @staticmethod
@@ -274,6 +263,45 @@ class CheckRun:
                     return status
                 self.zygote.kill_check(pid)
                 time.sleep(0.001)
+
+
+class Records:
+    """One child's report, read record by record into its ``CheckRun``: the program's load (``L``), then per
+    test its start (``S``) and end (``E``), then ``D``. ``loaded``, ``current`` (the test to blame or continue
+    at) and ``in_test`` say how far it got."""
+
+    def __init__(self, run: CheckRun, nonce: str, start: int):
+        self.run, self.nonce = run, nonce
+        self.start, self.loaded, self.current, self.in_test = start, False, start, False
+
+    def feed(self, line: bytes) -> str | None:
+        """Take one record line: ``"done"`` (the report is complete), ``"protocol"`` (malformed, forged or out of
+        order) or None (read on)."""
+        run, nonce, current = self.run, self.nonce, self.current
+        # the start of the expected test and the final record are known byte for byte: no parsing
+        if line == repr((nonce, "S", current)).encode():
+            rec = ("S", current)
+        elif line == repr((nonce, "D")).encode():
+            rec = ("D",)
+        else:
+            rec = run.parse(line, nonce)
+        kind = rec[0] if rec else None
+        if kind == "L" and not self.loaded and len(rec) == 4:
+            self.loaded = True
+            if rec[1] != "passed":
+                run.program = {"program_status": rec[1], "program_error": f"{rec[2]}: {rec[3]}"}
+                run.fill(self.start, rec[1], rec[2], rec[3])
+                return "done"
+        elif kind == "S" and self.loaded and not self.in_test and rec[1:] == (current,):
+            self.in_test = True
+        elif kind == "E" and self.in_test and len(rec) == 9 and rec[1] == current and rec[2] in CHILD_STATUSES:
+            run.verdicts[current] = _verdict(current, run.tests[current], *rec[2:])
+            self.current, self.in_test = current + 1, False
+        elif kind == "D" and self.loaded and not self.in_test and current == len(run.tests):
+            return "done"
+        else:
+            return "protocol"
+        return None
 
 
 class Zygote:

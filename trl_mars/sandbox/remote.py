@@ -32,12 +32,12 @@ from pathlib import Path
 
 from trl_mars.sandbox.cases import Check, make_check
 from trl_mars.sandbox.config import SandboxConfig
-from trl_mars.sandbox.pool import SandboxUnavailable, crashed_result, judge
+from trl_mars.sandbox.pool import Sandbox, SandboxUnavailable, crashed_result, judge
 from trl_mars.sandbox.verdict import ExecutionResult
 from trl_mars.sandbox.zygote import CheckRun, Records, _describe_exit
 
 SHIPPED = ("harness.py", "cases.py", "trusted.py", "values.py")  # what the remote child imports, all stdlib-only
-_GRACE_S = 5.0  # the remote's own run limit exceeds the check's budget by this much (interpreter start, driver)
+_GRACE_S = 2.0  # the remote's own run limit exceeds the check's budget by this much (interpreter start, driver)
 
 DRIVER = """\
 import json, os, select, signal, time
@@ -325,3 +325,17 @@ class RemoteSandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_sandbox(config: SandboxConfig, fusion: SandboxFusionConfig | None = None) -> Sandbox | RemoteSandbox:
+    """The local ``Sandbox`` with ``config``, or with ``fusion`` a ``RemoteSandbox`` whose server answered a ping
+    (``SandboxUnavailable`` naming the URL otherwise: before any check is submitted)."""
+    if fusion is None:
+        return Sandbox(config)
+    sandbox = RemoteSandbox(fusion, config)
+    try:
+        sandbox.start()
+    except SandboxUnavailable:
+        sandbox.close()
+        raise
+    return sandbox

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trl_mars.argtypes import HelpFormatter, non_negative_float, positive_float, positive_int, probability
-from trl_mars.eval.cli import add_benchmark_options, load_benchmark
+from trl_mars.eval.cli import add_benchmark_options, add_verifier_options, load_benchmark, open_verifier_sandbox
 from trl_mars.eval.datasets import HUMANEVAL
 from trl_mars.eval.loaders import CodeProblem
 from trl_mars.eval.rows import DataError
-from trl_mars.sandbox import Sandbox, SandboxConfig
+from trl_mars.sandbox import SandboxConfig
 from trl_mars.search.backends import SamplingConfig, TransformersBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--concurrency", type=positive_int, default=SandboxConfig.concurrency, help="sandbox workers")
     add("--timeout", type=positive_float, default=SandboxConfig.timeout_s, help="sandbox seconds per test")
+    add_verifier_options(add)
     add("--seed", type=int, default=0, help="seed of the search and of sampling (each group reseeded from it)")
     add("--output", required=True, help="directory for results.jsonl, trees/, trees.json, trees.html, summary.json")
     add("--resume", action="store_true", help="continue the run in --output, skipping the problems it finished")
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     out = output.out
     models = parse_models(args.model)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
+    sandbox = open_verifier_sandbox(args, "trl-mars search")  # a bad --verifier setting fails before models load
     agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs)
     reward_model = resolve_reward_model(args.reward_model)
     config = SearchConfig(
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = search_runs(args, agents)
     seconds: dict[str, float] = {}
-    with Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox:
+    with sandbox:
         verifier = SandboxVerifier(sandbox)
         for label, run_agents in runs:
             start = time.perf_counter()

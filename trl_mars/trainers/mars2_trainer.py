@@ -38,6 +38,7 @@ from trl_mars.losses.policy import PolicyLossConfig, policy_loss
 from trl_mars.rewards.code import check_tests_column, make_code_reward
 from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewards, tree_group_advantages
 from trl_mars.sandbox import Sandbox, SandboxConfig
+from trl_mars.sandbox.remote import open_sandbox
 from trl_mars.search import SandboxVerifier, SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMServerBackend
 from trl_mars.search.metrics import TieBreak, agent_shares, mean_metrics, tree_metrics
@@ -54,7 +55,7 @@ from trl_mars.trainers.mars2_agents import (
     save_policy,
     unwrap,
 )
-from trl_mars.trainers.mars2_config import AgentSpec, MultiAgentTreeConfig
+from trl_mars.trainers.mars2_config import AgentSpec, MultiAgentTreeConfig, sandbox_fusion_config
 from trl_mars.utils.checkpoint import MethodStateMixin
 from trl_mars.utils.fsdp import load_optimizer, save_optimizer, wrap_own_layers
 from trl_mars.utils.model_card import write_model_card
@@ -105,7 +106,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         train_dataset: rows with a ``prompt`` (text or conversation) and ``args.tests_column`` (assert lines,
             HumanEval ``check`` code, or stdin/stdout cases: whatever ``trl_mars.sandbox`` accepts).
         processing_class: tokenizer(s) matching ``model`` when instances are passed.
-        sandbox: a running [`~trl_mars.sandbox.Sandbox`] to share; by default one is started from ``args``.
+        sandbox: a running [`~trl_mars.sandbox.Sandbox`] to share; by default one is started from ``args`` (a
+            [`~trl_mars.sandbox.remote.RemoteSandbox`] with ``verifier='sandbox_fusion'``).
     """
 
     _tag_names = ["trl", "trl-mars", "mars2", "multi-agent", "tree-search", "code"]
@@ -143,7 +145,9 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             resolve_model_path(owners[0].model), **model_init_kwargs(owners[0], args.model_init_kwargs)
         )
         workers = {"concurrency": args.sandbox_workers} if args.sandbox_workers else {}
-        self.sandbox = sandbox or Sandbox(SandboxConfig(timeout_s=args.sandbox_timeout, **workers))
+        self.sandbox = sandbox or open_sandbox(
+            SandboxConfig(timeout_s=args.sandbox_timeout, **workers), sandbox_fusion_config(args)
+        )
         use_vllm, args.use_vllm = args.use_vllm, False  # GRPOTrainer would connect agent 0 only; we connect each
         try:
             super().__init__(

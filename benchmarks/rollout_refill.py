@@ -10,8 +10,9 @@ on the same problems, model, seed and sampling (temperature, top-p, ``max_new_to
   take the free slots (``--slots``, default all prompts of a call).
 
 Reported per arm: nodes/s (search wall time), generated tokens/s (over the time spent in ``generate``), and the
-forwards' mean batch rows. A greedy check first decodes a few prompts both ways and reports whether the answers
-are identical. Default: a tiny random model on the embedded task (well under a minute);
+forwards' mean batch rows; with ``--chunk`` the arms alternate chunk by chunk. A greedy check first decodes a few
+prompts with lockstep, refill and transformers' continuous batching (``generate_batch``), timing each and reporting
+whether the answers are identical. Default: a tiny random model on the embedded task (well under a minute);
 ``--smollm2 --limit N``: SmolLM2-135M-Instruct (GGUF, dequantised) on the first N HumanEval problems, 4 nodes,
 MARS²-T+, up to 256 new tokens, temperature 0.8. Prints a table and, as the last line, one JSON object.
 
@@ -22,6 +23,7 @@ MARS²-T+, up to 256 new tokens, temperature 0.8. Prints a table and, as the las
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -85,18 +87,41 @@ def rows_per_forward(model) -> tuple[list[int], object]:
     return rows, handle
 
 
-def greedy_check(model, tok, problems, args) -> bool:
-    """Whether refill's greedy answers equal lockstep ``generate``'s on the first prompts."""
+def greedy_check(model, tok, problems, args) -> dict:
+    """Greedy answers to the first prompts with lockstep ``generate``, refill and transformers' own continuous
+    batching (``generate_batch``, paged attention, a small paged cache): seconds of each, and whether refill's and
+    ``generate_batch``'s answers equal lockstep's. (``generate_batch`` is timed only: it drops custom logits
+    processors and returns the model's log-probs, not the sampling distribution's, so the search cannot use it.)"""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
     prompts = [[{"role": "user", "content": p.question}] for p in problems[: args.greedy_prompts]]
     sampling = SamplingConfig(args.greedy_tokens, temperature=0.0)
-    outs = [
-        TransformersBackend(model, tok, sampling, max_batch_size=args.slots, batching=mode).generate(prompts)
-        for mode in ("lockstep", "refill")
-    ]
-    return all(a.completion_ids == b.completion_ids for a, b in zip(*outs))
+    answers, seconds = {}, {}
+    for mode in ("lockstep", "refill"):
+        backend = TransformersBackend(model, tok, sampling, max_batch_size=args.slots, batching=mode)
+        start = time.perf_counter()
+        answers[mode] = [g.completion_ids for g in backend.generate(prompts)]
+        seconds[mode] = time.perf_counter() - start
+    ids = [backend.encode(p) for p in prompts]
+    page = 32
+    blocks = sum(-(-(len(i) + args.greedy_tokens) // page) for i in ids) + len(ids)
+    config = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=512, use_cuda_graph=False)
+    generation = GenerationConfig(max_new_tokens=args.greedy_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)  # fmt: skip
+    start = time.perf_counter()
+    out = model.generate_batch(ids, generation_config=generation, continuous_batching_config=config, warmup=False)
+    seconds["generate_batch"] = time.perf_counter() - start
+    answers["generate_batch"] = [backend._truncate(list(out[f"req_{i}"].generated_tokens)) for i in range(len(ids))]
+    return {
+        "prompts": len(prompts), "max_new_tokens": args.greedy_tokens, "seconds": seconds,
+        "refill_equal": answers["refill"] == answers["lockstep"],
+        "generate_batch_equal": answers["generate_batch"] == answers["lockstep"],
+    }  # fmt: skip
 
 
 def run_arm(model, tok, problems, mode: str, args) -> dict:
+    """One arm on ``problems``: nodes, generated tokens, wall and generate seconds, forward rows."""
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
     backend = Counting(TransformersBackend(model, tok, sampling, max_batch_size=args.slots, batching=mode))
     torch.manual_seed(args.seed)
@@ -109,11 +134,23 @@ def run_arm(model, tok, problems, mode: str, args) -> dict:
         trees = search.run(problems)
         wall = time.perf_counter() - start
     handle.remove()
-    nodes = sum(len(t) for t in trees)
+    return {"nodes": sum(len(t) for t in trees), "tokens": backend.tokens, "wall_s": wall, "generate_s": backend.seconds,
+            "forwards": len(rows), "rows": sum(rows), "score": sum(n.score for t in trees for n in t.solutions)}  # fmt: skip
+
+
+def run_arms(model, tok, problems, modes: list[str], args) -> dict:
+    """Every arm on every chunk of ``--chunk`` problems, the arms' order alternating from chunk to chunk (so load
+    changes on a shared machine hit both alike); per arm, the totals and rates."""
+    totals = {m: collections.Counter() for m in modes}
+    for c, first in enumerate(range(0, len(problems), args.chunk)):
+        chunk = problems[first : first + args.chunk]
+        for mode in modes if c % 2 == 0 else modes[::-1]:
+            totals[mode].update(run_arm(model, tok, chunk, mode, args))
+            print(f"[{time.strftime('%H:%M:%S')}] chunk {c} {mode}: {dict(totals[mode])}", file=sys.stderr, flush=True)
     return {
-        "nodes": nodes, "tokens": backend.tokens, "wall_s": wall, "generate_s": backend.seconds,
-        "nodes_per_s": nodes / wall, "tokens_per_s": backend.tokens / backend.seconds, "forwards": len(rows),
-        "mean_rows": sum(rows) / max(len(rows), 1), "mean_score": sum(n.score for t in trees for n in t.solutions) / nodes,
+        m: {**t, "nodes_per_s": t["nodes"] / t["wall_s"], "tokens_per_s": t["tokens"] / t["generate_s"],
+            "mean_rows": t["rows"] / max(t["forwards"], 1), "mean_score": t["score"] / t["nodes"]}
+        for m, t in totals.items()
     }  # fmt: skip
 
 
@@ -128,20 +165,26 @@ def main(argv: list[str] | None = None) -> int:
     add("--top-p", type=float, default=1.0)
     add("--slots", type=int, help="rows per batch, both arms (default: every prompt of a call)")
     add("--arms", default="lockstep,refill")
+    add("--chunk", type=int, help="problems searched together; arms alternate per chunk (default: all at once)")
     add("--greedy-prompts", type=int, default=4)
     add("--greedy-tokens", type=int, default=48)
     add("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.limit = args.limit or (12 if args.smollm2 else 8)
     args.max_new_tokens = args.max_new_tokens or (256 if args.smollm2 else 48)
+    args.chunk = args.chunk or args.limit
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     model, tok, problems = load(args)
-    greedy_equal = greedy_check(model, tok, problems, args)
-    arms = {mode: run_arm(model, tok, problems, mode, args) for mode in args.arms.split(",")}
+    greedy = greedy_check(model, tok, problems, args)
+    arms = run_arms(model, tok, problems, args.arms.split(","), args)
     print(f"python benchmarks/rollout_refill.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"{'SmolLM2-135M-Instruct, HumanEval' if args.smollm2 else 'tiny qwen2, embedded task'}: {len(problems)} "
           f"problems x {args.nodes} nodes (T+), max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, "
-          f"{torch.get_num_threads()} threads; greedy answers identical: {greedy_equal}")  # fmt: skip
+          f"{torch.get_num_threads()} threads, chunks of {args.chunk} problems")  # fmt: skip
+    g = greedy["seconds"]
+    print(f"greedy, {greedy['prompts']} prompts x {greedy['max_new_tokens']} tokens: lockstep {g['lockstep']:.1f} s, "
+          f"refill {g['refill']:.1f} s (identical: {greedy['refill_equal']}), transformers generate_batch "
+          f"{g['generate_batch']:.1f} s (identical: {greedy['generate_batch_equal']})")  # fmt: skip
     header = f"{'arm':<10} {'nodes':>6} {'tokens':>7} {'wall s':>8} {'nodes/s':>8} {'tokens/s':>9} {'rows/fwd':>9}"
     print(header + "\n" + "-" * len(header))
     for mode, r in arms.items():
@@ -149,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['tokens_per_s']:>9.1f} {r['mean_rows']:>9.1f}")  # fmt: skip
     summary: dict = {"model": SMOLLM2 if args.smollm2 else "tiny-qwen2", "problems": len(problems), "nodes": args.nodes,
                      "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
-                     "greedy_equal": greedy_equal, "arms": arms}  # fmt: skip
+                     "greedy": greedy, "arms": arms}  # fmt: skip
     if {"lockstep", "refill"} <= set(arms):
         summary["speedup_nodes_per_s"] = arms["refill"]["nodes_per_s"] / arms["lockstep"]["nodes_per_s"]
         summary["speedup_tokens_per_s"] = arms["refill"]["tokens_per_s"] / arms["lockstep"]["tokens_per_s"]

@@ -118,3 +118,76 @@ def test_settings_refill_cannot_honour_are_refused(tiny_qwen2_path):
         TransformersBackend(None, tok, SamplingConfig(generation_kwargs={"num_beams": 2}), batching="refill")
     with pytest.raises(ValueError, match="synced_gpus"):
         TransformersBackend(None, tok, batching="refill", synced_gpus=True)
+
+
+def test_the_default_is_refill_unless_generate_must_run(tiny_qwen2_path):
+    from trl_mars.search.backends import DEFAULT_BATCHING
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_path)
+    assert DEFAULT_BATCHING == "refill" and TransformersBackend(None, tok).batching == "refill"
+    kwargs = SamplingConfig(generation_kwargs={"no_repeat_ngram_size": 2})
+    assert TransformersBackend(None, tok, kwargs).batching == "lockstep"
+    assert TransformersBackend(None, tok, synced_gpus=True).batching == "lockstep"
+    assert TransformersBackend(None, tok, batching="lockstep").batching == "lockstep"
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"generation_batching": "paged"}, r"MultiAgentTreeConfig\.generation_batching has an invalid value: 'paged'"),
+        (
+            {"generation_batching": "refill", "generation_kwargs": {"no_repeat_ngram_size": 2}},
+            r"generation_batching='refill' cannot pass generation_kwargs \['no_repeat_ngram_size'\]",
+        ),
+    ],
+)
+def test_config_field_is_checked_by_name(tmp_path, fields, match):
+    from trl_mars.trainers.mars2_config import MultiAgentTreeConfig
+
+    with pytest.raises(ValueError, match=match):
+        MultiAgentTreeConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **fields)
+    ok = MultiAgentTreeConfig(output_dir=str(tmp_path), use_cpu=True, generation_kwargs={"no_repeat_ngram_size": 2})
+    assert ok.generation_batching is None
+
+
+@pytest.mark.parametrize("batching, expected", [(None, "refill"), ("lockstep", "lockstep")])
+def test_the_trainer_generates_as_configured(tmp_path, tiny_qwen2_path, monkeypatch, batching, expected):
+    import sys
+    from pathlib import Path
+
+    from trl_mars.data.code_tasks import code_task_splits
+    from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "trainers"))
+    from mars2_helpers import tiny_mars2_config
+
+    seen = []
+    generate = TransformersBackend.generate
+    monkeypatch.setattr(TransformersBackend, "generate", lambda self, *a, **k: seen.append(self.batching) or generate(self, *a, **k))  # fmt: skip
+    train, _ = code_task_splits(2, 0, seed=0)
+    args = tiny_mars2_config(tmp_path, [{"name": "solo", "model": tiny_qwen2_path}], generation_batching=batching)
+    trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
+    try:
+        trees = trainer.run_search(trainer.problems(list(train)))
+    finally:
+        trainer.sandbox.close()
+    assert [len(t) for t in trees] == [2, 2] and seen and set(seen) == {expected}
+
+
+def test_trl_mars_search_passes_batching(tmp_path, monkeypatch):
+    from trl_mars.search import ScriptedBackend
+    from trl_mars.search import cli as search_cli
+
+    calls = []
+
+    def load(models, sampling, max_batch_size, chat_template_kwargs, batching):
+        calls.append(batching)
+        return {name: ScriptedBackend(lambda m: "```python\nx = 1\n```") for name in models}
+
+    monkeypatch.setattr(search_cli, "load_backends", load)
+    argv = ["--model", "a=x", "--benchmark", "embedded", "--num-problems", "1", "--max-nodes", "1", "--quiet"]
+    for extra in ([], ["--batching", "lockstep"]):
+        assert search_cli.main([*argv, *extra, "--output", str(tmp_path / str(len(calls)))]) == 0
+    assert calls == ["refill", "lockstep"]
+    with pytest.raises(SystemExit):
+        search_cli.build_parser().parse_args([*argv, "--batching", "paged", "--output", str(tmp_path)])

@@ -162,8 +162,8 @@ class TransformersBackend:
     ``batching="lockstep"``: one ``model.generate`` per ``max_batch_size`` prompts (all of them by default); a
     finished row rides in the batch until its longest row ends. ``batching="refill"``: ``refill.RefillDecoder`` with
     ``max_batch_size`` slots (all prompts by default): a finished row leaves the batch at once and a pending prompt
-    takes its slot; same sampling, and with greedy decoding the same answers (``generation_kwargs`` and
-    ``synced_gpus`` need lockstep, as they are ``generate``'s own).
+    takes its slot; same sampling, and with greedy decoding the same answers. ``generation_kwargs`` and
+    ``synced_gpus`` need lockstep (they are ``generate``'s own); None picks ``DEFAULT_BATCHING`` unless they are set.
 
     ``synced_gpus=True``: the model is sharded across processes (FSDP): each ``generate`` keeps running forwards
     until every process's batch is done, as all must take part in each forward (``transformers``' own flag; None
@@ -177,8 +177,11 @@ class TransformersBackend:
         chat_template_kwargs: dict[str, Any] | None = None,
         max_batch_size: int | None = None,
         synced_gpus: bool | None = None,
-        batching: str = "lockstep",
+        batching: str | None = None,
     ) -> None:
+        if batching is None:  # generation_kwargs and synced_gpus are generate's own
+            kwargs = sampling is not None and sampling.generation_kwargs
+            batching = "lockstep" if synced_gpus or kwargs else DEFAULT_BATCHING
         check_batching(batching, sampling, synced_gpus)
         if tokenizer.chat_template is None:
             raise ValueError("tokenizer has no chat_template; set one (see trl_mars.testing.CHAT_TEMPLATE)")
@@ -277,6 +280,7 @@ class TransformersBackend:
 
 
 BATCHING = ("lockstep", "refill")
+DEFAULT_BATCHING = "refill"  # faster in benchmarks/rollout_refill.py (BENCHMARKS.md); "lockstep" stays selectable
 
 
 def check_batching(batching: str, sampling: SamplingConfig | None, synced_gpus: bool | None) -> None:

@@ -23,7 +23,7 @@ from trl_mars.eval.datasets import HUMANEVAL
 from trl_mars.eval.loaders import CodeProblem
 from trl_mars.eval.rows import DataError
 from trl_mars.sandbox import SandboxConfig
-from trl_mars.search.backends import SamplingConfig, TransformersBackend
+from trl_mars.search.backends import BATCHING, DEFAULT_BATCHING, SamplingConfig, TransformersBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
 from trl_mars.search.problems import from_code_problem
@@ -89,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--max-batch-size",
         type=positive_int,
-        help="split each generation call into batches of at most this many prompts (default: no split)",
+        help="split each generation call into batches of at most this many prompts (default: no split); "
+        "with --batching refill, the rows in flight at once",
+    )
+    add(
+        "--batching",
+        choices=BATCHING,
+        default=DEFAULT_BATCHING,
+        help="lockstep: one generate per batch, finished rows ride until its longest ends; refill: finished rows "
+        "leave at once and waiting prompts take their slots (same sampling; benchmarks/rollout_refill.py)",
     )
     add(
         "--group-size",
@@ -127,6 +135,7 @@ def load_backends(
     sampling: SamplingConfig,
     max_batch_size: int | None = None,
     chat_template_kwargs: dict | None = None,
+    batching: str | None = None,
 ) -> dict:
     """One ``TransformersBackend`` per distinct path (agents naming the same path share it, so one batch)."""
     import torch
@@ -149,7 +158,7 @@ def load_backends(
         model = AutoModelForCausalLM.from_pretrained(local, dtype="auto" if cuda else torch.float32)
         model = model.to("cuda" if cuda else "cpu").eval()
         by_path[path] = TransformersBackend(
-            model, tokenizer, sampling, chat_template_kwargs, max_batch_size=max_batch_size
+            model, tokenizer, sampling, chat_template_kwargs, max_batch_size=max_batch_size, batching=batching
         )
     return {name: by_path[path] for name, path in models.items()}
 
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     models = parse_models(args.model)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
     sandbox = open_verifier_sandbox(args, "trl-mars search")  # a bad --verifier setting fails before models load
-    agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs)
+    agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs, args.batching)
     reward_model = resolve_reward_model(args.reward_model)
     config = SearchConfig(
         max_nodes=args.max_nodes,

@@ -261,6 +261,14 @@ class MultiAgentTreeConfig(GRPOConfig):
         metadata={"help": "verifier='sandbox_fusion': seconds a request may take beyond the check's own budget."},
     )
     # --- end remote verifier ---
+    # --- rollout refill (issue 20, item 8) ---
+    generation_batching: str | None = field(
+        default=None,
+        metadata={"help": "transformers backend: 'refill' (a finished answer leaves the batch at once, a waiting "
+                  "prompt takes its slot), 'lockstep' (one generate per batch) or None: refill, unless "
+                  "generation_kwargs are set or FSDP shards the agents over processes (generate's own)."},
+    )  # fmt: skip
+    # --- end rollout refill ---
     save_trees: bool = field(default=True, metadata={"help": "Keep the last round's trees in checkpoints (viewer)."})
     tplus: bool = field(
         default=False,
@@ -332,6 +340,12 @@ class MultiAgentTreeConfig(GRPOConfig):
             raise ValueError(f"MultiAgentTreeConfig: {e}") from e
         check_eval_fields(self)
         check_verifier_fields(self)
+        if self.generation_batching not in (None, "lockstep", "refill"):
+            raise ValueError(f"MultiAgentTreeConfig.generation_batching has an invalid value: "
+                             f"{self.generation_batching!r} (None, 'lockstep' or 'refill')")  # fmt: skip
+        if self.generation_batching == "refill" and self.generation_kwargs:
+            raise ValueError(f"MultiAgentTreeConfig.generation_batching='refill' cannot pass generation_kwargs "
+                             f"{sorted(self.generation_kwargs)} (generate's own): use 'lockstep' or None")  # fmt: skip
         if self.use_vllm:
             check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
 

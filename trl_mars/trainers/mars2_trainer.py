@@ -187,6 +187,9 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             system_prompts={s.name: s.system_prompt for s in specs},
             sync=self._max_over_processes if self.lockstep else None,
         )
+        if args.generation_batching == "refill" and self.lockstep:
+            raise ValueError("MultiAgentTreeConfig.generation_batching='refill' cannot run agents FSDP shards over "
+                             "processes (each forward is a collective): use 'lockstep' or None")  # fmt: skip
         self.last_trees: list[SearchTree] = []
         self._reward_model: RewardModel | None = None  # eval_reward_model, loaded at the first evaluate_search
         self._optimizers_ready = False
@@ -415,6 +418,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                     sampling,
                     self.chat_template_kwargs or {},
                     synced_gpus=self.lockstep or None,
+                    batching=self.args.generation_batching,
                 )
             self.search.agents = {n: backends[id(self.policy_of[n])] for n in names}
             self.search.system_prompts = {n: self.search.system_prompts.get(n) for n in names}

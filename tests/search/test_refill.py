@@ -191,3 +191,23 @@ def test_trl_mars_search_passes_batching(tmp_path, monkeypatch):
     assert calls == ["refill", "lockstep"]
     with pytest.raises(SystemExit):
         search_cli.build_parser().parse_args([*argv, "--batching", "paged", "--output", str(tmp_path)])
+
+
+def test_a_cache_that_cannot_be_refilled_falls_back_to_generate(tiny_cache):
+    """A sliding-window cache keeps only the last tokens of each row: rows cannot be joined. batching=None then
+    generates with ``generate`` (same answers); an explicit 'refill' says why it cannot."""
+    from trl_mars.search.refill import RefillUnsupported
+    from trl_mars.testing import tiny_model_path
+
+    path = tiny_model_path(
+        "qwen2", cache_dir=tiny_cache, use_sliding_window=True, sliding_window=8, max_window_layers=0
+    )
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    auto = TransformersBackend(model, tok, GREEDY)
+    assert auto.batching == "refill"
+    assert [g.completion_ids for g in auto.generate(PROMPTS[:3])] == [
+        g.completion_ids for g in TransformersBackend(model, tok, GREEDY, batching="lockstep").generate(PROMPTS[:3])
+    ]
+    assert auto.batching == "lockstep"
+    with pytest.raises(RefillUnsupported, match="DynamicSlidingWindowLayer|sliding"):
+        TransformersBackend(model, tok, GREEDY, batching="refill").generate(PROMPTS[:3])

@@ -163,7 +163,8 @@ class TransformersBackend:
     finished row rides in the batch until its longest row ends. ``batching="refill"``: ``refill.RefillDecoder`` with
     ``max_batch_size`` slots (all prompts by default): a finished row leaves the batch at once and a pending prompt
     takes its slot; same sampling, and with greedy decoding the same answers. ``generation_kwargs`` and
-    ``synced_gpus`` need lockstep (they are ``generate``'s own); None picks ``DEFAULT_BATCHING`` unless they are set.
+    ``synced_gpus`` need lockstep (they are ``generate``'s own); None picks ``DEFAULT_BATCHING`` unless they are set,
+    and falls back to lockstep for a model whose KV cache cannot be refilled (sliding-window or recurrent layers).
 
     ``synced_gpus=True``: the model is sharded across processes (FSDP): each ``generate`` keeps running forwards
     until every process's batch is done, as all must take part in each forward (``transformers``' own flag; None
@@ -179,6 +180,7 @@ class TransformersBackend:
         synced_gpus: bool | None = None,
         batching: str | None = None,
     ) -> None:
+        self.auto_batching = batching is None
         if batching is None:  # generation_kwargs and synced_gpus are generate's own
             kwargs = sampling is not None and sampling.generation_kwargs
             batching = "lockstep" if synced_gpus or kwargs else DEFAULT_BATCHING
@@ -208,7 +210,14 @@ class TransformersBackend:
         size = self.max_batch_size or len(prompts)
         out: list[Generation] = []
         if self.batching == "refill":
-            return self._generate_refill([self.encode(p) for p in prompts], size, on_text)
+            from trl_mars.search.refill import RefillUnsupported
+
+            try:
+                return self._generate_refill([self.encode(p) for p in prompts], size, on_text)
+            except RefillUnsupported:
+                if not self.auto_batching:
+                    raise
+                self.batching = "lockstep"  # batching=None: this model's cache cannot be refilled; generate instead
         with sampling_config_only(self.model):
             for i in range(0, len(prompts), size):
                 out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]], i, on_text)

@@ -60,7 +60,7 @@ class RefillDecoder:
                 new_ids, new_mask = _left_pad([prompts[i] for i in take], device)
                 out = self.model(
                     input_ids=new_ids, attention_mask=new_mask, position_ids=_positions(new_mask), use_cache=True,
-                    cache=DynamicCache(), logits_to_keep=1,
+                    logits_to_keep=1,
                 )  # fmt: skip
                 self.forwards += 1
                 _check_cache(out.cache)
@@ -127,11 +127,16 @@ def _left_pad(prompts: Sequence[list[int]], device) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+class RefillUnsupported(ValueError):
+    """The model's cache is not one whose rows can be dropped and joined (raised at the first prefill, before any
+    token is sampled)."""
+
+
 def _check_cache(cache: Any) -> None:
-    if not isinstance(cache, DynamicCache) or not all(type(layer) is DynamicLayer for layer in cache.layers):
-        raise ValueError(
-            "refill generation needs a plain dynamic KV cache (no sliding-window or recurrent layers); "
-            "use the lockstep generate path for this model"
+    if type(cache) is not DynamicCache or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        raise RefillUnsupported(
+            f"refill generation needs a plain DynamicCache of DynamicLayers, the model made a {type(cache).__name__} "
+            "(sliding-window, recurrent or custom layers); use batching='lockstep' for this model"
         )
 
 

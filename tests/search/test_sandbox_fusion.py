@@ -256,3 +256,24 @@ def test_a_yaml_trainer_config_scores_its_search_remotely(fake, tmp_path, tiny_q
         assert fake.requests - before == 4
     finally:
         trainer.sandbox.close()
+
+
+def test_the_trainer_fails_on_an_unreachable_server_before_any_model_loads(tmp_path, tiny_qwen2_path, monkeypatch):
+    from trl_mars.data.code_tasks import code_task_splits
+    from trl_mars.trainers import mars2_trainer
+    from trl_mars.trainers.mars2_config import MultiAgentTreeConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the verifier was checked")
+
+    monkeypatch.setattr(mars2_trainer, "create_model_from_path", no_model)
+    args = MultiAgentTreeConfig(
+        output_dir=str(tmp_path), agents=[{"name": "solo", "model": tiny_qwen2_path}], use_cpu=True,
+        report_to="none", verifier="sandbox_fusion", sandbox_fusion_url=url, sandbox_fusion_request_timeout_s=2.0,
+    )  # fmt: skip
+    with pytest.raises(SandboxUnavailable, match=f"SandboxFusion at {url}/v1/ping did not answer"):
+        mars2_trainer.MultiAgentTreeTrainer(args=args, train_dataset=code_task_splits(2, 0, seed=0)[0])

@@ -289,7 +289,7 @@ class RemoteSandbox:
         try:
             wire = check.wire(self.config.output_cap_bytes)
             result = ExecutionResult(**RemoteCheckRun(wire, self.config, self.client).run())
-        except (SandboxFusionError, ValueError, TypeError, KeyError) as e:
+        except (SandboxFusionError, ValueError, TypeError, KeyError, AttributeError) as e:  # a malformed answer
             return crashed_result(check, f"remote sandbox failed: {e}")
         judge(result, check)
         return result

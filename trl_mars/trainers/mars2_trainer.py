@@ -141,12 +141,13 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         tokenizers = [
             tok if tok is not None else load_tokenizer(s, i) for i, (s, tok) in enumerate(zip(owners, tokenizers))
         ]
-        first = models[0] or create_model_from_path(
-            resolve_model_path(owners[0].model), **model_init_kwargs(owners[0], args.model_init_kwargs)
-        )
+        # opened before any model loads: an unreachable SandboxFusion URL fails here
         workers = {"concurrency": args.sandbox_workers} if args.sandbox_workers else {}
         self.sandbox = sandbox or open_sandbox(
             SandboxConfig(timeout_s=args.sandbox_timeout, **workers), sandbox_fusion_config(args)
+        )
+        first = models[0] or create_model_from_path(
+            resolve_model_path(owners[0].model), **model_init_kwargs(owners[0], args.model_init_kwargs)
         )
         use_vllm, args.use_vllm = args.use_vllm, False  # GRPOTrainer would connect agent 0 only; we connect each
         try:

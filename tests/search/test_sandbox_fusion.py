@@ -148,8 +148,8 @@ def test_exhausted_retries_and_client_errors_name_the_url(fake):
 
 
 def test_a_request_that_times_out_is_retried(fake):
-    fake.fail_next, fake.hang_s = ["hang"], 3.0
-    config = SandboxConfig(timeout_s=0.3, max_total_s=0.5)
+    fake.fail_next, fake.hang_s = ["hang"], 5.0  # past the client's 2.0 + 2 (grace) + 0.2 s
+    config = SandboxConfig(timeout_s=1.0, max_total_s=2.0)
     with RemoteSandbox(SandboxFusionConfig(fake.url, request_timeout_s=0.2, backoff_s=0.0), config) as remote:
         before = fake.requests
         result = remote.run(PROGRAMS["right"], TESTS, "f")

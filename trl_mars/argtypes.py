@@ -20,6 +20,17 @@ def positive_int(value: str) -> int:
     return number
 
 
+def non_negative_int(value: str) -> int:
+    """An integer >= 0 (``--sandbox-fusion-retries``)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {number}")
+    return number
+
+
 def positive_float(value: str) -> float:
     """A finite number > 0 (timeouts, temperature)."""
     try:

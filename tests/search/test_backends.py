@@ -50,7 +50,11 @@ def test_synced_gpus_reaches_generate(model_and_tokenizer, monkeypatch, tmp_path
     seen = []
     generate = model.generate
     monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw["synced_gpus"]) or generate(**kw))
-    backend = TransformersBackend(model, tok, SamplingConfig(max_new_tokens=3), synced_gpus=synced_gpus)
+    batching = "lockstep" if synced_gpus is None else None  # None: lockstep is what synced_gpus=True gets
+    backend = TransformersBackend(
+        model, tok, SamplingConfig(max_new_tokens=3), synced_gpus=synced_gpus, batching=batching
+    )
+    assert backend.batching == "lockstep"
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:  # synced generation all-reduces its "finished" flag every token
         (out,) = backend.generate([[{"role": "user", "content": "hi"}]])

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from trl_mars.argtypes import HelpFormatter, ks, positive_float, positive_int
+from trl_mars.argtypes import HelpFormatter, ks, non_negative_float, non_negative_int, positive_float, positive_int
 from trl_mars.eval.datasets import HUMANEVAL, resolve_benchmark
 from trl_mars.eval.evaluate import evaluate, format_table, load_samples
 from trl_mars.eval.loaders import PARSERS, CodeProblem, load_problems
@@ -22,6 +22,39 @@ def add_benchmark_options(add: Callable[..., argparse.Action]) -> None:
     add("--release-version", help="LiveCodeBench release (release_vN, vN, vA_vB) of a folder or hub id")
     add("--start-date", help="keep contests on or after this ISO date (LiveCodeBench)")
     add("--end-date", help="keep contests on or before this ISO date (LiveCodeBench)")
+
+
+def add_verifier_options(add: Callable[..., argparse.Action]) -> None:
+    """Where programs run (shared by ``trl-mars eval`` and ``trl-mars search``): ``--concurrency`` and ``--timeout``
+    apply to both verifiers (local workers, or checks in flight on the server)."""
+    add("--verifier", choices=["local", "sandbox_fusion"], default="local",
+        help="run programs in the local sandbox or on a SandboxFusion server (verdicts are decided here either way)")  # fmt: skip
+    add("--sandbox-fusion-url", help="--verifier sandbox_fusion: the server's URL, e.g. http://host:8080")
+    add("--sandbox-fusion-retries", type=non_negative_int, default=3, help="retries of a request failing with 5xx or a timeout")  # fmt: skip
+    add("--sandbox-fusion-backoff", type=non_negative_float, default=0.5, help="seconds before the first retry (doubling)")  # fmt: skip
+    add("--sandbox-fusion-request-timeout", type=positive_float, default=30.0,
+        help="seconds a request may take beyond the check's own budget")  # fmt: skip
+
+
+def open_verifier_sandbox(args: argparse.Namespace, prog: str):
+    """The sandbox ``add_verifier_options`` selects, opened now (a SandboxFusion server must answer a ping): a bad
+    option or an unreachable server stops the command here, before any model loads."""
+    from trl_mars.sandbox import SandboxUnavailable
+    from trl_mars.sandbox.remote import SandboxFusionConfig, open_sandbox
+
+    config = SandboxConfig(concurrency=args.concurrency, timeout_s=args.timeout)
+    if args.verifier == "local":
+        if args.sandbox_fusion_url:
+            raise SystemExit(f"{prog}: error: --sandbox-fusion-url needs --verifier sandbox_fusion")
+        return open_sandbox(config)
+    if not args.sandbox_fusion_url:
+        raise SystemExit(f"{prog}: error: --verifier sandbox_fusion needs --sandbox-fusion-url")
+    try:
+        fusion = SandboxFusionConfig(args.sandbox_fusion_url, args.concurrency, args.sandbox_fusion_retries,
+                                     args.sandbox_fusion_backoff, args.sandbox_fusion_request_timeout)  # fmt: skip
+        return open_sandbox(config, fusion)
+    except (ValueError, SandboxUnavailable) as err:
+        raise SystemExit(f"{prog}: error: --sandbox-fusion-url: {err}") from None
 
 
 def load_benchmark(source: str, args: argparse.Namespace) -> list[CodeProblem]:
@@ -52,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--limit", type=positive_int, help="only the first N problems (default: all)")
     add("--concurrency", type=positive_int, default=SandboxConfig.concurrency, help="sandbox workers")
     add("--timeout", type=positive_float, default=SandboxConfig.timeout_s, help="sandbox seconds per test")
+    add_verifier_options(add)
     add("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -79,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from trl_mars.eval.passk import mean_pass_at_k
-    from trl_mars.sandbox import Sandbox
 
     k_values = sorted({k for group in args.k or [[1, 10, 100]] for k in group})
     bar = tqdm(total=len(matched), desc="eval", unit="problem", disable=args.quiet, dynamic_ncols=True)
@@ -90,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             samples=sum(r["n"] for r in records), **mean_pass_at_k([(r["n"], r["correct"]) for r in records], [1])
         )
 
-    with Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox, bar:
+    with open_verifier_sandbox(args, "trl-mars eval") as sandbox, bar:
         summary = evaluate(matched, samples, sandbox, k_values, args.out, on_batch=progress)
     print(format_table(summary))
     print(json.dumps(summary))

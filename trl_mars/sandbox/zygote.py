@@ -137,6 +137,10 @@ class CheckRun:
             outputs = scratch.outputs()
         finally:
             scratch.finish()
+        return self.report(outputs, time.monotonic() - t0, self.zygote.isolation)
+
+    def report(self, outputs: list[tuple[str, int]], duration_s: float, isolation: dict) -> dict:
+        """The check's result (an ``ExecutionResult`` as a dict); tests never reached are timeouts."""
         verdicts = [
             v or _verdict(i, t, "timeout", message="not run: the check's time budget was exhausted")
             for i, (v, t) in enumerate(zip(self.verdicts, self.tests))
@@ -144,7 +148,7 @@ class CheckRun:
         truncated = any(size >= self.config.output_cap_bytes for _, size in outputs)
         return {
             "verdicts": verdicts, **self.program, "stdout": outputs[0][0], "stderr": outputs[1][0],
-            "output_truncated": truncated, "duration_s": time.monotonic() - t0, "isolation": self.zygote.isolation,
+            "output_truncated": truncated, "duration_s": duration_s, "isolation": isolation,
         }  # fmt: skip
 
     def child(self, start: int, records: int, nonce: str) -> None:
@@ -202,6 +206,11 @@ class CheckRun:
             verdict, message = "crashed", "the sandboxed process sent a malformed or forged report"
         else:
             verdict, message = _describe_exit(status)
+        return self.settle(start, loaded, current, verdict, message)
+
+    def settle(self, start: int, loaded: bool, current: int, verdict: str, message: str) -> int:
+        """After a child ended without finishing its report: blame the program (not loaded: every test from
+        ``start`` gets ``verdict``) or the test it was in; returns the index to continue from."""
         if not loaded:
             self.program = {"program_status": verdict, "program_error": message}
             self.fill(start, verdict, "", message)
@@ -214,7 +223,7 @@ class CheckRun:
         for i in range(start, len(self.tests)):
             self.verdicts[i] = _verdict(i, self.tests[i], status, error_type, message)
 
-    def watch(self, records: int, pid: int, pidfd: int | None, nonce: str, start: int) -> tuple[str, bool, int, bool]:
+    def watch(self, fd: int, pid: int, pidfd: int | None, nonce: str, start: int) -> tuple[str, bool, int, bool]:
         """Read the child's records until it finishes, dies, breaks protocol, overruns a deadline or (without
         a memory cgroup) holds more memory than allowed. Returns (reason, program loaded, index of the test
         to blame/continue at, inside that test).
@@ -223,7 +232,7 @@ class CheckRun:
         then, or every ``POLL_S`` while it runs (``WATCHDOG_S`` when it also measures memory): a check that
         finishes sooner wakes the zygote once, not once per test. A test's deadline counts from when its
         start was read, so a test may run up to ``timeout_s`` plus one poll interval."""
-        loaded, current, in_test, buf, offset = False, start, False, b"", 0
+        records, buf, offset = Records(self, nonce, start), b"", 0
         deadline = time.monotonic() + self.config.timeout_s
         watchdog = self.zygote.group is None
         poll = min(POLL_S, self.config.timeout_s / 10, WATCHDOG_S if watchdog or pidfd is None else POLL_S)
@@ -234,36 +243,21 @@ class CheckRun:
             else:
                 time.sleep(wait)
                 exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-            while chunk := os.pread(records, 1 << 16, offset):
+            while chunk := os.pread(fd, 1 << 16, offset):
                 offset += len(chunk)
                 *lines, buf = (buf + chunk).split(b"\n")
                 if len(buf) > MAX_RECORD:
-                    return "protocol", loaded, current, in_test
+                    return "protocol", records.loaded, records.current, records.in_test
                 for line in lines:
-                    rec = self.parse(line, nonce)
-                    kind = rec[0] if rec else None
-                    if kind == "L" and not loaded and len(rec) == 4:
-                        loaded = True
-                        if rec[1] != "passed":
-                            self.program = {"program_status": rec[1], "program_error": f"{rec[2]}: {rec[3]}"}
-                            self.fill(start, rec[1], rec[2], rec[3])
-                            return "done", loaded, current, in_test
-                    elif kind == "S" and loaded and not in_test and rec[1:] == (current,):
-                        in_test = True
-                    elif kind == "E" and in_test and len(rec) == 9 and rec[1] == current and rec[2] in CHILD_STATUSES:
-                        self.verdicts[current] = _verdict(current, self.tests[current], *rec[2:])
-                        current, in_test = current + 1, False
-                    elif kind == "D" and loaded and not in_test and current == len(self.tests):
-                        return "done", loaded, current, in_test
-                    else:
-                        return "protocol", loaded, current, in_test
+                    if reason := records.feed(line):
+                        return reason, records.loaded, records.current, records.in_test
                     deadline = time.monotonic() + self.config.timeout_s
             if exited:
-                return "eof", loaded, current, in_test
+                return "eof", records.loaded, records.current, records.in_test
             if watchdog and limits.memory_in_use(self.zygote.check_pids()) > self.config.memory_bytes:
-                return "memory", loaded, current, in_test
+                return "memory", records.loaded, records.current, records.in_test
             if time.monotonic() >= min(deadline, self.deadline):
-                return "timeout", loaded, current, in_test
+                return "timeout", records.loaded, records.current, records.in_test
 
     @staticmethod
     def parse(line: bytes, nonce: str) -> tuple | None:
@@ -291,6 +285,39 @@ class CheckRun:
                     return status
                 self.zygote.kill_check(pid)
                 time.sleep(0.001)
+
+
+class Records:
+    """One child's report, read record by record into its ``CheckRun``: the program's load (``L``), then per
+    test its start (``S``) and end (``E``), then ``D``. ``loaded``, ``current`` (the test to blame or continue
+    at) and ``in_test`` say how far it got."""
+
+    def __init__(self, run: CheckRun, nonce: str, start: int):
+        self.run, self.nonce = run, nonce
+        self.start, self.loaded, self.current, self.in_test = start, False, start, False
+
+    def feed(self, line: bytes) -> str | None:
+        """Take one record line: ``"done"`` (the report is complete), ``"protocol"`` (malformed, forged or out of
+        order) or None (read on)."""
+        run, current = self.run, self.current
+        rec = run.parse(line, self.nonce)
+        kind = rec[0] if rec else None
+        if kind == "L" and not self.loaded and len(rec) == 4:
+            self.loaded = True
+            if rec[1] != "passed":
+                run.program = {"program_status": rec[1], "program_error": f"{rec[2]}: {rec[3]}"}
+                run.fill(self.start, rec[1], rec[2], rec[3])
+                return "done"
+        elif kind == "S" and self.loaded and not self.in_test and rec[1:] == (current,):
+            self.in_test = True
+        elif kind == "E" and self.in_test and len(rec) == 9 and rec[1] == current and rec[2] in CHILD_STATUSES:
+            run.verdicts[current] = _verdict(current, run.tests[current], *rec[2:])
+            self.current, self.in_test = current + 1, False
+        elif kind == "D" and self.loaded and not self.in_test and current == len(run.tests):
+            return "done"
+        else:
+            return "protocol"
+        return None
 
 
 class Zygote:

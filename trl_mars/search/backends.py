@@ -70,6 +70,33 @@ class SamplingConfig:
             raise ValueError(f"invalid sampling: repetition_penalty={self.repetition_penalty}, min_p={self.min_p}")
 
 
+def warp_scores(s: SamplingConfig, scores: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """The sampling scores of (rows, vocab) float logits: repetition penalty on the ``seen`` tokens (logit / p if
+    positive, x p if negative), then / temperature, top-k, top-p (the smallest prefix of the sorted distribution
+    reaching ``top_p``) and min-p (tokens below ``min_p`` x the top probability) masked to -inf.
+
+    >>> warp_scores(SamplingConfig(temperature=0.5, top_k=2), torch.tensor([[1.0, 3.0, 2.0]]))
+    tensor([[-inf, 6., 4.]])
+    """
+    if s.repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty)
+        scores = torch.where(seen, penalised, scores)
+    if s.temperature > 0 and s.temperature != 1.0:
+        scores = scores / s.temperature
+    if s.top_k > 0:
+        kth = torch.topk(scores, min(s.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cum - sorted_scores.softmax(-1) >= s.top_p  # keep the smallest prefix reaching top_p
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if s.min_p:
+        probs = scores.softmax(-1)
+        scores = scores.masked_fill(probs < s.min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+    return scores
+
+
 class _SampleAndRecord(LogitsProcessor):
     """Applies the repetition penalty, temperature, top-k, top-p and min-p itself (so it is the last processor) and
     records log-probs. The penalty counts the prompt's own tokens (not its padding) and the generated ones.
@@ -110,27 +137,12 @@ class _SampleAndRecord(LogitsProcessor):
         if input_ids.shape[1] > self.prompt_len:
             self.gather_previous(input_ids[:, -1])
             self.report_finished(input_ids)
-        s = self.sampling
-        scores = scores.float()
-        if s.repetition_penalty != 1.0:
-            real = torch.ones_like(input_ids, dtype=scores.dtype)
-            real[:, : self.prompt_len] = self.prompt_mask.to(scores.dtype)
-            seen = torch.zeros_like(scores).scatter_add_(1, input_ids, real) > 0
-            penalised = torch.where(scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty)
-            scores = torch.where(seen, penalised, scores)
-        if s.temperature > 0 and s.temperature != 1.0:
-            scores = scores / s.temperature
-        if s.top_k > 0:
-            kth = torch.topk(scores, min(s.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if s.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
-            drop = cum - sorted_scores.softmax(-1) >= s.top_p  # keep the smallest prefix reaching top_p
-            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        if s.min_p:
-            probs = scores.softmax(-1)
-            scores = scores.masked_fill(probs < s.min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+        seen = None
+        if self.sampling.repetition_penalty != 1.0:
+            real = torch.ones_like(input_ids, dtype=torch.float)
+            real[:, : self.prompt_len] = self.prompt_mask.float()
+            seen = torch.zeros_like(scores, dtype=torch.float).scatter_add_(1, input_ids, real) > 0
+        scores = warp_scores(self.sampling, scores.float(), seen)
         self.previous = F.log_softmax(scores, dim=-1)
         return scores
 
@@ -154,7 +166,14 @@ def sampling_config_only(model: Any) -> Iterator[None]:
 
 
 class TransformersBackend:
-    """Batched ``model.generate`` over chat prompts with the model's chat template (left padding).
+    """Batched generation over chat prompts with the model's chat template (left padding).
+
+    ``batching="lockstep"``: one ``model.generate`` per ``max_batch_size`` prompts (all of them by default); a
+    finished row rides in the batch until its longest row ends. ``batching="refill"``: ``refill.RefillDecoder`` with
+    ``max_batch_size`` slots (all prompts by default): a finished row leaves the batch at once and a pending prompt
+    takes its slot; same sampling, and with greedy decoding the same answers. ``generation_kwargs`` and
+    ``synced_gpus`` need lockstep (they are ``generate``'s own); None picks ``DEFAULT_BATCHING`` unless they are set,
+    and falls back to lockstep for a model whose KV cache cannot be refilled (sliding-window or recurrent layers).
 
     ``synced_gpus=True``: the model is sharded across processes (FSDP): each ``generate`` keeps running forwards
     until every process's batch is done, as all must take part in each forward (``transformers``' own flag; None
@@ -168,7 +187,13 @@ class TransformersBackend:
         chat_template_kwargs: dict[str, Any] | None = None,
         max_batch_size: int | None = None,
         synced_gpus: bool | None = None,
+        batching: str | None = None,
     ) -> None:
+        self.auto_batching = batching is None
+        if batching is None:  # generation_kwargs and synced_gpus are generate's own
+            kwargs = sampling is not None and sampling.generation_kwargs
+            batching = "lockstep" if synced_gpus or kwargs else DEFAULT_BATCHING
+        check_batching(batching, sampling, synced_gpus)
         if tokenizer.chat_template is None:
             raise ValueError("tokenizer has no chat_template; set one (see trl_mars.testing.CHAT_TEMPLATE)")
         if synced_gpus and max_batch_size:
@@ -180,6 +205,7 @@ class TransformersBackend:
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.max_batch_size = max_batch_size
         self.synced_gpus = synced_gpus
+        self.batching = batching
 
     concurrent_requests = False  # one model in this process: calls keep their order (and FSDP's collectives)
 
@@ -194,6 +220,15 @@ class TransformersBackend:
             return []
         size = self.max_batch_size or len(prompts)
         out: list[Generation] = []
+        if self.batching == "refill":
+            from trl_mars.search.refill import RefillUnsupported
+
+            try:
+                return self._generate_refill([self.encode(p) for p in prompts], size, on_text)
+            except RefillUnsupported:
+                if not self.auto_batching:
+                    raise
+                self.batching = "lockstep"  # batching=None: this model's cache cannot be refilled; generate instead
         with sampling_config_only(self.model):
             for i in range(0, len(prompts), size):
                 out += self._generate_batch([self.encode(p) for p in prompts[i : i + size]], i, on_text)
@@ -245,6 +280,38 @@ class TransformersBackend:
                 on_text(offset + row, text)
             results.append(Generation(prompt_ids[row], ids, text, logprobs[row, : len(ids)].tolist()))
         return results
+
+    def _generate_refill(self, prompt_ids: list[list[int]], slots: int, on_text: OnText | None) -> list[Generation]:
+        from trl_mars.search.refill import RefillDecoder  # refill imports this module's sampling
+
+        tok = self.tokenizer
+        results: list[Generation | None] = [None] * len(prompt_ids)
+
+        def done(i: int, ids: list[int], logprobs: list[float]) -> None:
+            ids = self._truncate(ids)
+            results[i] = Generation(
+                prompt_ids[i], ids, tok.decode(ids, skip_special_tokens=True), logprobs[: len(ids)]
+            )
+            if on_text is not None:
+                on_text(i, results[i].text)
+
+        RefillDecoder(self.model, self.sampling, tok.eos_token_id, slots).run(prompt_ids, done)
+        return results
+
+
+BATCHING = ("lockstep", "refill")
+DEFAULT_BATCHING = "refill"  # faster in benchmarks/rollout_refill.py (BENCHMARKS.md); "lockstep" stays selectable
+
+
+def check_batching(batching: str, sampling: SamplingConfig | None, synced_gpus: bool | None) -> None:
+    """``ValueError`` for a ``batching`` the backend cannot honour."""
+    if batching not in BATCHING:
+        raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
+    if batching == "refill" and synced_gpus:
+        raise ValueError("batching='refill' cannot run sharded models (synced_gpus): use 'lockstep'")
+    if batching == "refill" and sampling is not None and sampling.generation_kwargs:
+        raise ValueError(f"batching='refill' does not pass generation_kwargs {sorted(sampling.generation_kwargs)} "
+                         "to generate: use 'lockstep'")  # fmt: skip
 
 
 class ScriptedBackend:

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trl_mars.argtypes import HelpFormatter, non_negative_float, positive_float, positive_int, probability
-from trl_mars.eval.cli import add_benchmark_options, load_benchmark
+from trl_mars.eval.cli import add_benchmark_options, add_verifier_options, load_benchmark, open_verifier_sandbox
 from trl_mars.eval.datasets import HUMANEVAL
 from trl_mars.eval.loaders import CodeProblem
 from trl_mars.eval.rows import DataError
-from trl_mars.sandbox import Sandbox, SandboxConfig
-from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMServerBackend
+from trl_mars.sandbox import SandboxConfig
+from trl_mars.search.backends import BATCHING, DEFAULT_BATCHING, SamplingConfig, TransformersBackend, VLLMServerBackend
 from trl_mars.search.engine import SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.metrics import agent_shares, mean_metrics, select_final, tree_metrics
 from trl_mars.search.problems import from_code_problem
@@ -93,7 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--max-batch-size",
         type=positive_int,
-        help="split each generation call into batches of at most this many prompts (default: no split)",
+        help="split each generation call into batches of at most this many prompts (default: no split); "
+        "with --batching refill, the rows in flight at once",
+    )
+    add(
+        "--batching",
+        choices=BATCHING,
+        default=DEFAULT_BATCHING,
+        help="lockstep: one generate per batch, finished rows ride until its longest ends; refill: finished rows "
+        "leave at once and waiting prompts take their slots (same sampling; benchmarks/rollout_refill.py)",
     )
     add(
         "--group-size",
@@ -125,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--concurrency", type=positive_int, default=SandboxConfig.concurrency, help="sandbox workers")
     add("--timeout", type=positive_float, default=SandboxConfig.timeout_s, help="sandbox seconds per test")
+    add_verifier_options(add)
     add("--seed", type=int, default=0, help="seed of the search and of sampling (each group reseeded from it)")
     add("--output", required=True, help="directory for results.jsonl, trees/, trees.json, trees.html, summary.json")
     add("--resume", action="store_true", help="continue the run in --output, skipping the problems it finished")
@@ -197,6 +206,7 @@ def load_backends(
     max_batch_size: int | None = None,
     chat_template_kwargs: dict | None = None,
     servers: dict[str, str] | None = None,
+    batching: str | None = None,
 ) -> dict:
     """One ``TransformersBackend`` per distinct path (agents naming the same path share it, so one batch); agents
     in ``servers`` generate on their ``trl vllm-serve`` instead (only the tokenizer is loaded)."""
@@ -220,7 +230,7 @@ def load_backends(
         model = AutoModelForCausalLM.from_pretrained(local, dtype="auto" if cuda else torch.float32)
         model = model.to("cuda" if cuda else "cpu").eval()
         by_path[path] = TransformersBackend(
-            model, tokenizer, sampling, chat_template_kwargs, max_batch_size=max_batch_size
+            model, tokenizer, sampling, chat_template_kwargs, max_batch_size=max_batch_size, batching=batching
         )
     return {name: served[name] if name in served else by_path[path] for name, path in models.items()}
 
@@ -384,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"trl-mars search: error: {err}") from None
     out = output.out
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
-    agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs, servers)
+    sandbox = open_verifier_sandbox(args, "trl-mars search")  # a bad --verifier setting fails before models load
+    agents = load_backends(models, sampling, args.max_batch_size, args.chat_template_kwargs, servers, args.batching)
     reward_model = resolve_reward_model(args.reward_model)
     config = SearchConfig(
         max_nodes=args.max_nodes,
@@ -397,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = search_runs(args, agents)
     seconds: dict[str, float] = {}
-    with Sandbox(concurrency=args.concurrency, timeout_s=args.timeout) as sandbox:
+    with sandbox:
         verifier = SandboxVerifier(sandbox)
         for label, run_agents in runs:
             start = time.perf_counter()

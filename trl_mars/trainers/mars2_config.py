@@ -248,6 +248,37 @@ class MultiAgentTreeConfig(GRPOConfig):
     tests_column: str = field(default="tests", metadata={"help": "Dataset column holding each problem's tests."})
     sandbox_timeout: float = field(default=5.0, metadata={"help": "Seconds a program may run against its tests."})
     sandbox_workers: int | None = field(default=None, metadata={"help": "Concurrent sandbox checks (default: CPUs)."})
+    # --- remote verifier (issue 20, item 6) ---
+    verifier: str = field(
+        default="local",
+        metadata={"help": "Where programs run: 'local' (the package's sandbox) or 'sandbox_fusion' (a SandboxFusion "
+                  "server's run_code; verdicts are still decided here)."},
+    )  # fmt: skip
+    sandbox_fusion_url: str | None = field(
+        default=None, metadata={"help": "verifier='sandbox_fusion': the server's URL (http://host:8080)."}
+    )
+    sandbox_fusion_concurrency: int = field(
+        default=8, metadata={"help": "verifier='sandbox_fusion': checks in flight at once."}
+    )
+    sandbox_fusion_retries: int = field(
+        default=3, metadata={"help": "verifier='sandbox_fusion': retries of a request failing with 5xx or a timeout."}
+    )
+    sandbox_fusion_backoff_s: float = field(
+        default=0.5, metadata={"help": "verifier='sandbox_fusion': seconds before the first retry (doubling)."}
+    )
+    sandbox_fusion_request_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "verifier='sandbox_fusion': seconds a request may take beyond the check's own budget."},
+    )
+    # --- end remote verifier ---
+    # --- rollout refill (issue 20, item 8) ---
+    generation_batching: str | None = field(
+        default=None,
+        metadata={"help": "transformers backend: 'refill' (a finished answer leaves the batch at once, a waiting "
+                  "prompt takes its slot), 'lockstep' (one generate per batch) or None: refill, unless "
+                  "generation_kwargs are set or FSDP shards the agents over processes (generate's own)."},
+    )  # fmt: skip
+    # --- end rollout refill ---
     save_trees: bool = field(default=True, metadata={"help": "Keep the last round's trees in checkpoints (viewer)."})
     tplus: bool = field(
         default=False,
@@ -337,6 +368,13 @@ class MultiAgentTreeConfig(GRPOConfig):
         check_eval_fields(self)
         check_vllm_fields(self)
         check_search_mode(self)
+        check_verifier_fields(self)
+        if self.generation_batching not in (None, "lockstep", "refill"):
+            raise ValueError(f"MultiAgentTreeConfig.generation_batching has an invalid value: "
+                             f"{self.generation_batching!r} (None, 'lockstep' or 'refill')")  # fmt: skip
+        if self.generation_batching == "refill" and self.generation_kwargs:
+            raise ValueError(f"MultiAgentTreeConfig.generation_batching='refill' cannot pass generation_kwargs "
+                             f"{sorted(self.generation_kwargs)} (generate's own): use 'lockstep' or None")  # fmt: skip
         if self.use_vllm:
             check_vllm_agents(self.agent_specs, self.agent_mode, self.vllm_mode)
             if self.vllm_mode == "colocate" and self.agent_specs:
@@ -460,6 +498,41 @@ def check_vllm_fields(config: MultiAgentTreeConfig) -> None:
         raise ValueError(
             f"MultiAgentTreeConfig.vllm_weight_sync_bucket_mb must be > 0, got {config.vllm_weight_sync_bucket_mb}"
         )
+
+
+_FUSION_FIELDS = ("sandbox_fusion_concurrency", "sandbox_fusion_retries", "sandbox_fusion_backoff_s",
+                  "sandbox_fusion_request_timeout_s")  # fmt: skip
+
+
+def check_verifier_fields(config: MultiAgentTreeConfig) -> None:
+    """``verifier`` and the SandboxFusion fields, checked by name before any model loads: a field the chosen
+    verifier would ignore is refused."""
+    from trl_mars.sandbox.remote import check_fusion_fields
+
+    owner = "MultiAgentTreeConfig"
+    if config.verifier not in ("local", "sandbox_fusion"):
+        raise ValueError(f"{owner}.verifier has an invalid value: {config.verifier!r} ('local' or 'sandbox_fusion')")
+    if config.verifier == "local":
+        defaults = {f.name: f.default for f in fields(config)}
+        for name in ("sandbox_fusion_url", *_FUSION_FIELDS):
+            if getattr(config, name) != defaults[name]:
+                raise ValueError(f"{owner}.{name} is set but verifier='local' would ignore it; "
+                                 "set verifier='sandbox_fusion' to use a SandboxFusion server")  # fmt: skip
+        return
+    if config.sandbox_workers is not None:
+        raise ValueError(f"{owner}.sandbox_workers sizes the local sandbox; with verifier='sandbox_fusion' set "
+                         "sandbox_fusion_concurrency")  # fmt: skip
+    check_fusion_fields(owner, config.sandbox_fusion_url, *(getattr(config, n) for n in _FUSION_FIELDS),
+                        prefix="sandbox_fusion_")  # fmt: skip
+
+
+def sandbox_fusion_config(config: MultiAgentTreeConfig):
+    """The ``SandboxFusionConfig`` of a config with ``verifier='sandbox_fusion'`` (None for the local sandbox)."""
+    if config.verifier != "sandbox_fusion":
+        return None
+    from trl_mars.sandbox.remote import SandboxFusionConfig
+
+    return SandboxFusionConfig(config.sandbox_fusion_url, *(getattr(config, n) for n in _FUSION_FIELDS))
 
 
 def check_search_mode(config: MultiAgentTreeConfig) -> None:

@@ -38,6 +38,7 @@ from trl_mars.losses.policy import PolicyLossConfig, policy_loss
 from trl_mars.rewards.code import check_tests_column, make_code_reward
 from trl_mars.rewards.tree_credit import overlong_penalty, tree_consistent_rewards, tree_group_advantages
 from trl_mars.sandbox import Sandbox, SandboxConfig
+from trl_mars.sandbox.remote import open_sandbox
 from trl_mars.search import SandboxVerifier, SearchConfig, SearchProblem, TreeSearch
 from trl_mars.search.backends import SamplingConfig, TransformersBackend, VLLMServerBackend
 from trl_mars.search.metrics import TieBreak, agent_shares, mean_metrics, tree_metrics
@@ -60,6 +61,7 @@ from trl_mars.trainers.mars2_config import (
     MultiAgentTreeConfig,
     check_colocate_memory,
     check_deepspeed_agents,
+    sandbox_fusion_config,
 )
 from trl_mars.utils.checkpoint import MethodStateMixin
 from trl_mars.utils.fsdp import load_optimizer, save_optimizer, wrap_own_layers
@@ -111,7 +113,8 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         train_dataset: rows with a ``prompt`` (text or conversation) and ``args.tests_column`` (assert lines,
             HumanEval ``check`` code, or stdin/stdout cases: whatever ``trl_mars.sandbox`` accepts).
         processing_class: tokenizer(s) matching ``model`` when instances are passed.
-        sandbox: a running [`~trl_mars.sandbox.Sandbox`] to share; by default one is started from ``args``.
+        sandbox: a running [`~trl_mars.sandbox.Sandbox`] to share; by default one is started from ``args`` (a
+            [`~trl_mars.sandbox.remote.RemoteSandbox`] with ``verifier='sandbox_fusion'``).
     """
 
     _tag_names = ["trl", "trl-mars", "mars2", "multi-agent", "tree-search", "code"]
@@ -148,11 +151,14 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
         tokenizers = [
             tok if tok is not None else load_tokenizer(s, i) for i, (s, tok) in enumerate(zip(owners, tokenizers))
         ]
+        # opened before any model loads: an unreachable SandboxFusion URL fails here
+        workers = {"concurrency": args.sandbox_workers} if args.sandbox_workers else {}
+        self.sandbox = sandbox or open_sandbox(
+            SandboxConfig(timeout_s=args.sandbox_timeout, **workers), sandbox_fusion_config(args)
+        )
         first = models[0] or create_model_from_path(
             resolve_model_path(owners[0].model), **model_init_kwargs(owners[0], args.model_init_kwargs)
         )
-        workers = {"concurrency": args.sandbox_workers} if args.sandbox_workers else {}
-        self.sandbox = sandbox or Sandbox(SandboxConfig(timeout_s=args.sandbox_timeout, **workers))
         use_vllm, args.use_vllm = args.use_vllm, False  # GRPOTrainer would connect agent 0 only; we connect each
         try:
             super().__init__(
@@ -192,6 +198,9 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
             system_prompts={s.name: s.system_prompt for s in specs},
             sync=self._max_over_processes if self.lockstep else None,
         )
+        if args.generation_batching == "refill" and self.lockstep:
+            raise ValueError("MultiAgentTreeConfig.generation_batching='refill' cannot run agents FSDP shards over "
+                             "processes (each forward is a collective): use 'lockstep' or None")  # fmt: skip
         self.last_trees: list[SearchTree] = []
         self._reward_model: RewardModel | None = None  # eval_reward_model, loaded at the first evaluate_search
         self._optimizers_ready = False
@@ -474,6 +483,7 @@ class MultiAgentTreeTrainer(MethodStateMixin, GRPOTrainer):
                     sampling,
                     self.chat_template_kwargs or {},
                     synced_gpus=self.lockstep or None,
+                    batching=self.args.generation_batching,
                 )
             self.search.agents = {n: backends[id(self.policy_of[n])] for n in names}
             self.search.system_prompts = {n: self.search.system_prompts.get(n) for n in names}

@@ -180,7 +180,7 @@ def test_trl_mars_search_passes_batching(tmp_path, monkeypatch):
 
     calls = []
 
-    def load(models, sampling, max_batch_size, chat_template_kwargs, batching):
+    def load(models, sampling, max_batch_size, chat_template_kwargs, servers, batching):
         calls.append(batching)
         return {name: ScriptedBackend(lambda m: "```python\nx = 1\n```") for name in models}
 

@@ -89,6 +89,10 @@ def test_resume_of_a_finished_run_generates_nothing_and_a_changed_setting_is_ref
     monkeypatch.setattr(search_cli, "load_backends", lambda *a: pytest.fail("models loaded"))
     with pytest.raises(SystemExit, match=r"--max-nodes 4.*now 5"):
         search_cli.main([*ARGS, "--max-nodes", "5", "--output", str(tmp_path / "o"), "--resume"])
+    # refill and lockstep generation sample different answers from one seed: a run is resumed as it was made
+    other = "lockstep" if search_cli.DEFAULT_BATCHING == "refill" else "refill"
+    with pytest.raises(SystemExit, match=rf"--batching '{search_cli.DEFAULT_BATCHING}', now '{other}'"):
+        search_cli.main([*ARGS, "--batching", other, "--output", str(tmp_path / "o"), "--resume"])
 
 
 def test_a_torn_last_line_is_dropped_and_its_problem_searched_again(tmp_path, monkeypatch):

@@ -269,10 +269,10 @@ RESULT_SETTINGS = (
     "model", "benchmark", "format", "split", "release_version", "start_date", "end_date", "num_problems", "limit",
     "mode", "max_nodes", "tplus", "stop_on_pass", "public", "posterior", "order", "tie_break", "reward_model",
     "chat_template_kwargs", "temperature", "top_p", "max_new_tokens", "group_size", "timeout", "seed",
-    "search_mode", "max_inflight",
+    "search_mode", "max_inflight", "batching", "max_batch_size",
 )  # fmt: skip
 """Arguments that decide the results: ``--resume`` refuses to continue a run written with other values."""
-ADDED_SETTINGS = {"search_mode": "lockstep", "max_inflight": 1}
+ADDED_SETTINGS = {"search_mode": "lockstep", "max_inflight": 1, "batching": "lockstep", "max_batch_size": None}
 """Settings newer than some runs on disk, with the value those runs used (so that they still resume)."""
 
 

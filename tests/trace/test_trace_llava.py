@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, LlavaConfig
 
 from trl_mars.embed.encoder import TraceEncoder
 from trl_mars.embed.vision import FAMILIES, VisionSpec, vision_family
@@ -37,6 +37,7 @@ def test_tiny_llava_follows_the_llava_processor_token_rule(trace_llava_path):
 
     model = AutoModelForImageTextToText.from_pretrained(trace_llava_path)
     assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert sum(p.numel() for p in model.parameters()) < 300_000
     tokenizer, processor = (
         AutoTokenizer.from_pretrained(trace_llava_path),
         AutoImageProcessor.from_pretrained(trace_llava_path),
@@ -57,6 +58,13 @@ def test_tiny_llava_follows_the_llava_processor_token_rule(trace_llava_path):
     # the rule's other terms: strategy "full" keeps the class token
     model.config.vision_feature_select_strategy = "full"
     assert vision.process([two_colour_image("red", "blue")]).num_tokens == [5]
+    # LLaVA-1.5's defaults (CLIP ViT-L/14 at 336 px): (336/14)^2 = 576 image tokens
+    default = LlavaConfig()
+    assert (default.vision_config.image_size, default.vision_config.patch_size) == (336, 14)
+    assert FAMILIES["llava"].counts({"pixel_values": torch.zeros(2, 3, 336, 336)}, None, default) == (
+        [1, 1],
+        [576] * 2,
+    )
 
 
 def _grads(trainer, batch):

@@ -9,7 +9,8 @@ without gradients, ``dL/de`` is cached, and each chunk is re-run with gradients 
 Vision-language models (a family of ``trl_mars.embed.vision.FAMILIES``: Qwen2-VL, Qwen2.5-VL, LLaVA; loaded with
 their image processor): rows may carry images (``query_image``, ``positive_image``, ``<negative>_image``); every
 forward, the GradCache replay included, gets the rows' vision inputs (``pixel_values``, plus ``image_grid_thw`` /
-``mm_token_type_ids`` for Qwen2-VL), so the vision tower runs inside the replayed forward. ``freeze_vision_tower`` (default) keeps the vision encoder frozen and LoRA off it.
+``mm_token_type_ids`` for Qwen2-VL), so the vision tower runs inside the replayed forward.
+``freeze_vision_tower`` (default) keeps the vision encoder frozen and LoRA off it. Other VLM families are rejected.
 """
 
 from __future__ import annotations

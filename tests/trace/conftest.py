@@ -1,5 +1,5 @@
 """Fixtures of the TRACE tests: a MovieLens retrieval task, a tiny Qwen2 with a movie-vocabulary tokenizer, a tiny
-Qwen2-VL and rows with images (two-colour 56x56 PIL images, from trace_image_rows.py)."""
+Qwen2-VL, a tiny LLaVA and rows with images (two-colour 56x56 PIL images, from trace_image_rows.py)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ def trace_vlm_path(tiny_cache) -> str:
     from trace_image_rows import tiny_trace_vlm_path
 
     return tiny_trace_vlm_path(tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def trace_llava_path(tiny_cache) -> str:
+    """A tiny LLaVA (CLIP vision tower, 56x56 images = 2x2 patches = 4 image tokens) with the rows' tokenizer."""
+    from trace_image_rows import tiny_trace_vlm_path
+
+    return tiny_trace_vlm_path(tiny_cache, "llava")
 
 
 @pytest.fixture(scope="session")

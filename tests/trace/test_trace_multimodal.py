@@ -112,23 +112,28 @@ def test_collator_rejects_an_image_that_max_length_cuts(vlm_trainer, image_rows)
 
 
 def _row_forward(model, tokenizer, vision, ids: list[int], image):
-    """One unpadded row through the model, its image processed on its own."""
+    """One unpadded row through the model, its image processed on its own (LLaVA: its pixels only; Qwen2-VL: also
+    its patch grid and the M-RoPE token types). The model itself checks that the row has as many image tokens as
+    the vision tower gives features."""
     input_ids = torch.tensor([ids])
     kwargs = {}
     if image is not None:
         out = vision.image_processor(images=[image], return_tensors="pt")
-        kwargs = {
-            "pixel_values": out["pixel_values"],
-            "image_grid_thw": out["image_grid_thw"],
-            "mm_token_type_ids": (input_ids == vision.image_token_id).long(),
-        }
+        kwargs = {"pixel_values": out["pixel_values"]}
+        if model.config.model_type == "qwen2_vl":
+            kwargs["image_grid_thw"] = out["image_grid_thw"]
+            kwargs["mm_token_type_ids"] = (input_ids == vision.image_token_id).long()
     return model(input_ids=input_ids, output_hidden_states=True, **kwargs)
 
 
-def test_multimodal_loss_equals_the_hand_assembled_loss(vlm_trainer, image_rows):
+@pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])
+def test_multimodal_loss_equals_the_hand_assembled_loss(request, arch, trace_args, image_dataset, image_rows):
     """compute_loss on a mixed batch == per-row unpadded forwards: CE on CoT + <|emb|>, pre-<|emb|> pooling,
-    cosine InfoNCE over positives and hard negatives, lambda-weighted."""
-    trainer = vlm_trainer(lambda_gen=0.7, lambda_ret=1.3, temperature=0.1)
+    cosine InfoNCE over positives and hard negatives, lambda-weighted; for both wired VLM families."""
+    path = request.getfixturevalue({"qwen2_vl": "trace_vlm_path", "llava": "trace_llava_path"}[arch])
+    args = trace_args(lambda_gen=0.7, lambda_ret=1.3, temperature=0.1)
+    trainer = TraceEmbedTrainer(path, args=args, train_dataset=image_dataset)
+    assert trainer.model.config.model_type == arch
     model, tok, vision = trainer.model.eval(), trainer.processing_class, trainer.vision
     rows = image_rows[:8]
     batch = trainer.data_collator(rows)

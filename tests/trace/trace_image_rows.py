@@ -10,11 +10,12 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), 
 WORDS = "red green blue yellow left right half and of the a photo Query. Item. <|im_start|>system\n<|im_end|>\n"
 
 
-def tiny_trace_vlm_path(cache_dir) -> str:
-    """A tiny Qwen2-VL (images become 4x4 patches = 4 image tokens) with a tokenizer trained on the rows' words."""
+def tiny_trace_vlm_path(cache_dir, arch: str = "qwen2_vl") -> str:
+    """A tiny VLM (Qwen2-VL: 4x4 patches = 4 image tokens; LLaVA: 2x2 patches = 4 image tokens) with a tokenizer
+    trained on the rows' words."""
     from trl_mars.testing import tiny_vlm_path
 
-    return tiny_vlm_path("qwen2_vl", cache_dir=cache_dir, tokenizer_corpus=[WORDS] * 20, vocab_size=400)
+    return tiny_vlm_path(arch, cache_dir=cache_dir, tokenizer_corpus=[WORDS] * 20, vocab_size=400)
 
 
 def two_colour_image(left: str, right: str):

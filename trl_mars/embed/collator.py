@@ -7,8 +7,9 @@ Queries become ``[prompt; CoT; <|emb|>]`` with labels on ``CoT; <|emb|>``; candi
 Images (vision-language models): optional ``query_image``, ``positive_image`` and ``<negative column>_image``
 (e.g. ``negative_1_image``), each a PIL image, an image path or None per row. A row's item is text, image, or
 text and image; an empty text with an image is an image-only item. Each group (``query``, ``candidate``,
-``negative``) with images gets ``{group}_pixel_values``, ``{group}_image_grid_thw``, ``{group}_mm_token_type_ids``
-and ``{group}_num_patches`` (see ``trl_mars.embed.vision``).
+``negative``) with images gets ``{group}_pixel_values``, the model family's per-image tensors (Qwen2-VL:
+``{group}_image_grid_thw``, ``{group}_mm_token_type_ids``) and ``{group}_num_patches`` (rows of ``pixel_values``
+per item; see ``trl_mars.embed.vision``).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class TraceCollator:
         if self.vision is None:
             if any(img is not None for img in images):
                 raise ValueError(f"{where}: the batch has images but the model has no vision tower / image processor")
-            return ImageBatch(None, None, [0] * len(images), [0] * len(images))
+            return ImageBatch({}, [0] * len(images), [0] * len(images))
         return self.vision.process(images, where)
 
     def placeholder(self, images: ImageBatch, i: int) -> str:

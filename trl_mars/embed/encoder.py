@@ -10,7 +10,8 @@ Query modes (candidates always use ``direct``):
 A reasoned query is re-encoded as ``[prompt; CoT; <|emb|>]`` and pooled at the pre-``<|emb|>`` position, exactly as
 in training.
 
-With a vision-language model (Qwen2-VL family) and its image processor, ``images`` (aligned with ``texts``: a PIL
+With a vision-language model of a family in ``trl_mars.embed.vision.FAMILIES`` (Qwen2-VL, Qwen2.5-VL, LLaVA)
+and its image processor, ``images`` (aligned with ``texts``: a PIL
 image, a path or None each) put each image before its text, as in training (``trl_mars.embed.vision``); the vision
 inputs go to every forward and to ``generate``. ``images=None`` (or all None) is the text path, unchanged.
 """
@@ -100,7 +101,7 @@ def last_hidden_and_logits(
     """Last-layer hidden states ``(B, T, H)`` and the next-token logits of the last position ``(B, V)``.
 
     With ``logits_to_keep`` (a bool saying the model supports it), only the last position's logits are computed.
-    ``vision_inputs``: ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids`` of a VLM batch with images.
+    ``vision_inputs``: a VLM batch's vision kwargs (``pixel_values`` and its family's, see ``ImageBatch``).
     """
     kwargs = {"logits_to_keep": 1} if logits_to_keep else {}
     out = model(
@@ -254,9 +255,8 @@ class TraceEncoder:
     ) -> tuple[list[list[int]], ImageBatch]:
         """Prompt ids per item (image placeholder first) and the items' processed images."""
         if self.vision is None:
-            return [prompt_ids(self.tokenizer, self.parts[kind], t, budget) for t in texts], ImageBatch(
-                None, None, [0] * len(texts), [0] * len(texts)
-            )
+            no_images = ImageBatch({}, [0] * len(texts), [0] * len(texts))
+            return [prompt_ids(self.tokenizer, self.parts[kind], t, budget) for t in texts], no_images
         batch = self.vision.process(images, f"{kind} image")
         prompts = []
         for i, text in enumerate(texts):

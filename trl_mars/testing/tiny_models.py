@@ -1,5 +1,5 @@
 """Offline tiny models: a locally trained byte-level BPE tokenizer, tiny Qwen2/Llama causal LMs and tiny
-Qwen2-VL / Qwen2.5-VL vision-language models (with their image processor).
+Qwen2-VL / Qwen2.5-VL / LLaVA (CLIP vision + Llama) vision-language models (with their image processor).
 
 Everything is built from configs on the spot (no hub access) and saved with ``save_pretrained`` so that
 every code path loads it by path, exactly as it would load ``Qwen/Qwen3-8B``.
@@ -8,6 +8,7 @@ every code path loads it by path, exactly as it would load ``Qwen/Qwen3-8B``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
     LlamaConfig,
+    LlavaConfig,
     PretrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
@@ -36,7 +38,16 @@ VL_CHAT_TEMPLATE = resources.files("trl_mars.testing").joinpath("chat_template_v
 """ChatML that also renders content blocks: ``{"type": "image"}`` as ``<|vision_start|><|image_pad|><|vision_end|>``
 (as Qwen2-VL's template does) and ``{"type": "text"}`` as its text."""
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-TINY_VLM_ARCHS = ("qwen2_vl", "qwen2_5_vl")
+LLAVA_IMAGE_TOKEN = "<image>"
+TINY_VLM_ARCHS = ("qwen2_vl", "qwen2_5_vl", "llava")
+ARCH_VISION_TOKENS = {"qwen2_vl": VISION_TOKENS, "qwen2_5_vl": VISION_TOKENS, "llava": (LLAVA_IMAGE_TOKEN,)}
+"""The image special tokens each tiny VLM's tokenizer gets."""
+ARCH_CHAT_TEMPLATES = {
+    "qwen2_vl": VL_CHAT_TEMPLATE,
+    "qwen2_5_vl": VL_CHAT_TEMPLATE,
+    "llava": VL_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", LLAVA_IMAGE_TOKEN),
+}
+"""The block-aware ChatML of each tiny VLM: an image block renders as the family's (unexpanded) image token(s)."""
 TINY_ARCHS = ("qwen2", "llama")
 HEADS = {"causal-lm": AutoModelForCausalLM, "reward": AutoModelForSequenceClassification}
 """``head`` of a tiny model: a causal LM, or a one-label sequence classifier (a reward model, as TRL trains)."""
@@ -152,17 +163,23 @@ def tiny_model_path(
     return str(target)
 
 
-def tiny_vlm_config(arch: str, tokenizer: PreTrainedTokenizerFast, **overrides) -> PretrainedConfig:
-    """A tiny Qwen2-VL / Qwen2.5-VL config: the text model of ``tiny_config`` (M-RoPE sections 2/3/3 of the 16-dim
-    heads), a one- or two-block vision tower with 14-pixel patches and 2x2 merging, image ids from ``tokenizer``.
+def tiny_vlm_config(
+    arch: str, tokenizer: PreTrainedTokenizerFast, image_pixels: int = 56 * 56, **overrides
+) -> PretrainedConfig:
+    """A tiny VLM config, image ids from ``tokenizer``. Qwen2-VL / Qwen2.5-VL: the text model of ``tiny_config``
+    (M-RoPE sections 2/3/3 of the 16-dim heads), a one- or two-block vision tower with 14-pixel patches and 2x2
+    merging. LLaVA: a two-layer CLIP vision tower on ``sqrt(image_pixels)``-pixel square images with 28-pixel
+    patches (features of its last layer, class token dropped) and a tiny Llama.
 
     ``overrides`` go to the text config (``hidden_size`` also sizes the vision tower's output).
     """
     if arch not in TINY_VLM_ARCHS:
         raise ValueError(f"arch must be one of {TINY_VLM_ARCHS}, got {arch!r}")
-    missing = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+    missing = [t for t in ARCH_VISION_TOKENS[arch] if t not in tokenizer.get_vocab()]
     if missing:
         raise ValueError(f"the tokenizer lacks the vision tokens {missing}; build it with add_vision_tokens()")
+    if arch == "llava":
+        return _tiny_llava_config(tokenizer, image_pixels, **overrides)
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -202,13 +219,53 @@ def tiny_vlm_config(arch: str, tokenizer: PreTrainedTokenizerFast, **overrides) 
     )
 
 
-def add_vision_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
-    """Add Qwen2-VL's image/video special tokens and the block-aware chat template to ``tokenizer`` (in place)."""
-    new = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+def _tiny_llava_config(tokenizer: PreTrainedTokenizerFast, image_pixels: int, **overrides) -> LlavaConfig:
+    side = math.isqrt(image_pixels)
+    if side * side != image_pixels or side % 28:
+        raise ValueError(f"a tiny LLaVA takes square images of a multiple of 28 pixels a side, got {image_pixels}")
+    text = tiny_config("llama", tokenizer, **overrides).to_dict()
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=side,
+        patch_size=28,
+        projection_dim=32,
+    )
+    return LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
+        vision_feature_layer=-1,  # the last of the two layers, so every vision parameter gets a gradient
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
+
+
+def add_vision_tokens(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2_vl") -> PreTrainedTokenizerFast:
+    """Add ``arch``'s image special tokens (Qwen2-VL's image/video tokens, LLaVA's ``<image>``) and its block-aware
+    chat template to ``tokenizer`` (in place)."""
+    new = [t for t in ARCH_VISION_TOKENS[arch] if t not in tokenizer.get_vocab()]
     if new:
         tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
-    tokenizer.chat_template = VL_CHAT_TEMPLATE
+    tokenizer.chat_template = ARCH_CHAT_TEMPLATES[arch]
     return tokenizer
+
+
+def _tiny_image_processor(arch: str, image_pixels: int):
+    """Qwen2-VL's processor resizing to about ``image_pixels`` pixels; LLaVA's CLIP processor (resize + centre crop
+    to the vision tower's square)."""
+    if arch == "llava":
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        side = math.isqrt(image_pixels)
+        return CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(min_pixels=image_pixels, max_pixels=image_pixels)
 
 
 def save_tiny_vlm(
@@ -220,20 +277,19 @@ def save_tiny_vlm(
     **overrides,
 ) -> Path:
     """Build a randomly initialised tiny VLM and save it at ``path`` with its tokenizer (plus the vision tokens) and
-    a ``Qwen2VLImageProcessor`` that resizes every image to about ``image_pixels`` pixels (56x56: a 4x4 patch grid,
-    i.e. 4 image tokens after 2x2 merging), so ``AutoModelForImageTextToText`` / ``AutoImageProcessor`` load it."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    tokenizer = add_vision_tokens(tokenizer if tokenizer is not None else build_tiny_tokenizer())
+    its image processor, so ``AutoModelForImageTextToText`` / ``AutoImageProcessor`` load it. At 56x56 pixels an
+    image is 4 image tokens in both families: Qwen2-VL's 4x4 patch grid after 2x2 merging, LLaVA's 2x2 patches."""
+    tokenizer = add_vision_tokens(tokenizer if tokenizer is not None else build_tiny_tokenizer(), arch)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(tiny_vlm_config(arch, tokenizer, **overrides))
+    config = tiny_vlm_config(arch, tokenizer, image_pixels=image_pixels, **overrides)
+    model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    Qwen2VLImageProcessorPil(min_pixels=image_pixels, max_pixels=image_pixels).save_pretrained(path)
+    _tiny_image_processor(arch, image_pixels).save_pretrained(path)
     return path
 
 

@@ -64,14 +64,15 @@ class TraceConfig(SFTConfig):
         metadata={
             "help": "Vision-language models: resize every image to at most this many pixels (the Qwen2-VL image "
             "processor's max_pixels; image tokens = pixels / 28^2 at most), saved with the model. None keeps the "
-            "processor's setting."
+            "processor's setting. Qwen2-VL family only: rejected for LLaVA (its vision tower's resolution is fixed)."
         },
     )
     freeze_vision_tower: bool = field(
         default=True,
         metadata={
             "help": "Vision-language models: the vision encoder (patch embedding and blocks) gets no gradient "
-            "(requires_grad=False, and no LoRA adapters there); its projector (Qwen2-VL's merger) stays trainable, "
+            "(requires_grad=False, and no LoRA adapters there); its projector (Qwen2-VL's merger, LLaVA's "
+            "multi_modal_projector) stays trainable, "
             "as in TRACE. False trains the vision tower too (fully, or through LoRA where the target modules match). "
             "No effect on a text-only model."
         },

@@ -6,10 +6,11 @@ simple queries learn to emit ``<|emb|>`` first) and the query embedding (pre-``<
 gathered across ranks (local gradient kept). ``mini_batch_size`` switches to GradCache: embeddings are computed
 without gradients, ``dL/de`` is cached, and each chunk is re-run with gradients when the Trainer calls backward.
 
-Vision-language models (Qwen2-VL family, loaded with their image processor): rows may carry images
-(``query_image``, ``positive_image``, ``<negative>_image``); every forward, the GradCache replay included, gets the
-rows' ``pixel_values`` / ``image_grid_thw`` / ``mm_token_type_ids``, so the vision tower runs inside the replayed
-forward. ``freeze_vision_tower`` (default) keeps the vision encoder frozen and LoRA off it.
+Vision-language models (a family of ``trl_mars.embed.vision.FAMILIES``: Qwen2-VL, Qwen2.5-VL, LLaVA; loaded with
+their image processor): rows may carry images (``query_image``, ``positive_image``, ``<negative>_image``); every
+forward, the GradCache replay included, gets the rows' vision inputs (``pixel_values``, plus ``image_grid_thw`` /
+``mm_token_type_ids`` for Qwen2-VL), so the vision tower runs inside the replayed forward.
+``freeze_vision_tower`` (default) keeps the vision encoder frozen and LoRA off it. Other VLM families are rejected.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from trl_mars.embed.vision import (
     limit_image_pixels,
     slice_vision_inputs,
     vision_encoder_pattern,
+    vision_family,
 )
 from trl_mars.losses.trace import (
     IGNORE_INDEX,
@@ -142,11 +144,14 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         set_seed(args.seed)  # the new <|emb|> row is sampled around the mean embedding: make it reproducible
         if isinstance(model, str):
             model = self._load_model(model, args, quantization_config)
+        if has_vision(model.config):
+            vision_family(model.config)  # an unsupported VLM family is rejected before anything else
         tokenizer, image_processor = self._processing(processing_class, model, model_id)
+        vision = VisionSpec.from_model(model.config, tokenizer, image_processor) if image_processor else None
         if args.image_max_pixels is not None:
-            if image_processor is None:
+            if vision is None:
                 raise ValueError(f"image_max_pixels is set but the model {model_id!r} has no image processor")
-            limit_image_pixels(image_processor, args.image_max_pixels)
+            limit_image_pixels(vision, args.image_max_pixels)
         images = sorted({c for d in [train_dataset, *evals.values()] for c in image_columns(_column_names(d))})
         if images and image_processor is None:
             kind = "has no vision tower" if not has_vision(model.config) else "has no image processor"
@@ -179,7 +184,7 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
         )
         self.emb_token_id = emb_id
         self.image_processor = image_processor
-        self.vision = VisionSpec.from_model(model.config, tokenizer, image_processor) if image_processor else None
+        self.vision = vision
         self.data_collator = TraceCollator(
             tokenizer=tokenizer,
             emb_token_id=emb_id,
@@ -254,7 +259,7 @@ class TraceEmbedTrainer(MethodStateMixin, SFTTrainer):
     # ---------------------------------------------------------------- forward pieces
     def _hidden(self, model, inputs: Inputs, prefix: str, rows: slice) -> torch.Tensor:
         """Last hidden states of rows ``rows`` of group ``prefix``, with their images' vision inputs."""
-        vision = slice_vision_inputs(inputs, prefix, rows)
+        vision = slice_vision_inputs(inputs, prefix, rows, self.vision.family.image_keys if self.vision else ())
         ids, mask = inputs[f"{prefix}_input_ids"][rows], inputs[f"{prefix}_attention_mask"][rows]
         return last_hidden_and_logits(model, ids, mask, self._logits_to_keep, **vision)[0]
 

@@ -21,9 +21,7 @@ import _signal
 import fcntl
 import gc
 import importlib
-import json
 import os
-import secrets
 import select
 import signal
 import sys
@@ -33,7 +31,7 @@ import traceback
 from trl_mars.sandbox import cgroup, limits, view
 from trl_mars.sandbox.config import SandboxConfig
 from trl_mars.sandbox.harness import FIELD_CAP, Streams, run_check
-from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, send_msg
+from trl_mars.sandbox.protocol import ChannelClosed, loads, recv_msg, send_msg
 
 # Imported once here so checks do not pay for them (and so the forked children share their pages).
 PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib", "heapq",
@@ -152,8 +150,7 @@ class CheckRun:
         try:
             zygote = self.zygote
             os.setsid()
-            null = os.open(os.devnull, os.O_RDWR)
-            for target, source in ((0, null), (1, zygote.scratch.out_fds[0]), (2, zygote.scratch.out_fds[1])):
+            for target, source in ((0, zygote.null), (1, zygote.scratch.out_fds[0]), (2, zygote.scratch.out_fds[1])):
                 os.dup2(source, target)
             fd = fcntl.fcntl(records, fcntl.F_DUPFD_CLOEXEC, 100 + int.from_bytes(os.urandom(2), "big") % 900)
             os.closerange(3, fd)
@@ -176,7 +173,7 @@ class CheckRun:
         """Run tests from ``start`` in a fresh child; returns the index to continue from."""
         # a file of its own per child: a process that outlived an earlier one cannot write into its records
         records = os.memfd_create("records", os.MFD_CLOEXEC)
-        nonce = secrets.token_hex(16)
+        nonce = os.urandom(16).hex()  # (what secrets.token_hex does, without importing secrets into the zygote)
         oom_before = self.zygote.oom_kills()
         pid = os.fork()
         if pid == 0:
@@ -269,7 +266,7 @@ class CheckRun:
     def parse(line: bytes, nonce: str) -> tuple | None:
         """A record minus its nonce, or None when it is malformed or carries the wrong nonce."""
         try:
-            rec = json.loads(line)
+            rec = loads(line.decode())
         except (ValueError, MemoryError, RecursionError):  # UnicodeDecodeError is a ValueError
             return None
         ok = type(rec) is list and len(rec) >= 2 and rec[0] == nonce
@@ -302,6 +299,7 @@ class Zygote:
         self.pid = 1 if self.pid_namespace else os.getpid()  # the children's parent, as they see it
         self.scratch = Scratch(config, uid, isolation["filesystem"].startswith("view"))
         self.streams = Streams(config.output_cap_bytes)
+        self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)  # each check process's stdin, opened once
 
     def oom_kills(self) -> int:
         return self.group.oom_kills() if self.group is not None else 0

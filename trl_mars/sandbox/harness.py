@@ -6,7 +6,7 @@ forged record can at most claim a value. The tests' own code (setup, prefixes, u
 test namespace with pristine builtins, never in the program's globals.
 
 Records are appended to an fd (a memfd the zygote reads) as JSON arrays of plain str/int/float/None, one per
-line, starting with a per-child nonce, and are parsed with ``json.loads`` (then type-checked) by the zygote.
+line, starting with a per-child nonce, and are parsed with ``protocol.loads`` (then type-checked) by the zygote.
 They are written in one ``write`` per test: the end of test i and the start of test i+1 together (the start
 of a test is always written before it runs, so the zygote knows which test to blame when it hangs). Every
 function/class the harness relies on after the untrusted program ran is captured in locals first, so
@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import traceback
+from time import perf_counter
 
 from trl_mars.sandbox.values import Unencodable, encode
 
@@ -83,8 +84,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
     quote, int_repr, float_repr, join = json.encoder.encode_basestring_ascii, int.__repr__, float.__repr__, ",".join
     base_exc, assertion, memory, system_exit = BaseException, AssertionError, MemoryError, SystemExit
     write, exit_, open_fd, dup2, close, open_ = os.write, os._exit, os.open, os.dup2, os.close, open
-    sink_cls, wrap, wrap_in, file_io = CappedSink, text_stream, io.TextIOWrapper, io.FileIO
-    from time import perf_counter as clock
+    sink_cls, wrap, wrap_in, file_io, clock = CappedSink, text_stream, io.TextIOWrapper, io.FileIO, perf_counter
 
     str_concat, format_exc = str.__add__, traceback.format_exception
     harness_file = run_check.__code__.co_filename

@@ -25,6 +25,10 @@ TMPFS_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 _SYS_PIVOT_ROOT = 155  # x86_64 and the generic table (aarch64: 41)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Resolved and typed once, at import (in a zygote: before it forks), so a check process arms PDEATHSIG without
+# a symbol look-up or per-argument type guessing.
+_prctl = _libc.prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
 
 def _check(ret: int, what: str) -> None:
@@ -59,7 +63,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 
 def prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(option, value, 0, 0, 0), "prctl")
+    _check(_prctl(option, value, 0, 0, 0), "prctl")
 
 
 def enter_namespaces() -> str:

@@ -10,6 +10,41 @@ import time
 
 _HEADER = struct.Struct("!Q")
 MAX_MESSAGE = 256 << 20
+# The C encoder and scanner behind ``json``, made once at import (in a zygote: before any fork). ``json.dumps``
+# and ``json.loads`` reach them through several Python layers per call (``json.dumps`` even builds a new encoder
+# each time), and after a fork every object touched is a page the kernel copies: half the page faults of
+# reading a record in the zygote were those layers. No circular-reference check (the messages are trees).
+_ENCODE = json.encoder.c_make_encoder(
+    None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+)
+_SCAN = json.JSONDecoder().scan_once
+
+
+def dumps(obj) -> str:
+    r"""Compact, ASCII-only JSON text of ``obj`` (what ``json.dumps(obj, separators=(",", ":"))`` gives).
+
+    >>> dumps({"a": [1, 2.5, None, "\u00e9"]})
+    '{"a":[1,2.5,null,"\\u00e9"]}'
+    """
+    return "".join(_ENCODE(obj, 0))
+
+
+def loads(text: str):
+    """The JSON value that is the whole of ``text``, with no surrounding whitespace; ``ValueError`` otherwise.
+
+    >>> loads('[1,"x",null]')
+    [1, 'x', None]
+    >>> loads('[1] ')
+    Traceback (most recent call last):
+    ValueError: extra data at 3
+    """
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration as e:
+        raise ValueError(f"no JSON value at {e.value}") from None
+    if end != len(text):
+        raise ValueError(f"extra data at {end}")
+    return value
 
 
 class ChannelClosed(EOFError):
@@ -17,7 +52,7 @@ class ChannelClosed(EOFError):
 
 
 def send_msg(fd: int, obj) -> None:
-    data = json.dumps(obj).encode()
+    data = dumps(obj).encode()
     data = _HEADER.pack(len(data)) + data
     while data:
         data = data[os.write(fd, data) :]
@@ -44,6 +79,6 @@ def recv_msg(fd: int, deadline: float | None = None):
     if size > MAX_MESSAGE:
         raise ChannelClosed(f"message of {size} bytes")
     try:
-        return json.loads(_read_exact(fd, size, deadline))
-    except ValueError as e:
+        return loads(_read_exact(fd, size, deadline).decode())
+    except (ValueError, RecursionError) as e:
         raise ChannelClosed(f"malformed message: {e}") from e

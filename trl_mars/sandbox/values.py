@@ -31,8 +31,9 @@ a value of type MyInt: only exact builtin values are compared
 
 from __future__ import annotations
 
-import json
 import re
+
+from trl_mars.sandbox.protocol import dumps, loads
 
 MAX_DEPTH = 48
 MAX_NODES = 200_000
@@ -40,7 +41,6 @@ MAX_CHARS = 60_000  # below the zygote's cap on one record field
 _SCALARS = (type(None), bool, int, float, str)
 _TAGS = {"t": tuple, "s": set, "f": frozenset}
 _BIG = 1 << 63
-_JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 
 
 class Unencodable(ValueError):
@@ -76,7 +76,7 @@ def _tree(value, depth: int, budget: list[int]):
 def encode(values: list) -> str:
     """JSON text of ``values`` (a list), or ``Unencodable``."""
     try:
-        text = _JSON.encode(_tree(values, 0, [MAX_NODES]))
+        text = dumps(_tree(values, 0, [MAX_NODES]))
     except Unencodable:
         raise
     except ValueError as e:  # e.g. an int too long for str()
@@ -115,7 +115,7 @@ def decode(text) -> list:
     if type(text) is not str or len(text) > MAX_CHARS:
         raise ValueError("no value, or a value too long")
     try:
-        tree = json.loads(text)
+        tree = loads(text)
         values = tree if "{" not in text else _value(tree, 0)  # without objects it is plain lists and scalars
     except (RecursionError, TypeError, MemoryError) as e:  # TypeError: an unhashable set element or key
         raise ValueError(str(e)) from None

@@ -100,6 +100,22 @@ def test_remote_verdicts_equal_the_local_ones_reward_hacks_included(fake, local)
     remote.close()
 
 
+def test_the_shipped_files_are_all_the_remote_child_imports(tmp_path):
+    """The harness and what it imports, alone beside the standard library (``-I -S``: no site-packages, so no
+    installed trl_mars), import and run: a module the harness starts to import but ``SHIPPED`` lacks fails here."""
+    import base64
+    import subprocess
+
+    from trl_mars.sandbox.remote import shipped_files
+
+    for path, data in shipped_files().items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(base64.b64decode(data))
+    code = "import sys; sys.path.insert(0, '.'); from trl_mars.sandbox.harness import Streams, run_check; print('ok')"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 def test_the_remote_never_sees_expected_values(fake):
     seen = []
     import sandbox_fusion_fake

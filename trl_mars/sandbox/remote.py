@@ -1,7 +1,7 @@
 """Checks run on a remote SandboxFusion server (``POST /run_code``), verdicts still decided here.
 
 The remote only runs code and returns its output. Each request ships the harness that the local zygote's children
-run (``harness``, with ``cases``, ``trusted`` and ``values``, standard library only), the check's ``Check.wire()``
+run (``harness``, with ``cases``, ``trusted``, ``values`` and ``protocol``, standard library only), the check's ``Check.wire()``
 (no expected output or value) and a small driver: the driver forks one child that runs ``harness.run_check``,
 forwards the child's records to stdout, kills the child when a record takes more than ``timeout_s`` (or the check's
 budget is spent) and ends with one JSON line (how the child ended, its stdout/stderr). This process then reads the
@@ -36,7 +36,13 @@ from trl_mars.sandbox.pool import Sandbox, SandboxUnavailable, crashed_result, j
 from trl_mars.sandbox.verdict import ExecutionResult
 from trl_mars.sandbox.zygote import CheckRun, Records, _describe_exit
 
-SHIPPED = ("harness.py", "cases.py", "trusted.py", "values.py")  # what the remote child imports, all stdlib-only
+SHIPPED = (
+    "harness.py",
+    "cases.py",
+    "trusted.py",
+    "values.py",
+    "protocol.py",
+)  # what the remote child imports, all stdlib-only
 _GRACE_S = 2.0  # the remote's own run limit exceeds the check's budget by this much (interpreter start, driver)
 
 DRIVER = """\

@@ -166,7 +166,38 @@ def _shutdown(executor: ThreadPoolExecutor, workers: list[Worker]) -> None:
         worker.stop(graceful=True)
 
 
-class Sandbox:
+class CheckRunner:
+    """What every sandbox offers over its ``_execute(check)`` (run on the ``_executor`` threads): ``submit``,
+    ``run``, ``arun`` and ``run_batch``. ``Sandbox`` runs checks locally, ``remote.RemoteSandbox`` on a server."""
+
+    _executor: ThreadPoolExecutor
+
+    def _execute(self, check: Check) -> ExecutionResult:
+        raise NotImplementedError
+
+    def submit(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> Future[ExecutionResult]:
+        """Schedule one check; the future never raises for sandbox failures."""
+        return self._executor.submit(self._execute, make_check(program, tests, entry_point, setup))
+
+    def run(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
+        return self.submit(program, tests, entry_point, setup).result()
+
+    async def arun(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
+        """``await``-able ``run``: the check runs on the pool's threads, the event loop stays free."""
+        import asyncio  # imported here so zygotes (which import this package) stay small and fork fast
+
+        return await asyncio.wrap_future(self.submit(program, tests, entry_point, setup))
+
+    def run_batch(self, items: Iterable[Check | tuple]) -> list[ExecutionResult]:
+        """Run many checks concurrently; ``items`` are ``Check`` or ``(program, tests[, entry_point[, setup]])``."""
+        futures = [
+            self._executor.submit(self._execute, make_check(*item) if isinstance(item, tuple) else item)
+            for item in items
+        ]
+        return [f.result() for f in futures]
+
+
+class Sandbox(CheckRunner):
     """Run untrusted programs against tests, ``config.concurrency`` checks at a time.
 
     ``tests`` may be a list of assert snippets, HumanEval ``check`` code (with ``entry_point``), a list of
@@ -192,27 +223,6 @@ class Sandbox:
             self._idle.put(worker)
         judge(result, check)
         return result
-
-    def submit(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> Future[ExecutionResult]:
-        """Schedule one check; the future never raises for sandbox failures."""
-        return self._executor.submit(self._execute, make_check(program, tests, entry_point, setup))
-
-    def run(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
-        return self.submit(program, tests, entry_point, setup).result()
-
-    async def arun(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
-        """``await``-able ``run``: the check runs on the pool's threads, the event loop stays free."""
-        import asyncio  # imported here so zygotes (which import this package) stay small and fork fast
-
-        return await asyncio.wrap_future(self.submit(program, tests, entry_point, setup))
-
-    def run_batch(self, items: Iterable[Check | tuple]) -> list[ExecutionResult]:
-        """Run many checks concurrently; ``items`` are ``Check`` or ``(program, tests[, entry_point[, setup]])``."""
-        futures = [
-            self._executor.submit(self._execute, make_check(*item) if isinstance(item, tuple) else item)
-            for item in items
-        ]
-        return [f.result() for f in futures]
 
     def start(self) -> dict:
         """Start every worker now (otherwise they start on first use); returns the isolation in force."""

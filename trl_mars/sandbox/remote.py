@@ -25,14 +25,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from trl_mars.sandbox.cases import Check, make_check
+from trl_mars.sandbox.cases import Check
 from trl_mars.sandbox.config import SandboxConfig
-from trl_mars.sandbox.pool import Sandbox, SandboxUnavailable, crashed_result, judge
+from trl_mars.sandbox.pool import CheckRunner, Sandbox, SandboxUnavailable, crashed_result, judge
 from trl_mars.sandbox.verdict import ExecutionResult
 from trl_mars.sandbox.zygote import CheckRun, Records, _describe_exit
 
@@ -280,7 +279,7 @@ def _shutdown(executor: ThreadPoolExecutor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
-class RemoteSandbox:
+class RemoteSandbox(CheckRunner):
     """``pool.Sandbox``'s API over a SandboxFusion server: ``fusion.concurrency`` checks in flight, each with the
     limits of ``config`` (``timeout_s`` per test, ``max_total_s`` per check, ``memory_bytes`` as the server's
     ``memory_limit_MB``, ``output_cap_bytes``). Verdicts are decided here; the futures never raise."""
@@ -300,24 +299,6 @@ class RemoteSandbox:
             return crashed_result(check, f"remote sandbox failed: {e}")
         judge(result, check)
         return result
-
-    def submit(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> Future[ExecutionResult]:
-        return self._executor.submit(self._execute, make_check(program, tests, entry_point, setup))
-
-    def run(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
-        return self.submit(program, tests, entry_point, setup).result()
-
-    async def arun(self, program: str, tests, entry_point: str | None = None, setup: str = "") -> ExecutionResult:
-        import asyncio
-
-        return await asyncio.wrap_future(self.submit(program, tests, entry_point, setup))
-
-    def run_batch(self, items: Iterable[Check | tuple]) -> list[ExecutionResult]:
-        futures = [
-            self._executor.submit(self._execute, make_check(*item) if isinstance(item, tuple) else item)
-            for item in items
-        ]
-        return [f.result() for f in futures]
 
     def start(self) -> dict:
         """Check that the server answers (``SandboxUnavailable`` naming the URL if not)."""

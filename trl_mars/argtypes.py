@@ -9,59 +9,41 @@ from __future__ import annotations
 import argparse
 
 
+def _bounded(value: str, parse: type, within, expected: str):
+    """``parse(value)`` if it parses and ``within`` holds, else an ``ArgumentTypeError`` saying what was expected
+    (showing the parsed integer, or the number as typed)."""
+    try:
+        number = parse(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
+    if not within(number):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {number if parse is int else value}")
+    return number
+
+
 def positive_int(value: str) -> int:
     """An integer >= 1 (``--max-nodes``, ``--limit``, ...)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {number}")
-    return number
+    return _bounded(value, int, lambda n: n >= 1, "an integer >= 1")
 
 
 def non_negative_int(value: str) -> int:
     """An integer >= 0 (``--sandbox-fusion-retries``)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {number}")
-    return number
+    return _bounded(value, int, lambda n: n >= 0, "an integer >= 0")
 
 
 def positive_float(value: str) -> float:
     """A finite number > 0 (timeouts, temperature)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return number
+    return _bounded(value, float, lambda x: 0 < x < float("inf"), "a number > 0")
 
 
 def non_negative_float(value: str) -> float:
     """A finite number >= 0 (``--temperature``: 0 is greedy)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return number
+    return _bounded(value, float, lambda x: 0 <= x < float("inf"), "a number >= 0")
 
 
 def probability(value: str) -> float:
     """A number in (0, 1] (``--top-p``)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}") from None
-    if not 0 < number <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return number
+    return _bounded(value, float, lambda x: 0 < x <= 1, "a number in (0, 1]")
 
 
 def ks(value: str) -> list[int]:

@@ -165,6 +165,12 @@ def sampling_config_only(model: Any) -> Iterator[None]:
             m.generation_config = config
 
 
+def chat_prompt_ids(tokenizer, prompt: Messages, chat_template_kwargs: dict) -> list[int]:
+    """The token ids of ``prompt`` through the chat template, with the generation prompt appended."""
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **chat_template_kwargs)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
 class TransformersBackend:
     """Batched generation over chat prompts with the model's chat template (left padding).
 
@@ -210,10 +216,7 @@ class TransformersBackend:
     concurrent_requests = False  # one model in this process: calls keep their order (and FSDP's collectives)
 
     def encode(self, prompt: Messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
-        )
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return chat_prompt_ids(self.tokenizer, prompt, self.chat_template_kwargs)
 
     def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]:
         if not prompts:

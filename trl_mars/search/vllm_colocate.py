@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from trl_mars.search.backends import Generation, Messages, OnText, SamplingConfig
+from trl_mars.search.backends import Generation, Messages, OnText, SamplingConfig, chat_prompt_ids
 from trl_mars.search.weight_sync import load_into_engine
 
 
@@ -161,10 +161,7 @@ class VLLMColocateBackend:
         return stale
 
     def encode(self, prompt: Messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
-        )
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return chat_prompt_ids(self.tokenizer, prompt, self.chat_template_kwargs)
 
     def generate(self, prompts: Sequence[Messages], on_text: OnText | None = None) -> list[Generation]:
         if not prompts:

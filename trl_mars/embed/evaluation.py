@@ -57,17 +57,7 @@ class RetrievalSet:
     local_pools: dict[str, list[int]] | None = None
 
     def __post_init__(self):
-        check_retrieval_inputs(
-            self.queries,
-            self.corpus,
-            self.relevant,
-            is_complex=self.is_complex,
-            gold_reasoning=self.gold_reasoning,
-            query_images=self.query_images,
-            corpus_images=self.corpus_images,
-            tasks=self.tasks,
-            local_pools=self.local_pools,
-        )
+        check_retrieval_inputs(**vars(self))  # the fields, by name
 
     @classmethod
     def from_dataset(
@@ -335,19 +325,7 @@ def evaluate_retrieval(
 def evaluate_retrieval_set(encoder: TraceEncoder, data: RetrievalSet, **kwargs) -> dict[str, dict[str, float]]:
     """``evaluate_retrieval`` on a ``RetrievalSet`` (its complexity flags, gold reasoning, images, tasks and local
     pools included)."""
-    return evaluate_retrieval(
-        encoder,
-        data.queries,
-        data.corpus,
-        data.relevant,
-        is_complex=data.is_complex,
-        gold_reasoning=data.gold_reasoning,
-        query_images=data.query_images,
-        corpus_images=data.corpus_images,
-        tasks=data.tasks,
-        local_pools=data.local_pools,
-        **kwargs,
-    )
+    return evaluate_retrieval(encoder, **vars(data), **kwargs)
 
 
 def format_table(results: dict[str, dict[str, float]], keys: Sequence[str]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ import pytest
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from searxng_fake import FakeSearxng  # noqa: E402
+
+from trl_mars.testing.processes import free_port, run_or_stop  # noqa: E402
 
 RUNS = HERE / "selfplay_runs.py"
 RECIPE = HERE.parents[1] / "recipes" / "selfplay.py"
@@ -42,31 +43,13 @@ def _env() -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    """Run ``cmd``; on a hang, SIGTERM lets torchrun stop its ranks (a SIGKILL would orphan them)."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        pytest.fail(f"{cmd[:4]} did not finish in {TIMEOUT_S}s (hang?); output tail:\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    return run_or_stop(cmd, _env(), TIMEOUT_S)
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    done = _run([*cmd, "--master_port", str(_free_port()), *args])
+    done = _run([*cmd, "--master_port", str(free_port()), *args])
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done
 

@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from trl_mars.testing.processes import free_port, run_or_stop
 from trl_mars.trainers.mars2_config import MultiAgentTreeConfig
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
@@ -108,12 +108,6 @@ def _torchrun() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ddp_worker(out: Path, qwen2: str, llama: str, mode: str, timeout_s: float = 180) -> list[dict]:
     """``torchrun --nproc_per_node 2`` of ``mars2_ddp_worker.py`` (gloo, CPU); both ranks' JSON reports.
 
@@ -127,28 +121,15 @@ def run_ddp_worker(out: Path, qwen2: str, llama: str, mode: str, timeout_s: floa
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         str(HERE / "mars2_ddp_worker.py"),
         str(out),
         qwen2,
         llama,
         mode,
     ]
-    env = {**os.environ, **WORKER_ENV}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        raise AssertionError(
-            f"torchrun did not finish in {timeout_s}s (hang?); output tail:\n{stderr[-3000:]}"
-        ) from None
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    done = run_or_stop(cmd, {**os.environ, **WORKER_ENV}, timeout_s)
+    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     files = sorted(out.glob("rank*.json"))
     assert [f.name for f in files] == ["rank0.json", "rank1.json"], "a rank did not finish"
     return [json.loads(f.read_text()) for f in files]

@@ -87,3 +87,13 @@ def tiny_llama_path(tiny_cache) -> str:
     from trl_mars.testing import tiny_model_path
 
     return tiny_model_path("llama", cache_dir=tiny_cache)
+
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    """A one-process gloo process group (FSDP2 on CPU), torn down after the test."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

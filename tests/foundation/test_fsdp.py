@@ -11,10 +11,9 @@ import torch.distributed as dist
 from accelerate import PartialState
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
+from trl_mars.testing.distributed import fsdp2_shard
 from trl_mars.trainers.mars2_agents import Policy, load_policy_weights
 from trl_mars.trainers.mars2_config import AgentSpec
 from trl_mars.utils.fsdp import is_sharded, load_full_state_dict, load_optimizer, save_optimizer, wrap_own_layers
@@ -63,22 +62,6 @@ def test_no_fsdp_or_size_based_policy_left_alone(models):
     policy = plugin.auto_wrap_policy
     wrap_own_layers(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)), qwen)
     assert plugin.auto_wrap_policy is policy and plugin.transformer_cls_names_to_wrap is None
-
-
-@pytest.fixture
-def gloo_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def fsdp2_shard(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` sharded by FSDP2 as accelerate does it: each decoder layer, then the whole model."""
-    mesh = init_device_mesh("cpu", (1,))
-    for layer in [m for m in model.modules() if type(m).__name__ in model._no_split_modules]:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:

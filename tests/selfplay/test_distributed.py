@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from searxng_fake import FakeSearxng  # noqa: E402
 
-from trl_mars.testing.processes import free_port, run_or_stop  # noqa: E402
+from trl_mars.testing.distributed import free_port, run_or_stop  # noqa: E402
 
 RUNS = HERE / "selfplay_runs.py"
 RECIPE = HERE.parents[1] / "recipes" / "selfplay.py"

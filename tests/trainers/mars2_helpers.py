@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from trl_mars.testing.processes import free_port, run_or_stop
+from trl_mars.testing.distributed import free_port, run_or_stop
 from trl_mars.trainers.mars2_config import MultiAgentTreeConfig
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 

@@ -13,9 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 from trl.generation.vllm_client import VLLMClient
@@ -23,6 +20,7 @@ from trl.generation.vllm_client import VLLMClient
 from trl_mars.search import weight_sync
 from trl_mars.search.backends import SamplingConfig
 from trl_mars.search.weight_sync import buckets, load_into_engine, push_to_server, pushed_weights
+from trl_mars.testing.distributed import fsdp2_shard
 from trl_mars.trainers.mars2_config import AgentSpec
 from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
@@ -49,22 +47,6 @@ def fake_client() -> FakeServers.Client:
     client = FakeServers.Client(tokenizer=None, group_port=51216)
     client.init_communicator(device="cpu")
     return client
-
-
-@pytest.fixture
-def gloo_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def fsdp2_shard(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` sharded by FSDP2 as accelerate does it: each decoder layer, then the whole model."""
-    mesh = init_device_mesh("cpu", (1,))
-    for layer in [m for m in model.modules() if type(m).__name__ in model._no_split_modules]:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
 
 
 def train_step(model: torch.nn.Module) -> None:

@@ -1,4 +1,5 @@
-"""Subprocesses for multi-process tests: a free loopback port, and a run that stops cleanly on a hang.
+"""For multi-process and sharded tests: a free loopback port, a run that stops cleanly on a hang, and FSDP2
+sharding as accelerate applies it.
 
 A hung ``torchrun`` gets SIGTERM, which it forwards to its ranks (they run in sessions of their own, so a SIGKILL
 would orphan them); only if it has not stopped 60 s later is it killed.
@@ -10,6 +11,8 @@ import signal
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
+
+import torch
 
 
 def free_port() -> int:
@@ -36,3 +39,16 @@ def run_or_stop(cmd: Sequence[str], env: Mapping[str, str], timeout_s: float) ->
             f"{list(cmd)[:4]} did not finish in {timeout_s}s (hang?); output tail:\n{stderr[-3000:]}"
         ) from None
     return subprocess.CompletedProcess(list(cmd), proc.returncode, stdout, stderr)
+
+
+def fsdp2_shard(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` sharded by FSDP2 as accelerate does it: each decoder layer (``_no_split_modules``), then the whole
+    model, on a CPU mesh over the current process group."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (1,))
+    for layer in [m for m in model.modules() if type(m).__name__ in model._no_split_modules]:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model

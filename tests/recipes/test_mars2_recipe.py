@@ -28,6 +28,8 @@ def test_mars2_recipe_runs_and_reports(tmp_path, tiny_cache):
         "save_steps": 2,
         "logging_steps": 1,
         "tiny_hidden_size": 32,
+        "eval_benchmark": "humaneval",
+        "eval_benchmark_limit": 2,
         "output_dir": out,
     }
     argv = [arg for k, v in overrides.items() for arg in (f"--{k}", str(v))]
@@ -36,11 +38,14 @@ def test_mars2_recipe_runs_and_reports(tmp_path, tiny_cache):
     assert done.returncode == 0, done.stderr[-3000:]
     number = r"([\d.]+)"
     row = rf"^(pass@1\(mcts\)|pass@1|pass@n)\s+{number}\s+{number}\s+{number}-{number}\s+{number}-{number}$"
-    table = {m[0]: [float(x) for x in m[1:]] for m in re.findall(row, done.stdout, re.MULTILINE)}
-    assert set(table) == {"pass@1", "pass@1(mcts)", "pass@n"}, done.stdout[-2000:]
-    assert "mean (min-max) of 2 searches" in done.stdout
-    for before, after, low_before, high_before, low_after, high_after in table.values():
-        assert 0.0 <= low_before <= before <= high_before <= 1.0 and 0.0 <= low_after <= after <= high_after <= 1.0
+    held_out, humaneval = done.stdout.split("\nhumaneval problems: 2, search budget 2 nodes, system trees, ")
+    assert "Held-out problems: 4, search budget 2 nodes, system trees, mean (min-max) of 2 searches" in held_out
+    assert humaneval.startswith("mean (min-max) of 2 searches")  # --eval_benchmark: its own table
+    for part in (held_out, humaneval):
+        table = {m[0]: [float(x) for x in m[1:]] for m in re.findall(row, part, re.MULTILINE)}
+        assert set(table) == {"pass@1", "pass@1(mcts)", "pass@n"}, done.stdout[-2000:]
+        for before, after, low_before, high_before, low_after, high_after in table.values():
+            assert 0 <= low_before <= before <= high_before <= 1 and 0 <= low_after <= after <= high_after <= 1
     printing = re.findall(
         r"^(qwen|llama): first answers that print instead of return ([\d.]+) -> ([\d.]+)$", done.stdout, re.M
     )

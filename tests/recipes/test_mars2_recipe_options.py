@@ -40,7 +40,11 @@ def test_every_option_the_recipe_names_is_a_field():
     known = {
         f.name for cls in (ScriptArguments, MultiAgentTreeConfig, module.Mars2RecipeArguments) for f in fields(cls)
     }
-    named = set(re.findall(r"--(\w+)", module.__doc__)) - {"config", "config_file"}  # the launcher's own
+    named = set(re.findall(r"--(\w+)", module.__doc__)) - {
+        "config",
+        "config_file",
+        "no",
+    }  # launcher's; pip's --no-deps
     assert {"tplus", "eval_tplus", "eval_mode", "eval_reward_model", "eval_max_nodes"} <= named
     assert named <= known, named - known
 
@@ -71,6 +75,44 @@ def test_warmup_needs_reference_solutions():
     user = train.select_columns(["prompt", "tests"])
     module.check_warmup_data(user, recipe)
     assert recipe.warmup_steps_sft == 0
+
+
+def test_benchmark_split_is_the_search_problems_of_the_benchmark(tmp_path):
+    """``--eval_benchmark``: trainer rows whose search problems are exactly what ``trl-mars search`` searches
+    (question, public/private split, entry point, setup, the prompt's imports as preamble), checked before any
+    model loads; a bad file or value is named."""
+    from trl_mars.eval.loaders import from_humaneval
+    from trl_mars.search.problems import from_code_problem, from_row
+
+    checks = "    assert candidate(4) == 2\n    assert candidate(9) == 3\n    assert candidate(16) == 4\n"
+    rows = [
+        {"task_id": "T/0", "prompt": "import math\n\ndef f(x):\n    'root'\n", "entry_point": "f",
+         "canonical_solution": "    return math.sqrt(x)\n", "test": f"def check(candidate):\n{checks}"},
+        {"task_id": "T/1", "prompt": "def g(s):\n", "entry_point": "g", "canonical_solution": "    return s\n",
+         "test": "def check(candidate):\n    assert candidate('a') == 'a'\n"},
+    ]  # fmt: skip
+    path = tmp_path / "bench.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    module = recipe_module()
+    _, _, recipe = parse(module, "--eval_benchmark", str(path), "--eval_benchmark_limit", "2", "--output_dir", "o")
+    split = module.benchmark_split(recipe)
+    assert split.column_names == ["task_id", "prompt", "tests", "private_tests", "entry_point", "setup", "preamble"]
+    for i, (row, raw) in enumerate(zip(split, rows, strict=True)):
+        assert from_row(row, i) == from_code_problem(from_humaneval(raw), 0.5)
+    first, second = (from_row(r, i) for i, r in enumerate(split))
+    assert first.public_tests == ["assert candidate(4) == 2", "assert candidate(9) == 3"]
+    assert first.private_tests == ["assert candidate(16) == 4"] and first.preamble == "import math"
+    assert second.private_tests == second.public_tests == ["assert candidate('a') == 'a'"]  # nothing left to hide
+    recipe.eval_benchmark_limit = 1
+    assert len(module.benchmark_split(recipe)) == 1
+    assert module.benchmark_split(module.Mars2RecipeArguments()) is None
+    for name, value in (("eval_benchmark_limit", "-1"), ("eval_benchmark_public", "1.0")):
+        with pytest.raises(ValueError, match=name):
+            parse(module, f"--{name}", value, "--output_dir", "o")
+    (tmp_path / "bad.jsonl").write_text('{"task_id": "T/0", "prompt": "def f(x):\\n"}\n')
+    recipe.eval_benchmark = str(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="bad.jsonl"):
+        module.benchmark_split(recipe)
 
 
 @pytest.mark.slow

@@ -195,7 +195,11 @@ def test_configuration_trains(run, tmp_path, tiny_qwen2_path, tiny_llama_path, m
 
 
 # ---------------------------------------------------------------------------------------------- shipped configs
-HUB_SUBSTITUTES = {"Qwen/Qwen3-8B": "qwen3-like", "inclusionAI/AReaL-boba-2-8B": "llama"}
+HUB_SUBSTITUTES = {
+    "Qwen/Qwen3-8B": "qwen3-like",
+    "inclusionAI/AReaL-boba-2-8B": "llama",
+    "trl-mars/smollm2-135m-instruct": "llama",  # the real one runs in the slow SmolLM2 tests and the RL run
+}
 """Tiny stand-ins for the hub ids of the shipped configs; a config naming another id fails until it is added."""
 NO_THINK = "<think>\n\n</think>\n\n"
 QWEN3_GENERATION_PROMPT = (
@@ -236,7 +240,7 @@ def test_shipped_config_starts(config, tmp_path, qwen3_like, tiny_llama_path, mo
     agents = []
     for agent in yaml.safe_load(path.read_text())["agents"]:
         model = agent.get("model")
-        if model and not model.startswith("trl-mars/"):
+        if model in HUB_SUBSTITUTES or model and not model.startswith("trl-mars/"):
             assert model in HUB_SUBSTITUTES, f"{config}: add a tiny stand-in for {model!r} to HUB_SUBSTITUTES"
             agent = {**agent, "model": stand_ins[HUB_SUBSTITUTES[model]]}
         agents.append(agent)
@@ -254,7 +258,6 @@ def test_shipped_config_starts(config, tmp_path, qwen3_like, tiny_llama_path, mo
     few_tokens = SamplingConfig(max_new_tokens=4, temperature=args.temperature, top_p=args.top_p)
     monkeypatch.setattr(trainer, "sampling_config", lambda: few_tokens)
     trainer.train()
-    trainer.sandbox.close()
     nodes = [n for t in trainer.last_trees for n in t.solutions]
     assert len(nodes) == args.trees_per_step * args.max_nodes
     if real_scale:
@@ -263,6 +266,11 @@ def test_shipped_config_starts(config, tmp_path, qwen3_like, tiny_llama_path, mo
         assert qwen3_nodes and all(tok.decode(n.prompt_ids).endswith(NO_THINK) for n in qwen3_nodes)
     logs = [row for row in trainer.state.log_history if "reward" in row]
     assert logs and all(math.isfinite(v) for v in logs[0].values() if isinstance(v, float))
+    bench = recipe.benchmark_split(recipe_args)  # a shipped eval_benchmark loads and is searched
+    if bench is not None:
+        assert len(bench) == recipe_args.eval_benchmark_limit
+        assert 0 <= trainer.evaluate_search(bench.select([0]), max_nodes=1)["pass@n"] <= 1
+    trainer.sandbox.close()
 
 
 # ---------------------------------------------------------------------------------------------- processes

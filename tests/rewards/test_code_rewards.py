@@ -21,6 +21,33 @@ def test_extract_code_takes_the_last_parsing_python_block():
     assert extract_code("just words") is None and extract_code("") is None
 
 
+EXAMPLE_AFTER = "```python\ndef sq(x):\n    return x * x\n```\nTry it:\n```python\nprint(sq(3))\n```\n"
+"""SmolLM2's habit on HumanEval (33 of 640 nodes of the scaling run): the function, then a usage block."""
+
+
+def test_extract_code_prefers_the_block_defining_the_entry_point():
+    assert extract_code(EXAMPLE_AFTER) == "print(sq(3))\n"  # without an entry point: the last block, as before
+    assert extract_code(EXAMPLE_AFTER, "sq") == "def sq(x):\n    return x * x\n"
+    assert extract_code(EXAMPLE_AFTER, "cube") == "print(sq(3))\n"  # no block defines it: the usual rule
+    method = "```python\nclass Solution:\n    def twoSum(self, a):\n        return a\n```\n```python\nx = 1\n```"
+    assert extract_code(method, "twoSum").startswith("class Solution:")  # LiveCodeBench functional problems
+    untagged = "```python\nprint(sq(2))\n```\n```\ndef sq(x):\n    return x * x\n```"
+    assert extract_code(untagged, "sq") == "def sq(x):\n    return x * x\n"  # defining beats tagged
+
+
+def test_reward_and_search_score_the_function_not_the_usage_example(sandbox):
+    from trl_mars.search.engine import SearchProblem, TreeSearch
+    from trl_mars.search.verify import SandboxVerifier
+
+    binary = make_code_reward("binary", sandbox=sandbox)
+    tests = [["assert candidate(3) == 9"]]
+    assert binary(["p"], [EXAMPLE_AFTER], tests=tests, entry_point=["sq"]) == [1.0]
+    problem = SearchProblem("p", "square", ["assert candidate(3) == 9"], entry_point="sq")
+    search = TreeSearch({"a": object()}, SandboxVerifier(sandbox))  # scoring needs no generation
+    code, verdict = search.score(problem, EXAMPLE_AFTER)
+    assert code == "def sq(x):\n    return x * x\n" and verdict.result().score == 1.0
+
+
 @pytest.fixture(scope="module")
 def sandbox():
     with Sandbox(concurrency=2, timeout_s=1.0) as sb:

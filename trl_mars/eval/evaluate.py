@@ -18,8 +18,8 @@ from trl_mars.sandbox import Sandbox
 def build_program(problem: CodeProblem, completion: str) -> str:
     """The program to run for a completion: the extracted code when it defines the entry point (with the
     prompt's imports prepended), else ``prompt + completion`` (HumanEval-style body continuations)."""
-    code = extract_code(completion)
     entry = problem.entry_point
+    code = extract_code(completion, entry)
     if entry is None:
         return code if code is not None else completion
     if code is not None and re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):

@@ -39,7 +39,7 @@ def score_completions(
     """Sandbox results per completion (``None`` where no code could be extracted)."""
     sandbox = sandbox or default_sandbox()
     entry_points = entry_points if entry_points is not None else [None] * len(completions)
-    codes = [extract_code(completion_text(c)) for c in completions]
+    codes = [extract_code(completion_text(c), e) for c, e in zip(completions, entry_points)]
     jobs = [(i, (code, t, e)) for i, (code, t, e) in enumerate(zip(codes, tests, entry_points)) if code is not None]
     results: list[ExecutionResult | None] = [None] * len(completions)
     for (i, _), result in zip(jobs, sandbox.run_batch([job for _, job in jobs])):

@@ -207,7 +207,7 @@ class TreeSearch:
 
     def score(self, problem: SearchProblem, text: str) -> tuple[str | None, Future[Verdict] | Verdict]:
         """Start scoring a completion: its extracted code and the verdict (a future while the sandbox runs)."""
-        code = extract_code(text)
+        code = extract_code(text, problem.entry_point)
         return code, no_code_verdict() if code is None else problem.verify(self.verifier, code, problem.public_tests)
 
     def land(

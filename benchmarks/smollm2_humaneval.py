@@ -80,6 +80,31 @@ def grow(
     return trees, seconds
 
 
+def regrade(out: Path, problems, search: TreeSearch, budgets: list[int]) -> list[dict]:
+    """GEN-only trees of an earlier run (``out/trees.jsonl``) scored again with today's code extraction and
+    sandbox: exactly what a rerun would give (a GEN-only node depends on no score, and the same seed draws the
+    same samples), with the first run's search seconds. Rows of other methods are kept as they were."""
+    by_id = {p.problem_id: p for p in problems}
+    trees = [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines()]
+    old = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    seconds = {(r["task_id"], r["budget"]): r["seconds"] for r in old if r["method"] == "gen"}
+    gen = [SearchTree.from_dict(t) for t in trees if t["method"] == "gen" and t["problem_id"] in by_id]
+    todo = [by_id[t.problem_id] for t in gen]
+    for problem, tree in zip(todo, gen):
+        for node in tree.solutions:
+            node.code, verdict = search.score(problem, node.completion)
+            verdict = verdict.result() if hasattr(verdict, "result") else verdict
+            node.score, node.pass_fraction = verdict.score, verdict.pass_fraction
+    search.grade(todo, gen)
+    records = [r for r in old if r["method"] != "gen"]
+    for tree in gen:
+        for budget in budgets:
+            metrics = tree_metrics(prefix_tree(tree, budget))
+            row = {"task_id": tree.problem_id, "method": "gen", "budget": budget, **metrics}
+            records.append({**row, "seconds": seconds[(tree.problem_id, budget)]})
+    return records
+
+
 def table(records: list[dict], budgets: list[int]) -> str:
     lines = [
         "| method | budget | problems | " + " | ".join(COLUMNS.values()) + " | search s |",
@@ -115,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     add("--top-p", type=float, default=1.0)
     add("--seed", type=int, default=0)
     add("--output", default="smollm2-humaneval", help="folder of the results (created)")
+    add(
+        "--regrade",
+        metavar="FOLDER",
+        help="score the GEN-only trees of the run in FOLDER again (today's code extraction) into --output",
+    )
     args = parser.parse_args(argv)
     budgets = sorted({int(b) for b in args.budgets.split(",")})
     methods = args.methods.split(",")
@@ -131,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     results_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
     problems = [from_code_problem(p, args.public) for p in load_problems(args.benchmark)[: args.limit]]
+    if args.regrade:  # the loop below then finds every tree done and only writes the table and the summary
+        if Path(args.regrade).resolve() == out.resolve():
+            parser.error("--regrade: write into another --output than the run it scores again")
+        with Sandbox() as sandbox:
+            config = SearchConfig(max_nodes=budgets[-1], **METHODS["gen"][1])
+            search = TreeSearch({"smollm2": object()}, SandboxVerifier(sandbox), config)  # generates nothing
+            records = regrade(Path(args.regrade), problems, search, budgets)
+        results_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        done = {(r["task_id"], r["method"]) for r in records}
     torch.manual_seed(args.seed)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
     backend, load_seconds = None, 0.0

@@ -60,3 +60,37 @@ def test_budget_prefix_is_the_smaller_search(method):
             assert tree_metrics(bench.prefix_tree(tree, budget)) == tree_metrics(want)
     if method != "gen":  # the search refined something (GEN-only never does)
         assert any(n.is_refinement for t in trees for n in t.solutions)
+
+
+def test_regrade_scores_gen_trees_again_exactly(tmp_path):
+    """``--regrade``: a GEN-only tree of an earlier run, scored again, is the tree a rerun grows (same samples,
+    today's scores); a verdict that changed (here: every program passes now) changes its metrics."""
+    problems = [SearchProblem(f"p{i}", f"problem {i}", "assert x") for i in range(3)]
+    config = SearchConfig(max_nodes=4, **bench.METHODS["gen"][1])
+    run = tmp_path / "run"
+    run.mkdir()
+    trees, seconds = bench.grow(TreeSearch({"m": Backend()}, Verifier(), config, seed=1), problems, [1, 4])
+    rows = [
+        {"task_id": t.problem_id, "method": "gen", "budget": b, "seconds": seconds[b]} for t in trees for b in (1, 4)
+    ]
+    rows.append({"task_id": "p0", "method": "abmcts", "budget": 4, "seconds": 9.0})
+    (run / "results.jsonl").write_text("".join(bench.json.dumps(r) + "\n" for r in rows))
+    (run / "trees.jsonl").write_text("".join(bench.json.dumps({"method": "gen", **t.to_dict()}) + "\n" for t in trees))
+
+    class PassAll(Verifier):
+        def submit(self, code, tests, entry_point=None, setup=""):
+            future = Future()
+            future.set_result(Verdict(1.0, 1.0, {"summary": "s", "detailed": "d", "failures": []}))
+            return future
+
+    same = bench.regrade(run, problems, TreeSearch({"m": object()}, Verifier(), config), [1, 4])
+    rerun = TreeSearch({"m": Backend()}, Verifier(), config, seed=1)
+    expected, _ = bench.grow(rerun, problems, [1, 4])
+    rerun.grade(problems, expected)
+    gen = [r for r in same if r["method"] == "gen"]
+    want = [tree_metrics(bench.prefix_tree(t, b)) for t in expected for b in (1, 4)]
+    assert [{k: r[k] for k in want[0]} for r in gen] == want
+    assert [r["seconds"] for r in gen] == [seconds[1], seconds[4]] * 3  # the first run's search seconds
+    assert [r for r in same if r["method"] == "abmcts"] == [rows[-1]]  # other methods' rows kept as they were
+    passing = bench.regrade(run, problems, TreeSearch({"m": object()}, PassAll(), config), [1, 4])
+    assert all(r["pass@1"] == r["pass@n"] == 1.0 for r in passing if r["method"] == "gen")

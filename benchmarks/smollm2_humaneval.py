@@ -80,29 +80,33 @@ def grow(
     return trees, seconds
 
 
-def regrade(out: Path, problems, search: TreeSearch, budgets: list[int]) -> list[dict]:
+def regrade(out: Path, problems, search: TreeSearch, budgets: list[int]) -> tuple[list[dict], int, int]:
     """GEN-only trees of an earlier run (``out/trees.jsonl``) scored again with today's code extraction and
     sandbox: exactly what a rerun would give (a GEN-only node depends on no score, and the same seed draws the
-    same samples), with the first run's search seconds. Rows of other methods are kept as they were."""
+    same samples), with the first run's search seconds: (the GEN-only rows, nodes whose extracted code changed,
+    nodes)."""
     by_id = {p.problem_id: p for p in problems}
     trees = [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines()]
     old = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     seconds = {(r["task_id"], r["budget"]): r["seconds"] for r in old if r["method"] == "gen"}
     gen = [SearchTree.from_dict(t) for t in trees if t["method"] == "gen" and t["problem_id"] in by_id]
     todo = [by_id[t.problem_id] for t in gen]
+    changed = 0
     for problem, tree in zip(todo, gen):
         for node in tree.solutions:
+            before = node.code
             node.code, verdict = search.score(problem, node.completion)
+            changed += node.code != before
             verdict = verdict.result() if hasattr(verdict, "result") else verdict
             node.score, node.pass_fraction = verdict.score, verdict.pass_fraction
     search.grade(todo, gen)
-    records = [r for r in old if r["method"] != "gen"]
+    records = []
     for tree in gen:
         for budget in budgets:
             metrics = tree_metrics(prefix_tree(tree, budget))
             row = {"task_id": tree.problem_id, "method": "gen", "budget": budget, **metrics}
             records.append({**row, "seconds": seconds[(tree.problem_id, budget)]})
-    return records
+    return records, changed, sum(len(t.solutions) for t in gen)
 
 
 def table(records: list[dict], budgets: list[int]) -> str:
@@ -167,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         with Sandbox() as sandbox:
             config = SearchConfig(max_nodes=budgets[-1], **METHODS["gen"][1])
             search = TreeSearch({"smollm2": object()}, SandboxVerifier(sandbox), config)  # generates nothing
-            records = regrade(Path(args.regrade), problems, search, budgets)
+            records, changed, nodes = regrade(Path(args.regrade), problems, search, budgets)
+        print(f"regraded {nodes} GEN-only nodes; the extracted code changed in {changed}")
         results_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        done = {(r["task_id"], r["method"]) for r in records}
+        done, methods = {(r["task_id"], r["method"]) for r in records}, ["gen"]
     torch.manual_seed(args.seed)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p)
     backend, load_seconds = None, 0.0

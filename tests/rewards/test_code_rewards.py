@@ -22,7 +22,7 @@ def test_extract_code_takes_the_last_parsing_python_block():
 
 
 EXAMPLE_AFTER = "```python\ndef sq(x):\n    return x * x\n```\nTry it:\n```python\nprint(sq(3))\n```\n"
-"""SmolLM2's habit on HumanEval (33 of 640 nodes of the scaling run): the function, then a usage block."""
+"""SmolLM2's habit on HumanEval (7 of 320 GEN-only nodes of the scaling run): the function, then a usage block."""
 
 
 def test_extract_code_prefers_the_block_defining_the_entry_point():

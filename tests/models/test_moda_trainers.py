@@ -119,7 +119,7 @@ def test_mars2_trains_saves_and_resumes_a_moda_agent(tmp_path, moda_model_path, 
     from trl_mars.data.code_tasks import code_task_splits
     from trl_mars.trainers.mars2_trainer import MultiAgentTreeTrainer
 
-    monkeypatch.setattr("trl_mars.search.engine.extract_code", lambda text: text)
+    monkeypatch.setattr("trl_mars.search.engine.extract_code", lambda text, entry_point=None: text)
     train, _ = code_task_splits(8, 0, seed=0)
 
     def run(max_steps, resume=None):

@@ -129,7 +129,7 @@ class LetterShare:
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_scale_rewards_sets_the_tree_advantage(tmp_path, tiny_qwen2_path, monkeypatch, scale):
-    monkeypatch.setattr("trl_mars.search.engine.extract_code", lambda text: text)
+    monkeypatch.setattr("trl_mars.search.engine.extract_code", lambda text, entry_point=None: text)
     train, _ = code_task_splits(2, 0, seed=0)
     args = tiny_mars2_config(tmp_path, [{"name": "solo", "model": tiny_qwen2_path}], max_nodes=3,
                              node_reward="pass_fraction", scale_rewards=scale, advantage_epsilon=0.0)  # fmt: skip

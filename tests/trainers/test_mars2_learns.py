@@ -36,7 +36,8 @@ class LetterShare:
 
 def rewards(tmp_path, agents, learning_rate: float, monkeypatch, seed: int = 0) -> dict[str, list[float]]:
     """Logged rewards per step: ``reward`` (all nodes) and ``agents/<name>/reward``."""
-    monkeypatch.setattr("trl_mars.search.engine.extract_code", lambda text: text)  # score the raw completion
+    # score the raw completion
+    monkeypatch.setattr("trl_mars.search.engine.extract_code", lambda text, entry_point=None: text)
     train, _ = code_task_splits(64, 0, seed=0)
     args = tiny_mars2_config(
         tmp_path / f"lr{learning_rate}-seed{seed}",

@@ -91,14 +91,12 @@ def regrade(out: Path, problems, search: TreeSearch, budgets: list[int]) -> tupl
     seconds = {(r["task_id"], r["budget"]): r["seconds"] for r in old if r["method"] == "gen"}
     gen = [SearchTree.from_dict(t) for t in trees if t["method"] == "gen" and t["problem_id"] in by_id]
     todo = [by_id[t.problem_id] for t in gen]
+    scored = [(n, search.score(p, n.completion)) for p, t in zip(todo, gen) for n in t.solutions]  # all submitted
     changed = 0
-    for problem, tree in zip(todo, gen):
-        for node in tree.solutions:
-            before = node.code
-            node.code, verdict = search.score(problem, node.completion)
-            changed += node.code != before
-            verdict = verdict.result() if hasattr(verdict, "result") else verdict
-            node.score, node.pass_fraction = verdict.score, verdict.pass_fraction
+    for node, (code, verdict) in scored:
+        changed += code != node.code
+        verdict = verdict.result() if hasattr(verdict, "result") else verdict
+        node.code, node.score, node.pass_fraction = code, verdict.score, verdict.pass_fraction
     search.grade(todo, gen)
     records = []
     for tree in gen:

@@ -10,18 +10,18 @@ _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$"
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
 
 
-def _parses(code: str) -> bool:
+def _tree(code: str) -> ast.Module | None:
+    """The parsed program, or None when ``code`` does not parse."""
     try:
-        ast.parse(code)
+        return ast.parse(code)
     except (SyntaxError, ValueError):
-        return False
-    return True
+        return None
 
 
-def _defines(code: str, name: str) -> bool:
-    """Whether ``code`` defines a function or class ``name`` (at any depth: a method of ``class Solution`` too)."""
-    nodes = ast.walk(ast.parse(code))
-    return any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == name for n in nodes)
+def _defines(tree: ast.Module, name: str) -> bool:
+    """Whether ``tree`` defines a function or class ``name`` (at any depth: a method of ``class Solution`` too)."""
+    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    return any(isinstance(n, kinds) and n.name == name for n in ast.walk(tree))
 
 
 def extract_code(text: str, entry_point: str | None = None) -> str | None:
@@ -38,17 +38,15 @@ def extract_code(text: str, entry_point: str | None = None) -> str | None:
     'def f(x):\n    return x\n'
     """
     blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text or "")]
-    parsing = [(tag, body) for tag, body in blocks if body.strip() and _parses(body)]
-    preferences = [lambda t, b: t in _PYTHON_TAGS, lambda t, b: t == ""]
+    parsed = [(tag, body, tree) for tag, body in blocks if body.strip() and (tree := _tree(body)) is not None]
+    groups = [[(b, t) for tag, b, t in parsed if tag in _PYTHON_TAGS], [(b, t) for tag, b, t in parsed if tag == ""]]
     if entry_point is not None:
         name = entry_point.rsplit(".", 1)[-1]
-        preferences = [lambda t, b, w=w: w(t, b) and _defines(b, name) for w in preferences] + preferences
-    for wanted in preferences:
-        for tag, body in reversed(parsing):
-            if wanted(tag, body):
-                return body
-    if not blocks and (text or "").strip() and "```" not in text and _parses(text):
-        tree = ast.parse(text)
+        groups = [[(b, t) for b, t in group if _defines(t, name)] for group in groups] + groups
+    for group in groups:
+        if group:
+            return group[-1][0]
+    if not blocks and (text or "").strip() and "```" not in text and (tree := _tree(text)) is not None:
         if any(not isinstance(node, ast.Expr) for node in tree.body):
             return text
     return None

@@ -156,6 +156,28 @@ def test_dead_worker_is_reported_and_restarted():
         assert_nothing_left(sb)
 
 
+def test_a_check_queued_behind_a_dead_worker_runs_again():
+    # one worker: the second check waits in the zygote's pipe while the first runs; when the worker dies under
+    # the first, the second (never started) runs on the restarted worker and gets its own verdict
+    with Sandbox(concurrency=1, timeout_s=3.0, max_total_s=4.0) as sb:
+        sb.start()
+        running = sb.submit("import time\ntime.sleep(3)\n", ["assert True"])
+        queued = sb.submit("def f():\n    return 1\n", ["assert f() == 1", "assert f() == 2"])
+        zygote = sb._workers[0].proc.pid
+        if sb._workers[0].isolation["pid"] == "namespace":
+            (zygote,) = map(int, children_of(zygote))
+        deadline = time.monotonic() + 10
+        while (not children_of(zygote) or sb._workers[0]._sent < 2) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sb._workers[0]._sent == 2  # both sent: the second is queued behind the first
+        sb._workers[0].proc.kill()
+        assert running.result().sandbox_error and statuses(running.result()) == {Status.CRASHED}
+        result = queued.result()
+        assert result.sandbox_error is None
+        assert [v.status for v in result.verdicts] == [Status.PASSED, Status.FAILED]
+        assert_nothing_left(sb)
+
+
 def test_printing_a_gigabyte(sandbox):
     program = (
         "import sys\ndef f():\n    for _ in range(1024):\n        sys.stdout.write('x' * (1 << 20))\n    return 0\n"

@@ -5,9 +5,12 @@ imports."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from trl_mars.sandbox import Sandbox, Status, cases, make_check, trusted
 from trl_mars.sandbox.zygote import POLL_S, CheckRun
@@ -73,10 +76,45 @@ def test_the_zygote_imports_neither_the_pool_nor_the_test_splitter():
     code = (
         "import sys, trl_mars.sandbox.zygote\n"
         "print(sorted(m for m in ('threading', 'subprocess', 'concurrent.futures', 'trl_mars.sandbox.pool',"
-        " 'trl_mars.sandbox.cases', 'trl_mars.sandbox.trusted') if m in sys.modules))"
+        " 'trl_mars.sandbox.cases', 'trl_mars.sandbox.trusted', 'trl_mars.sandbox.config', 'dataclasses',"
+        " 'inspect', 'datetime', 'hashlib') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+FIRST_COMPILE = """
+import os, sys
+from trl_mars.sandbox import zygote
+
+def first_compile_blocks():
+    # memory blocks a forked child allocates on its first compile (the AST types, when they are not built yet)
+    read, write = os.pipe()
+    if os.fork() == 0:
+        before = sys.getallocatedblocks()
+        compile("x = 1", "<t>", "exec")
+        os.write(write, str(sys.getallocatedblocks() - before).encode())
+        os._exit(0)
+    os.wait()
+    return int(os.read(read, 64))
+
+cold = first_compile_blocks()
+zygote.warm_up(())
+print(cold, first_compile_blocks())
+"""
+
+
+def test_the_zygote_builds_the_ast_types_so_no_check_process_does():
+    # The first run caches the bytecode; in the second every module comes from it (as in an installed wheel), so
+    # nothing compiled source before the measurement: the first child builds the AST types itself, the second
+    # inherits them from the warm-up.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import trl_mars.sandbox.zygote"], env=env, check=True)
+    done = subprocess.run([sys.executable, "-c", FIRST_COMPILE], env=env, capture_output=True, text=True, check=True)
+    cold, warm = map(int, done.stdout.split())
+    if cold < 1000:
+        pytest.skip(f"bytecode is not cached here, so importing compiled source first (cold child: {cold} blocks)")
+    assert warm < 50, (cold, warm)
 
 
 def _switches(pid: int) -> int:

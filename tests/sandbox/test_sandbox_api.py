@@ -110,6 +110,22 @@ def test_batch_future_and_asyncio(sandbox):
     assert [r.passed for r in asyncio.run(score())] == [False, False, True, False]
 
 
+def test_queued_checks_get_their_own_results_in_order():
+    # one worker with checks queued in its pipe: each reply goes to the check that was sent in its place
+    with Sandbox(concurrency=1, timeout_s=2.0) as sb:
+        checks = [(f"def f():\n    return {i}\n", [f"assert f() == {i if i % 3 else -1}"]) for i in range(12)]
+        results = sb.run_batch(checks)
+    assert [r.passed for r in results] == [bool(i % 3) for i in range(12)]
+    assert [r.verdicts[0].actual for r in results if not r.passed] == ["0", "3", "6", "9"]
+
+
+def test_an_idle_worker_takes_a_check_before_a_busy_one_queues_it(sandbox):
+    slow = sandbox.submit("import time\ntime.sleep(0.8)\ndef f():\n    return 1\n", ["assert f() == 1"])
+    quick = sandbox.submit("def f():\n    return 1\n", ["assert f() == 1"])
+    assert quick.result().passed and not slow.done()  # it went to the other, idle worker
+    assert slow.result().passed
+
+
 def test_isolation_is_reported(sandbox):
     isolation = sandbox.start()
     assert {"network", "filesystem", "uid", "warnings"} <= set(isolation)

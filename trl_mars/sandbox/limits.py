@@ -10,7 +10,6 @@ finding processes by uid or session. As root each worker runs programs under its
 
 from __future__ import annotations
 
-import _signal
 import ctypes
 import errno
 import os
@@ -104,22 +103,30 @@ def sandbox_uid(uid_base: int, zygote_pid: int) -> int | None:
     return uid_base + zygote_pid if os.geteuid() == 0 else None
 
 
-def apply_child_limits(config, uid: int | None, parent: int) -> None:
-    """rlimits, then the privilege drop, then PDEATHSIG (a uid change clears it, so it comes last); called
-    in the forked child just before the harness runs. ``parent`` is the zygote's pid as the child sees it:
-    if the zygote died before PDEATHSIG was armed, the child exits here."""
-    cpu = int(config.max_total_s) + 1
+def child_rlimits(config, uid: int | None) -> tuple[tuple[int, tuple[int, int]], ...]:
+    """(resource, (soft, hard)) pairs a check process sets on itself. Without a uid of its own,
+    RLIMIT_NPROC counts the processes the zygote's uid already runs, so it is computed anew per check."""
     nproc = config.max_processes if uid is not None else config.max_processes + count_processes(os.getuid())
-    for limit, value in (
-        (resource.RLIMIT_AS, config.memory_bytes),
-        (resource.RLIMIT_CPU, cpu),
-        (resource.RLIMIT_NPROC, nproc),
-        (resource.RLIMIT_FSIZE, config.max_file_bytes),
-        (resource.RLIMIT_NOFILE, config.max_open_files),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        resource.setrlimit(limit, (value, value))
-    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # oversized writes fail with EFBIG instead of killing
+    return tuple(
+        (limit, (value, value))
+        for limit, value in (
+            (resource.RLIMIT_AS, config.memory_bytes),
+            (resource.RLIMIT_CPU, int(config.max_total_s) + 1),
+            (resource.RLIMIT_NPROC, nproc),
+            (resource.RLIMIT_FSIZE, config.max_file_bytes),
+            (resource.RLIMIT_NOFILE, config.max_open_files),
+            (resource.RLIMIT_CORE, 0),
+        )
+    )
+
+
+def apply_child_limits(rlimits: tuple, uid: int | None, parent: int) -> None:
+    """``rlimits`` (from ``child_rlimits``), then the privilege drop, then PDEATHSIG (a uid change clears it,
+    so it comes last); called in the forked child just before the harness runs (SIGXFSZ is already ignored,
+    by the zygote, so oversized writes fail with EFBIG instead of killing). ``parent`` is the zygote's pid as
+    the child sees it: if the zygote died before PDEATHSIG was armed, the child exits here."""
+    for limit, value in rlimits:
+        resource.setrlimit(limit, value)
     if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)

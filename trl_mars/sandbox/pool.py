@@ -1,10 +1,12 @@
 """The parent side: a pool of zygote workers behind a sync, batch, future and asyncio API.
 
 Each worker is one long-lived zygote (``python -m trl_mars.sandbox.zygote``) that forks a child per check,
-so a check costs a fork, not an interpreter start-up. A worker that dies, hangs or breaks protocol is
-killed (with every process of its sandbox uid) and restarted on next use; the affected check comes back
-with ``sandbox_error`` set and every test ``crashed``. Nothing here ever raises into the caller for a
-sandbox failure.
+so a check costs a fork, not an interpreter start-up. A check goes to an idle worker if there is one, else
+it queues in the pipe of a busy one (at most ``PIPELINE`` per worker), so a zygote starts its next check
+as soon as it has sent a result, without waiting for the parent's round trip. A worker that dies, hangs or
+breaks protocol is killed (with every process of its sandbox uid) and restarted on next use; the check it
+was running comes back with ``sandbox_error`` set and every test ``crashed``, and one queued behind it
+(never started) is run again. Nothing here ever raises into the caller for a sandbox failure.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import queue
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Iterable
@@ -32,6 +34,11 @@ from trl_mars.sandbox.verdict import ExecutionResult, Status, TestVerdict
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _GRACE_S = 10.0  # how much longer than a check's own budget the parent waits before declaring the worker hung
+PIPELINE = 2  # checks in flight per worker: the one running and one queued behind it
+
+
+class Restarted(Exception):
+    """The worker was restarted before a queued check's turn came: the check never started."""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -45,6 +52,9 @@ class Worker:
         self.config = config
         self.proc: subprocess.Popen | None = None
         self.isolation: dict = {}
+        # Requests are answered in the order they were sent: ticket i reads the i-th reply of its zygote.
+        self._send_lock, self._turn, self._life = threading.Lock(), threading.Condition(), threading.RLock()
+        self._sent = self._answered = self._generation = 0
 
     def start(self) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT, "LANG": "C.UTF-8"}
@@ -64,33 +74,72 @@ class Worker:
         self.isolation = reply["isolation"]
 
     def run(self, wire: dict) -> dict:
-        if self.proc is None or self.proc.poll() is not None:
-            self.stop()
-            self.start()
-        send_msg(self.proc.stdin.fileno(), {"check": wire})
-        budget = self.config.max_total_s + len(wire["tests"]) * 0.05 + _GRACE_S
-        return recv_msg(self.proc.stdout.fileno(), time.monotonic() + budget)
-
-    def stop(self, graceful: bool = False) -> None:
-        """Stop the zygote: when ``graceful``, by closing its channel (it exits and removes its cgroup), else
-        (or if it does not exit within a second) by SIGKILL, which takes its PID namespace with it; without
-        a PID namespace, anything still running under this worker's sandbox uid is killed too."""
-        if self.proc is None:
-            return
-        if graceful:
-            self.proc.stdin.close()
+        """Send one check and read its result once the checks sent before it have theirs. A failure stops the
+        worker (it restarts on next use) and raises; ``Restarted`` means the worker was stopped before this
+        check's turn, so it never ran."""
+        with self._send_lock:
+            with self._life:
+                if self._sent == self._answered and (self.proc is None or self.proc.poll() is not None):
+                    self.stop()
+                    try:
+                        self.start()
+                    except BaseException:
+                        self.stop()
+                        raise
+                with self._turn:
+                    proc, ticket, generation = self.proc, self._sent, self._generation
+                    self._sent += 1
             try:
-                self.proc.wait(1.0)
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            pipe.close()
-        uid = limits.sandbox_uid(self.config.uid_base, self.proc.pid)
-        self.proc = None
-        if uid is not None and self.isolation.get("pid") != "namespace":
-            limits.kill_all(uid=uid)
+                send_msg(proc.stdin.fileno(), {"check": wire})
+            except (OSError, ValueError):
+                self.stop(generation)
+                if ticket == 0:
+                    raise
+                raise Restarted from None  # the zygote died under an earlier check (which reports it)
+        with self._turn:
+            self._turn.wait_for(lambda: self._answered == ticket or self._generation != generation)
+            if self._generation != generation:
+                raise Restarted
+        try:  # the zygote starts this check once it has answered the previous one: the budget counts from now
+            budget = self.config.max_total_s + len(wire["tests"]) * 0.05 + _GRACE_S
+            return recv_msg(proc.stdout.fileno(), time.monotonic() + budget)
+        except BaseException:
+            self.stop(generation)
+            raise
+        finally:
+            with self._turn:
+                if self._generation == generation:
+                    self._answered += 1
+                self._turn.notify_all()
+
+    def stop(self, generation: int | None = None, graceful: bool = False) -> None:
+        """Stop the zygote (only if it is still the one of ``generation``, when given): when ``graceful``, by
+        closing its channel (it exits and removes its cgroup), else (or if it does not exit within a second)
+        by SIGKILL, which takes its PID namespace with it; without a PID namespace, anything still running
+        under this worker's sandbox uid is killed too. Checks queued behind are released (``Restarted``)."""
+        with self._life:
+            with self._turn:
+                if generation is not None and generation != self._generation:
+                    return  # already stopped (and maybe restarted) since
+                self._generation += 1
+                self._sent = self._answered = 0
+                self._turn.notify_all()
+            proc, self.proc = self.proc, None
+            if proc is None:
+                return
+            if graceful:
+                proc.stdin.close()
+                try:
+                    proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                pipe.close()
+            uid = limits.sandbox_uid(self.config.uid_base, proc.pid)
+            if uid is not None and self.isolation.get("pid") != "namespace":
+                limits.kill_all(uid=uid)
 
 
 def _judge_stdio(verdict: TestVerdict, case) -> None:
@@ -206,21 +255,38 @@ class Sandbox(CheckRunner):
     def __init__(self, config: SandboxConfig | None = None, **overrides):
         self.config = replace(config or SandboxConfig(), **overrides)
         self._workers = [Worker(self.config) for _ in range(self.config.concurrency)]
-        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
-        for worker in self._workers:
-            self._idle.put(worker)
-        self._executor = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="sandbox")
+        self._load = [0] * len(self._workers)  # checks in flight per worker
+        self._slots = threading.Condition()
+        self._executor = ThreadPoolExecutor(PIPELINE * len(self._workers), thread_name_prefix="sandbox")
         self._finalizer = weakref.finalize(self, _shutdown, self._executor, self._workers)
 
+    def _acquire(self) -> int:
+        """The least loaded worker (an idle one if any), waiting while every worker has ``PIPELINE`` checks."""
+        with self._slots:
+            self._slots.wait_for(lambda: min(self._load) < PIPELINE)
+            index = self._load.index(min(self._load))
+            self._load[index] += 1
+            return index
+
+    def _release(self, index: int) -> None:
+        with self._slots:
+            self._load[index] -= 1
+            self._slots.notify()
+
     def _execute(self, check: Check) -> ExecutionResult:
-        worker = self._idle.get()
-        try:
-            result = ExecutionResult(**worker.run(check.wire(self.config.output_cap_bytes)))
-        except (ChannelClosed, TimeoutError, OSError, SandboxUnavailable, ValueError, TypeError) as e:
-            worker.stop()
-            return crashed_result(check, f"sandbox worker failed: {type(e).__name__}: {e}")
-        finally:
-            self._idle.put(worker)
+        wire = check.wire(self.config.output_cap_bytes)
+        while True:
+            index = self._acquire()
+            worker = self._workers[index]
+            try:
+                result = ExecutionResult(**worker.run(wire))
+                break
+            except Restarted:
+                continue  # queued behind a check that broke its worker; it never ran: run it again
+            except (ChannelClosed, TimeoutError, OSError, SandboxUnavailable, ValueError, TypeError) as e:
+                return crashed_result(check, f"sandbox worker failed: {type(e).__name__}: {e}")
+            finally:
+                self._release(index)
         judge(result, check)
         return result
 

@@ -27,17 +27,24 @@ import signal
 import sys
 import time
 import traceback
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from trl_mars.sandbox import cgroup, limits, view
-from trl_mars.sandbox.config import SandboxConfig
 from trl_mars.sandbox.harness import FIELD_CAP, Streams, run_check
 from trl_mars.sandbox.protocol import ChannelClosed, loads, recv_msg, send_msg
 
-# Imported once here so checks do not pay for them (and so the forked children share their pages). Not
-# ``random`` (nor ``statistics``, which imports it): once imported it reseeds itself in every forked child
+if TYPE_CHECKING:  # the zygote takes the config as sent (the parent validated it), so it never imports
+    from trl_mars.sandbox.config import SandboxConfig  # dataclasses, inspect, ast: fewer pages to fork
+
+# Imported once here so checks do not pay for them (and so the forked children share their pages): what
+# generated code commonly imports. Every preloaded page is one more page table entry each check's fork copies
+# and its exit tears down, so modules that code rarely imports stay out (``copy``, ``datetime``, ``decimal``,
+# ``fractions``, ``hashlib``: 3 of the 164 HumanEval problems import one of them, and pay that import).
+# Not ``random`` (nor ``statistics``, which imports it): once imported it reseeds itself in every forked child
 # (an at-fork hook), about 45 page faults per check; a check that imports it pays the import (~2.6 ms) instead.
-PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib", "heapq",
-           "itertools", "json", "math", "operator", "re", "string", "typing")  # fmt: skip
+PRELOAD = ("bisect", "collections", "functools", "heapq", "itertools", "json", "math", "operator", "re", "string",
+           "typing")  # fmt: skip
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 MAX_RECORD = 1 << 22
 WATCHDOG_S = 0.02  # how often memory is measured when no memory cgroup bounds the check
@@ -83,8 +90,9 @@ class Scratch:
         used = [(fs.f_files - fs.f_ffree) for fs in map(os.statvfs, ("/tmp", "/dev/shm"))]
         return (*used, st.st_ino, st.st_mode, st.st_uid, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns)
 
-    def prepare(self) -> str:
-        """The working directory for the next check, with empty output files."""
+    def prepare(self) -> None:
+        """Empty output files, and the zygote itself in the next check's working directory (its children
+        inherit the cwd, and outside the view ``HOME``/``TMPDIR`` naming it)."""
         for fd in self.out_fds:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -93,10 +101,12 @@ class Scratch:
 
             self.workdir = tempfile.mkdtemp(prefix="check-")
             self._own()
+            os.chdir(self.workdir)
+            os.environ.update(HOME=self.workdir, TMPDIR=self.workdir)
         elif self.clean is None:
             self._own()
+            os.chdir(self.workdir)
             self.clean = self._state()
-        return self.workdir
 
     def _own(self) -> None:
         if self.uid is not None:
@@ -109,11 +119,11 @@ class Scratch:
     def finish(self) -> None:
         """After a check (all its processes are gone): drop whatever it wrote."""
         if not self.in_view:
+            os.chdir("/")
             limits.remove_tree(self.workdir)
         elif self._state() != self.clean:
             view.mount_scratch(self.config.tmpfs_bytes)
-            self._own()
-            self.clean = self._state()
+            self.clean = None  # the next ``prepare`` owns and enters the fresh work dir
 
 
 class CheckRun:
@@ -129,7 +139,7 @@ class CheckRun:
     def run(self) -> dict:
         t0 = time.monotonic()
         scratch = self.zygote.scratch
-        self.workdir = scratch.prepare()
+        scratch.prepare()
         try:
             start = self.spawn(0)
             while start < len(self.tests) and time.monotonic() < self.deadline:
@@ -151,39 +161,42 @@ class CheckRun:
             "output_truncated": truncated, "duration_s": duration_s, "isolation": isolation,
         }  # fmt: skip
 
-    def child(self, start: int, records: int, nonce: str) -> None:
-        """In the forked child: isolate, limit, then run the harness. Never returns."""
+    def child(self, start: int, records: int, nonce: str, rlimits: tuple) -> None:
+        """In the forked child: isolate, limit, then run the harness. Never returns.
+
+        What a child would only inherit is set up by the zygote beforehand (fds 0-2, the records fd, the
+        cwd, the environment, SIGXFSZ ignored): every line of Python run here, before the program, copies
+        the pages it touches."""
         try:
-            zygote = self.zygote
             os.setsid()
-            for target, source in ((0, zygote.null), (1, zygote.scratch.out_fds[0]), (2, zygote.scratch.out_fds[1])):
-                os.dup2(source, target)
-            fd = fcntl.fcntl(records, fcntl.F_DUPFD_CLOEXEC, 100 + int.from_bytes(os.urandom(2), "big") % 900)
-            os.closerange(3, fd)
-            os.closerange(fd + 1, 1 << 16)
-            os.chdir(self.workdir)
-            if not zygote.scratch.in_view:  # in the view the zygote's environment already names the work dir
-                os.environ.update(HOME=self.workdir, TMPDIR=self.workdir)
+            os.closerange(3, records)
+            os.closerange(records + 1, 1 << 16)
             _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # (signal.signal would convert enums)
             adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(adj, b"1000")  # the OOM killer takes the check's processes before the zygote (or anything else)
             os.close(adj)
-            limits.apply_child_limits(self.config, zygote.uid, zygote.pid)
-            if "netns" not in zygote.isolation["network"]:
+            zygote = self.zygote
+            limits.apply_child_limits(rlimits, zygote.uid, zygote.pid)
+            if zygote.weak_network:
                 limits.block_sockets()
-            run_check(self.check, start, fd, nonce, zygote.streams)
+            run_check(self.check, start, records, nonce, zygote.streams)
         finally:
             os._exit(70)
 
     def spawn(self, start: int) -> int:
         """Run tests from ``start`` in a fresh child; returns the index to continue from."""
-        # a file of its own per child: a process that outlived an earlier one cannot write into its records
-        records = os.memfd_create("records", os.MFD_CLOEXEC)
-        nonce = os.urandom(16).hex()  # (what secrets.token_hex does, without importing secrets into the zygote)
+        # a file of its own per child (a process that outlived an earlier one cannot write into its records),
+        # at an fd above the child's RLIMIT_NOFILE (the program cannot dup2 onto it)
+        memfd = os.memfd_create("records", os.MFD_CLOEXEC)
+        random = os.urandom(18)
+        records = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, 100 + int.from_bytes(random[16:], "big") % 900)
+        os.close(memfd)
+        nonce = random[:16].hex()  # (what secrets.token_hex does, without importing secrets into the zygote)
+        rlimits = self.zygote.rlimits()
         oom_before = self.zygote.oom_kills()
         pid = os.fork()
         if pid == 0:
-            self.child(start, records, nonce)
+            self.child(start, records, nonce, rlimits)
         try:
             pidfd = os.pidfd_open(pid)  # readable once the child has exited (Linux 5.3+)
         except (AttributeError, OSError):
@@ -326,9 +339,27 @@ class Zygote:
         self.config, self.uid, self.isolation, self.group = config, uid, isolation, group
         self.pid_namespace = isolation["pid"] == "namespace"
         self.pid = 1 if self.pid_namespace else os.getpid()  # the children's parent, as they see it
+        self.weak_network = "netns" not in isolation["network"]
         self.scratch = Scratch(config, uid, isolation["filesystem"].startswith("view"))
         self.streams = Streams(config.output_cap_bytes)
-        self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)  # each check process's stdin, opened once
+        self._rlimits = limits.child_rlimits(config, uid)
+        # The zygote's own fds 0-2 become what each check process's are (stdin /dev/null, stdout and stderr
+        # the capture memfds), so a child inherits them; the requests move to another fd, and the zygote's
+        # own error output (its tracebacks) keeps the original stderr.
+        self.requests = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+        sys.stderr = open(fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3), "w", errors="backslashreplace")
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        for target, source in ((0, null), (1, self.scratch.out_fds[0]), (2, self.scratch.out_fds[1])):
+            os.dup2(source, target)
+        os.close(null)
+        _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # (inherited) oversized writes fail with EFBIG instead
+
+    def rlimits(self) -> tuple:
+        """The next check process's rlimits: fixed, except RLIMIT_NPROC without a uid of its own (the
+        processes the zygote's uid already runs are counted in)."""
+        if self.uid is None:
+            return limits.child_rlimits(self.config, None)
+        return self._rlimits
 
     def oom_kills(self) -> int:
         return self.group.oom_kills() if self.group is not None else 0
@@ -354,24 +385,31 @@ class Zygote:
         limits.kill_all(uid=self.uid) if self.uid is not None else limits.kill_all(sid=pid)
 
     def serve(self, channel_out: int) -> None:
-        weak_network = "netns" not in self.isolation["network"]
-        for module in (*PRELOAD, "socket") if weak_network else PRELOAD:  # block_sockets needs socket
-            importlib.import_module(module)
+        warm_up(PRELOAD + ("socket",) if self.weak_network else PRELOAD)  # block_sockets needs socket
         gc.collect()
         gc.freeze()  # the children's collections skip the zygote's objects: fewer copy-on-write faults
         os.environ.clear()
         os.environ.update(CHILD_ENV, **({"HOME": view.WORK, "TMPDIR": view.WORK} if self.scratch.in_view else {}))
-        weak = weak_network or self.isolation["filesystem"] == "none"
+        weak = self.weak_network or self.isolation["filesystem"] == "none"
         if self.config.require_isolation and weak:
             send_msg(channel_out, {"error": f"required isolation unavailable: {self.isolation}"})
             return
         send_msg(channel_out, {"isolation": self.isolation})
         while True:
             try:
-                request = recv_msg(0)
+                request = recv_msg(self.requests)
             except ChannelClosed:
                 return
             send_msg(channel_out, CheckRun(request["check"], self).run())
+
+
+def warm_up(modules: tuple[str, ...]) -> None:
+    """Do in the zygote, once, what every check process would otherwise do first: import ``modules``, and
+    ``compile`` once, which builds the ~120 classes of the AST node types (``PyAST_Check`` makes them on a
+    process's first ``compile``): about 2 ms and 130 copied pages per check when left to the children."""
+    for module in modules:
+        importlib.import_module(module)
+    compile("", "<warm-up>", "exec")
 
 
 def _inner(config: SandboxConfig, uid: int | None, isolation: dict, group, channel_out: int, alive: int) -> None:
@@ -412,7 +450,7 @@ def main() -> None:
     channel_out = os.dup(1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     hello = recv_msg(0)
-    config = SandboxConfig(**hello["config"])
+    config = SimpleNamespace(**hello["config"])
     limits.prctl(limits.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != hello["parent_pid"]:
         sys.exit(1)

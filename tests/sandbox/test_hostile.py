@@ -167,9 +167,9 @@ def test_a_check_queued_behind_a_dead_worker_runs_again():
         if sb._workers[0].isolation["pid"] == "namespace":
             (zygote,) = map(int, children_of(zygote))
         deadline = time.monotonic() + 10
-        while (not children_of(zygote) or sb._workers[0]._sent < 2) and time.monotonic() < deadline:
+        while (not children_of(zygote) or len(sb._workers[0].inflight) < 2) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert sb._workers[0]._sent == 2  # both sent: the second is queued behind the first
+        assert len(sb._workers[0].inflight) == 2  # both sent: the second is queued behind the first
         sb._workers[0].proc.kill()
         assert running.result().sandbox_error and statuses(running.result()) == {Status.CRASHED}
         result = queued.result()

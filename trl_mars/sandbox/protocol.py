@@ -51,9 +51,38 @@ class ChannelClosed(EOFError):
     """The other end died or sent garbage."""
 
 
-def send_msg(fd: int, obj) -> None:
+def frame(obj) -> bytes:
+    """One message as it travels: an 8-byte big-endian length, then ``dumps(obj)``."""
     data = dumps(obj).encode()
-    data = _HEADER.pack(len(data)) + data
+    return _HEADER.pack(len(data)) + data
+
+
+def unframe(buffer: bytearray) -> list:
+    """Take every whole message off the front of ``buffer`` (bytes read so far; a partial one stays);
+    ``ChannelClosed`` for a malformed or oversized one.
+
+    >>> buffer = bytearray(frame([1]) + frame({"a": None}) + frame("x")[:5])
+    >>> unframe(buffer), len(buffer)
+    ([[1], {'a': None}], 5)
+    """
+    messages = []
+    while len(buffer) >= _HEADER.size:
+        (size,) = _HEADER.unpack_from(buffer)
+        if size > MAX_MESSAGE:
+            raise ChannelClosed(f"message of {size} bytes")
+        if len(buffer) < _HEADER.size + size:
+            break
+        body = bytes(buffer[_HEADER.size : _HEADER.size + size])
+        del buffer[: _HEADER.size + size]
+        try:
+            messages.append(loads(body.decode()))
+        except (ValueError, RecursionError) as e:
+            raise ChannelClosed(f"malformed message: {e}") from e
+    return messages
+
+
+def send_msg(fd: int, obj) -> None:
+    data = frame(obj)
     while data:
         data = data[os.write(fd, data) :]
 

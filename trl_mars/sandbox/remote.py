@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -290,6 +290,9 @@ class RemoteSandbox(CheckRunner):
         self.client = SandboxFusionClient(fusion)
         self._executor = ThreadPoolExecutor(fusion.concurrency, thread_name_prefix="sandbox-fusion")
         self._finalizer = weakref.finalize(self, _shutdown, self._executor)
+
+    def _submit_check(self, check: Check) -> Future[ExecutionResult]:
+        return self._executor.submit(self._execute, check)
 
     def _execute(self, check: Check) -> ExecutionResult:
         try:

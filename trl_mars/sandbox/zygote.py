@@ -37,14 +37,11 @@ from trl_mars.sandbox.protocol import ChannelClosed, loads, recv_msg, send_msg
 if TYPE_CHECKING:  # the zygote takes the config as sent (the parent validated it), so it never imports
     from trl_mars.sandbox.config import SandboxConfig  # dataclasses, inspect, ast: fewer pages to fork
 
-# Imported once here so checks do not pay for them (and so the forked children share their pages): what
-# generated code commonly imports. Every preloaded page is one more page table entry each check's fork copies
-# and its exit tears down, so modules that code rarely imports stay out (``copy``, ``datetime``, ``decimal``,
-# ``fractions``, ``hashlib``: 3 of the 164 HumanEval problems import one of them, and pay that import).
-# Not ``random`` (nor ``statistics``, which imports it): once imported it reseeds itself in every forked child
+# Imported once here so checks do not pay for them (and so the forked children share their pages). Not
+# ``random`` (nor ``statistics``, which imports it): once imported it reseeds itself in every forked child
 # (an at-fork hook), about 45 page faults per check; a check that imports it pays the import (~2.6 ms) instead.
-PRELOAD = ("bisect", "collections", "functools", "heapq", "itertools", "json", "math", "operator", "re", "string",
-           "typing")  # fmt: skip
+PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib", "heapq",
+           "itertools", "json", "math", "operator", "re", "string", "typing")  # fmt: skip
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 MAX_RECORD = 1 << 22
 WATCHDOG_S = 0.02  # how often memory is measured when no memory cgroup bounds the check

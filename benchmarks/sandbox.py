@@ -17,7 +17,8 @@ The last line printed is one JSON object: ``vs_humaneval_harness``, ``vs_python_
 ``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs, where our
 CPU time per check goes (zygote, check processes, parent) next to the in-process limit's, and the page
 faults per check of the zygote and of the check processes (copy-on-write copies, the main cost of a fork);
-the parent's CPU also without the first round (which splits the tests); with ``--perf-stat S``, ``perf
+the parent's CPU also without the first round (which splits the tests), the machine's idle CPU share while
+ours ran (``idle_share_during_ours``: what pipelining checks into busy workers recovers); with ``--perf-stat S``, ``perf
 stat``'s task-clock and page faults per trivial check (``perf_stat_trivial``).
 """
 
@@ -73,6 +74,12 @@ def cpu_seconds(pid: int) -> tuple[float, float, int, int]:
     tick = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
     return (*cpu, int(fields[7]), int(fields[8]))
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the machine's CPUs so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]
 
 
 def zygote_pids(sandbox: Sandbox) -> list[int]:
@@ -154,12 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
             return [by_shard[i % c][i // c] for i in range(n)]
 
         zygotes, cpu = zygote_pids(sandbox), {"zygote": 0.0, "child": 0.0, "parent": 0.0}
-        faults, parent_rounds = {"zygote": 0, "child": 0}, []
+        faults, parent_rounds, jiffies = {"zygote": 0, "child": 0}, [], [0, 0]
 
         def ours():
-            before, parent = [cpu_seconds(p) for p in zygotes], time.process_time()
+            before, parent, machine = [cpu_seconds(p) for p in zygotes], time.process_time(), cpu_jiffies()
             verdicts = [r.passed for r in sandbox.run_batch(checks)]
             after = [cpu_seconds(p) for p in zygotes]
+            jiffies[0] += cpu_jiffies()[0] - machine[0]
+            jiffies[1] += cpu_jiffies()[1] - machine[1]
             parent_rounds.append(time.process_time() - parent)
             cpu["parent"] += parent_rounds[-1]
             cpu["zygote"] += sum(a[0] - b[0] for a, b in zip(after, before))
@@ -206,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
     rounds = {name: [round(x, 2) for x in s] for name, s in seconds.items()}
     print(f"concurrency={c}  rounds={args.repeats}  seconds per round={rounds}")
-    print(f"load average (1 min) per round={[round(x, 2) for x in load]}  cpus={os.cpu_count()}")
+    print(f"load average (1 min) per round={[round(x, 2) for x in load]}  cpus={os.cpu_count()}  idle CPU share "
+          f"while ours ran: {jiffies[1] / max(jiffies[0], 1):.3f}")  # fmt: skip
     print(
         f"CPU ms per check, ours: zygote {cpu['zygote']:.2f}, check processes {cpu['child']:.2f}, parent (pool, "
         f"test splitting) {cpu['parent']:.2f}; in-process limit {cpu['limit']:.2f}. Page faults per check: "
@@ -238,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         "checks": n,
         "concurrency": c,
         "load_average": round(statistics.mean(load), 2),
+        "idle_share_during_ours": round(jiffies[1] / max(jiffies[0], 1), 3),
         "cpu_ms_per_check": {key: round(value, 2) for key, value in cpu.items()},
         "page_faults_per_check": faults,
         "trivial_check": trivial,

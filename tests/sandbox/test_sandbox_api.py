@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -124,6 +125,23 @@ def test_an_idle_worker_takes_a_check_before_a_busy_one_queues_it(sandbox):
     quick = sandbox.submit("def f():\n    return 1\n", ["assert f() == 1"])
     assert quick.result().passed and not slow.done()  # it went to the other, idle worker
     assert slow.result().passed
+
+
+def test_checks_larger_than_a_pipe_are_written_in_parts():
+    # two 300 KB checks queued on one worker: each request is written in pieces as the zygote reads it
+    with Sandbox(concurrency=1, timeout_s=2.0) as sb:
+        big = [(f"def f():\n    return {i}\n" + "#" * 300_000 + "\n", [f"assert f() == {i}"]) for i in range(3)]
+        assert [r.passed for r in sb.run_batch(big)] == [True, True, True]
+
+
+def test_closing_from_a_result_callback_returns_and_the_sandbox_shuts_down():
+    sb = Sandbox(concurrency=1, timeout_s=2.0)
+    future = sb.submit("def f():\n    return 1\n", ["assert f() == 1"])
+    closed = threading.Event()
+    future.add_done_callback(lambda f: (sb.close(), closed.set()))
+    assert closed.wait(30) and future.result().passed
+    sb._dispatcher.thread.join(30)
+    assert not sb._dispatcher.thread.is_alive() and all(w.proc is None for w in sb._workers)
 
 
 def test_isolation_is_reported(sandbox):

@@ -243,13 +243,19 @@ class Dispatcher:
         os.set_blocking(worker.proc.stdin.fileno(), False)
 
     def close(self) -> None:
-        """Cancel the checks not yet sent, let the workers finish theirs, stop the workers."""
+        """Cancel the checks not yet sent, let the workers finish theirs, stop the workers. Called on the
+        dispatcher thread itself (a future callback dropping the last reference to its ``Sandbox``), it
+        returns at once and the thread shuts down once its checks are answered."""
         with self.lock:
             self.closing = True
             started = self.started
-        if started:
+        if not started:
+            self.shutdown()
+        elif threading.current_thread() is not self.thread:
             self.wake()
             self.thread.join()
+
+    def shutdown(self) -> None:
         for worker in self.workers:
             worker.stop(graceful=True)
         os.close(self.wake_r)
@@ -266,7 +272,7 @@ class Dispatcher:
                         else:
                             future.cancel()
                     if not any(w.inflight for w in self.workers):
-                        return
+                        break
             try:
                 self.assign()
                 self.exchange()
@@ -278,6 +284,7 @@ class Dispatcher:
                         check, future, resent = self.queue.popleft()
                         if resent or future.set_running_or_notify_cancel():
                             future.set_result(crashed_result(check, f"sandbox dispatcher failed: {e!r}"))
+        self.shutdown()
 
     def assign(self) -> None:
         """Send queued checks to the least loaded workers (an idle one first), up to ``PIPELINE`` each."""
@@ -316,7 +323,10 @@ class Dispatcher:
         for worker in busy:
             try:
                 if worker.proc.stdin.fileno() in writable:
-                    del worker.outbox[: os.write(worker.proc.stdin.fileno(), worker.outbox)]
+                    try:
+                        del worker.outbox[: os.write(worker.proc.stdin.fileno(), worker.outbox)]
+                    except BlockingIOError:
+                        pass  # less room than a small remainder needs to be written at once: next time
                 if worker.proc.stdout.fileno() in readable:
                     self.receive(worker)
             except (ChannelClosed, OSError, ValueError, TypeError) as e:
@@ -327,7 +337,7 @@ class Dispatcher:
 
     def receive(self, worker: Worker) -> None:
         """Read what the worker sent; complete each check whose result is whole (they come in order)."""
-        data = os.read(worker.proc.stdout.fileno(), 1 << 16)  # a pipe's capacity (a larger buffer is an mmap per read)
+        data = os.read(worker.proc.stdout.fileno(), 1 << 16)  # a pipe's capacity; 1 MiB would be an mmap per read
         if not data:
             raise ChannelClosed("sandbox worker closed its channel")
         worker.inbox += data

@@ -117,6 +117,27 @@ def test_the_zygote_builds_the_ast_types_so_no_check_process_does():
     assert warm < 50, (cold, warm)
 
 
+WARM_HARNESS = """
+import dis
+from trl_mars.sandbox import harness, zygote
+
+def specialized(code):
+    return {i.opname for i in dis.get_instructions(code, adaptive=True)} - {i.opname for i in dis.get_instructions(code)}
+
+before = specialized(harness.run_tests.__code__)
+zygote.warm_up(())
+print(len(before), len(specialized(harness.run_tests.__code__)))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="specializing interpreter: CPython 3.11+")
+def test_the_zygote_runs_the_harness_warm_so_check_processes_inherit_it_quickened():
+    # a check process that inherits quickened, specialized harness code does not write (copy) those pages itself
+    done = subprocess.run([sys.executable, "-c", WARM_HARNESS], capture_output=True, text=True, check=True)
+    before, after = map(int, done.stdout.split())
+    assert before == 0 and after >= 10, (before, after)
+
+
 def _switches(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("voluntary_ctxt_switches:")[1].split()[0])

@@ -78,12 +78,24 @@ class Streams:
 
 def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) -> None:
     """Run tests ``start..`` of ``check`` (a ``Check.wire()``), reporting on ``fd``; never returns."""
+    exit_ = os._exit  # captured before any untrusted code runs (a program may replace ``os._exit``)
+    try:
+        run_tests(check, start, fd, nonce, streams)
+    except BaseException:
+        exit_(70)  # a harness failure: the zygote reports the tests not reported as crashed
+    exit_(0)
+
+
+def run_tests(check: dict, start: int, fd: int, nonce: str, streams: Streams) -> None:
+    """What ``run_check`` runs: the program, then tests ``start..``, one record per step on ``fd``; returns
+    when the report is complete (or the program failed to load). Sets ``sys.stdout``/``stderr``/``stdin``
+    to ``streams``."""
     # Trusted references, captured before any untrusted code runs.
     exec_, eval_, compile_, repr_, str_, type_, isinstance_ = exec, eval, compile, repr, str, type, isinstance
     getattr_, json_loads, encode_, unencodable = getattr, json.loads, encode, Unencodable
     quote, int_repr, float_repr, join = json.encoder.encode_basestring_ascii, int.__repr__, float.__repr__, ",".join
     base_exc, assertion, memory, system_exit = BaseException, AssertionError, MemoryError, SystemExit
-    write, exit_, open_fd, dup2, close, open_ = os.write, os._exit, os.open, os.dup2, os.close, open
+    write, open_fd, dup2, close, open_ = os.write, os.open, os.dup2, os.close, open
     sink_cls, wrap, wrap_in, file_io, clock = CappedSink, text_stream, io.TextIOWrapper, io.FileIO, perf_counter
 
     str_concat, format_exc = str.__add__, traceback.format_exception
@@ -151,7 +163,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
     except base_exc as e:
         send(nonce, "L", *classify(e)[:3])
         flush()
-        exit_(0)
+        return
 
     env = {"__name__": "__main__" if stdio else "__sandbox__", "__builtins__": builtins}
     test_env = {"__name__": "__test__", "__builtins__": clean_builtins}
@@ -169,7 +181,7 @@ def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
             status, etype, message, _ = classify(e)
             send(nonce, "L", "memory" if status == "memory" else "error", etype, message)
             flush()
-            exit_(0)
+            return
     send(nonce, "L", "passed", None, "")
 
     def run_stdio(case):
@@ -235,4 +247,3 @@ def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
         send(nonce, "E", i, *outcome, clock() - t0)
     send(nonce, "D")
     flush()
-    exit_(0)

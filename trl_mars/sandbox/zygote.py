@@ -31,7 +31,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from trl_mars.sandbox import cgroup, limits, view
-from trl_mars.sandbox.harness import FIELD_CAP, Streams, run_check
+from trl_mars.sandbox.harness import FIELD_CAP, Streams, run_check, run_tests
 from trl_mars.sandbox.protocol import ChannelClosed, loads, recv_msg, send_msg
 
 if TYPE_CHECKING:  # the zygote takes the config as sent (the parent validated it), so it never imports
@@ -400,13 +400,41 @@ class Zygote:
             send_msg(channel_out, CheckRun(request["check"], self).run())
 
 
-def warm_up(modules: tuple[str, ...]) -> None:
-    """Do in the zygote, once, what every check process would otherwise do first: import ``modules``, and
-    ``compile`` once, which builds the ~120 classes of the AST node types (``PyAST_Check`` makes them on a
-    process's first ``compile``): about 2 ms and 130 copied pages per check when left to the children."""
+# A trusted check the zygote runs itself before serving, over the harness's common paths: split asserts whose
+# values (of the usual types) are sent to the parent, and an unsplit test run in the child.
+_HOLES = ("f(1)", "f('a')", "f([1, 2])", "f(1.5)", "f(None)", "f(True)", "(f(1), {'k': 2})")
+WARM_UP_CHECK = {
+    "program": "def f(x):\n    return x\n", "setup": "", "prelude": "", "entry_point": None, "stdio": False,
+    "names": ["f"],
+    "tests": [
+        *({"source": "", "display": "", "input": "", "stdin": None, "holes": [hole], "prefix": "", "fn_name": None,
+           "call": None, "stdout_cap": 1024} for hole in _HOLES),
+        {"source": "assert f(2) == 2\n", "display": "", "input": "", "stdin": None, "holes": [], "prefix": "",
+         "fn_name": None, "call": None, "stdout_cap": 1024},
+    ],
+}  # fmt: skip
+WARM_UP_ROUNDS = 12  # CPython 3.11 quickens a code object after 8 calls
+
+
+def warm_up(modules: tuple[str, ...], rounds: int = WARM_UP_ROUNDS) -> None:
+    """Do in the zygote, once, what every check process would otherwise do first, each time copying the pages
+    it writes: import ``modules``; ``compile`` once, which builds the ~120 classes of the AST node types
+    (``PyAST_Check`` makes them on a process's first ``compile``: about 2 ms and 130 copied pages per check
+    when left to the children); and run the harness on ``WARM_UP_CHECK`` ``rounds`` times, so its code
+    objects are quickened and their instructions specialized (CPython 3.11 writes both into the code
+    objects as they run) and a check process starts with them warm."""
     for module in modules:
         importlib.import_module(module)
     compile("", "<warm-up>", "exec")
+    records, saved = os.memfd_create("warm-up", os.MFD_CLOEXEC), (sys.stdout, sys.stderr, sys.stdin)
+    try:
+        streams = Streams(1024)
+        for _ in range(rounds):
+            os.ftruncate(records, 0)
+            run_tests(WARM_UP_CHECK, 0, records, "0" * 32, streams)
+    finally:
+        sys.stdout, sys.stderr, sys.stdin = saved
+        os.close(records)
 
 
 def _inner(config: SandboxConfig, uid: int | None, isolation: dict, group, channel_out: int, alive: int) -> None:

@@ -344,7 +344,8 @@ class Zygote:
         # the capture memfds), so a child inherits them; the requests move to another fd, and the zygote's
         # own error output (its tracebacks) keeps the original stderr.
         self.requests = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
-        sys.stderr = open(fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3), "w", errors="backslashreplace")
+        # (held here too: a child that replaces ``sys.stderr`` must not be the one to finalize it)
+        self.log = sys.stderr = open(fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3), "w", errors="backslashreplace")
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         for target, source in ((0, null), (1, self.scratch.out_fds[0]), (2, self.scratch.out_fds[1])):
             os.dup2(source, target)

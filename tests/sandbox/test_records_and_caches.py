@@ -117,6 +117,40 @@ def test_the_zygote_builds_the_ast_types_so_no_check_process_does():
     assert warm < 50, (cold, warm)
 
 
+def _constants(code) -> list:
+    found = list(code.co_consts)
+    for const in code.co_consts:
+        if hasattr(const, "co_consts"):
+            found += _constants(const)
+    return found
+
+
+def test_the_tests_are_compiled_on_the_trusted_side_without_their_expected_values():
+    import marshal
+
+    from trl_mars.sandbox.harness import _compiled, compiled_tests
+
+    check = make_check("def f(x):\n    return x\n", ["assert f(K) == 424242", "assert f(4)"], setup="K = 7\n")
+    wire = check.wire(1024)
+    codes, prelude, setup = marshal.loads(bytes.fromhex(compiled_tests(wire)))
+    (prefix0, holes0), (prefix1, holes1) = codes
+    assert [h.co_names for h in holes0] == [("f", "K")] and 424242 not in _constants(holes0[0])  # only the call
+    assert 7 in _constants(setup) and prelude.co_code is not None
+    hits = _compiled.cache_info().hits
+    assert compiled_tests(check.wire(1024)) == compiled_tests(wire) and _compiled.cache_info().hits == hits + 2
+
+
+def test_a_test_that_does_not_compile_is_compiled_by_the_check_process_and_fails_alone():
+    from trl_mars.sandbox.harness import compiled_tests
+
+    tests = ["assert f() == 1", "assert f() ==", "assert f() == 2"]
+    assert compiled_tests(make_check("def f():\n    return 1\n", tests).wire(1024)) is None
+    with Sandbox(concurrency=1) as sb:
+        result = sb.run("def f():\n    return 1\n", tests)
+    assert [v.status for v in result.verdicts] == [Status.PASSED, Status.ERROR, Status.FAILED]
+    assert result.verdicts[1].error_type == "SyntaxError"
+
+
 WARM_HARNESS = """
 import dis
 from trl_mars.sandbox import harness, zygote

@@ -19,8 +19,10 @@ is an error) gets ``crashed`` from the zygote.
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import json
+import marshal
 import os
 import sys
 import traceback
@@ -76,6 +78,43 @@ class Streams:
         self.stdin = io.TextIOWrapper(io.FileIO(0, closefd=False))
 
 
+def compile_test(i: int, test: dict, compile_=compile):
+    """What test ``i`` of a wire check compiles to: (prefix, holes) for split asserts, its code for an unsplit
+    test, None for a call-based one, or the exception compiling raised (which becomes the test's verdict)."""
+    name = f"<test {i}>"
+    try:
+        if test["holes"]:
+            return compile_(test["prefix"], name, "exec"), [compile_(h, name, "eval") for h in test["holes"]]
+        return None if test["call"] is not None else compile_(test["source"], name, "exec")
+    except BaseException as e:  # noqa: BLE001 - a test that does not compile fails alone
+        return e
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _compiled(tests: tuple, prelude: str, setup: str) -> str | None:
+    codes = [
+        compile_test(i, {"holes": h, "prefix": p, "source": s, "call": c}) for i, (h, p, s, c) in enumerate(tests)
+    ]
+    if any(isinstance(c, BaseException) for c in codes):
+        return None
+    try:
+        compiled = (codes, compile(prelude, "<prelude>", "exec"), compile(setup, "<setup>", "exec"))
+    except (SyntaxError, ValueError):
+        return None
+    return marshal.dumps(compiled).hex()
+
+
+def compiled_tests(check: dict) -> str | None:
+    """The code of a wire check's tests, prelude and setup, compiled here (on the trusted side: that code comes
+    from the tests, and is already in the wire as source) and marshalled as hex, memoized on that source; a
+    check process loads it instead of compiling it again. None for stdin/stdout checks and when something
+    does not compile (the check process then compiles, and reports the error, as it would anyway)."""
+    if check["stdio"]:
+        return None
+    tests = tuple((tuple(t["holes"]), t["prefix"], t["source"], t["call"]) for t in check["tests"])
+    return _compiled(tests, check["prelude"], check["setup"])
+
+
 def run_check(check: dict, start: int, fd: int, nonce: str, streams: Streams) -> None:
     """Run tests ``start..`` of ``check`` (a ``Check.wire()``), reporting on ``fd``; never returns."""
     exit_ = os._exit  # captured before any untrusted code runs (a program may replace ``os._exit``)
@@ -98,7 +137,12 @@ def run_tests(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
     write, open_fd, dup2, close, open_ = os.write, os.open, os.dup2, os.close, open
     sink_cls, wrap, wrap_in, file_io, clock = CappedSink, text_stream, io.TextIOWrapper, io.FileIO, perf_counter
 
-    str_concat, format_exc = str.__add__, traceback.format_exception
+    str_concat, format_exc, marshal_loads, from_hex = (
+        str.__add__,
+        traceback.format_exception,
+        marshal.loads,
+        bytes.fromhex,
+    )
     harness_file = run_check.__code__.co_filename
     clean_builtins = PRISTINE_BUILTINS
     tests, stdio = check["tests"], check["stdio"]
@@ -146,20 +190,17 @@ def run_tests(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
     stdout = streams.stdout
     sys.stdout, sys.stderr, sys.stdin = stdout, streams.stderr, streams.stdin
 
-    def compile_test(i, test):
-        name = f"<test {i}>"
-        try:
-            if test["holes"]:
-                return compile_(test["prefix"], name, "exec"), [compile_(h, name, "eval") for h in test["holes"]]
-            return None if test["call"] is not None else compile_(test["source"], name, "exec")
-        except base_exc as e:
-            return e
-
-    codes = [None if stdio else compile_test(i, t) for i, t in enumerate(tests)]
+    compiled = check.get("compiled")
+    if compiled:  # compiled by the parent (``compiled_tests``)
+        codes, prelude, setup = marshal_loads(from_hex(compiled))
+    else:
+        codes = [None if stdio else compile_test(i, t, compile_) for i, t in enumerate(tests)]
     try:
-        prelude = compile_(check["prelude"], "<prelude>", "exec")
+        if not compiled:
+            prelude = compile_(check["prelude"], "<prelude>", "exec")
         program = compile_(check["program"], "<program>", "exec")
-        setup = compile_(check["setup"], "<setup>", "exec")
+        if not compiled:
+            setup = compile_(check["setup"], "<setup>", "exec")
     except base_exc as e:
         send(nonce, "L", *classify(e)[:3])
         flush()

@@ -31,6 +31,7 @@ from pathlib import Path
 from trl_mars.sandbox import limits
 from trl_mars.sandbox.cases import Check, make_check, same_output
 from trl_mars.sandbox.config import SandboxConfig
+from trl_mars.sandbox.harness import compiled_tests
 from trl_mars.sandbox.protocol import ChannelClosed, frame, recv_msg, send_msg, unframe
 from trl_mars.sandbox.trusted import FIELD_CAP, Decision, decide, same_value, show
 from trl_mars.sandbox.values import decode
@@ -302,7 +303,9 @@ class Dispatcher:
                     except (ChannelClosed, TimeoutError, OSError, SandboxUnavailable, ValueError) as e:
                         future.set_result(crashed_result(check, f"sandbox worker failed: {type(e).__name__}: {e}"))
                         continue
-            worker.outbox += frame({"check": check.wire(self.config.output_cap_bytes)})
+            wire = check.wire(self.config.output_cap_bytes)
+            wire["compiled"] = compiled_tests(wire)
+            worker.outbox += frame({"check": wire})
             if not worker.inflight:
                 worker.deadline = time.monotonic() + worker.budget(check)
             worker.inflight.append((check, future))

@@ -1,4 +1,5 @@
-"""Code that runs inside the sandboxed child: load the program, run each test, stream one record per step.
+"""Code that runs inside the sandboxed child: load the program, run each test, stream one record per step
+(and ``compiled_tests``, which the parent runs: the tests' code compiled on the trusted side).
 
 Tests split on the trusted side (``trusted``) and call-based tests only evaluate expressions here and send
 their values through the strict codec (``values.encode``); the parent decides those verdicts, so a

@@ -91,7 +91,7 @@ def compile_test(i: int, test: dict, compile_=compile):
         return e
 
 
-@functools.lru_cache(maxsize=1 << 12)
+@functools.lru_cache(maxsize=512)  # the problems of a few training steps; big literal inputs make big entries
 def _compiled(tests: tuple, prelude: str, setup: str) -> str | None:
     codes = [
         compile_test(i, {"holes": h, "prefix": p, "source": s, "call": c}) for i, (h, p, s, c) in enumerate(tests)

@@ -144,6 +144,14 @@ def test_closing_from_a_result_callback_returns_and_the_sandbox_shuts_down():
     assert not sb._dispatcher.thread.is_alive() and all(w.proc is None for w in sb._workers)
 
 
+def test_programs_and_tests_compile_with_the_plain_interpreters_semantics(sandbox):
+    # not the harness's own ``from __future__ import annotations``: annotations are evaluated, as under ``python``
+    program = "def g(x: int) -> list:\n    return [x]\ndef f():\n    return repr(g.__annotations__)\n"
+    result = sandbox.run(program, ["assert f() == 1", "def h(y: int): pass\nassert h.__annotations__['y'] is int"])
+    assert result.verdicts[0].actual == repr("{'x': <class 'int'>, 'return': <class 'list'>}")
+    assert result.verdicts[1].passed
+
+
 def test_isolation_is_reported(sandbox):
     isolation = sandbox.start()
     assert {"network", "filesystem", "uid", "warnings"} <= set(isolation)

@@ -81,12 +81,15 @@ class Streams:
 
 def compile_test(i: int, test: dict, compile_=compile):
     """What test ``i`` of a wire check compiles to: (prefix, holes) for split asserts, its code for an unsplit
-    test, None for a call-based one, or the exception compiling raised (which becomes the test's verdict)."""
+    test, None for a call-based one, or the exception compiling raised (which becomes the test's verdict).
+    Every ``compile`` here is ``dont_inherit``: code in the sandbox gets the plain interpreter's semantics, not
+    this module's ``from __future__`` imports."""
     name = f"<test {i}>"
     try:
         if test["holes"]:
-            return compile_(test["prefix"], name, "exec"), [compile_(h, name, "eval") for h in test["holes"]]
-        return None if test["call"] is not None else compile_(test["source"], name, "exec")
+            holes = [compile_(h, name, "eval", dont_inherit=True) for h in test["holes"]]
+            return compile_(test["prefix"], name, "exec", dont_inherit=True), holes
+        return None if test["call"] is not None else compile_(test["source"], name, "exec", dont_inherit=True)
     except BaseException as e:  # noqa: BLE001 - a test that does not compile fails alone
         return e
 
@@ -99,7 +102,13 @@ def _compiled(tests: tuple, prelude: str, setup: str) -> str | None:
     if any(isinstance(c, BaseException) for c in codes):
         return None
     try:
-        compiled = (codes, compile(prelude, "<prelude>", "exec"), compile(setup, "<setup>", "exec"))
+        compiled = (
+            codes,
+            *(
+                compile(src, name, "exec", dont_inherit=True)
+                for src, name in ((prelude, "<prelude>"), (setup, "<setup>"))
+            ),
+        )
     except (SyntaxError, ValueError):
         return None
     return marshal.dumps(compiled).hex()
@@ -198,10 +207,10 @@ def run_tests(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
         codes = [None if stdio else compile_test(i, t, compile_) for i, t in enumerate(tests)]
     try:
         if not compiled:
-            prelude = compile_(check["prelude"], "<prelude>", "exec")
-        program = compile_(check["program"], "<program>", "exec")
+            prelude = compile_(check["prelude"], "<prelude>", "exec", dont_inherit=True)
+        program = compile_(check["program"], "<program>", "exec", dont_inherit=True)
         if not compiled:
-            setup = compile_(check["setup"], "<setup>", "exec")
+            setup = compile_(check["setup"], "<setup>", "exec", dont_inherit=True)
     except base_exc as e:
         send(nonce, "L", *classify(e)[:3])
         flush()

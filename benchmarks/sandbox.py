@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
             before, parent, machine = [cpu_seconds(p) for p in zygotes], time.process_time(), cpu_jiffies()
             verdicts = [r.passed for r in sandbox.run_batch(checks)]
             after = [cpu_seconds(p) for p in zygotes]
-            jiffies[0] += cpu_jiffies()[0] - machine[0]
-            jiffies[1] += cpu_jiffies()[1] - machine[1]
+            now = cpu_jiffies()
+            jiffies[0] += now[0] - machine[0]
+            jiffies[1] += now[1] - machine[1]
             parent_rounds.append(time.process_time() - parent)
             cpu["parent"] += parent_rounds[-1]
             cpu["zygote"] += sum(a[0] - b[0] for a, b in zip(after, before))

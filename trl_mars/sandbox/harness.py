@@ -102,16 +102,11 @@ def _compiled(tests: tuple, prelude: str, setup: str) -> str | None:
     if any(isinstance(c, BaseException) for c in codes):
         return None
     try:
-        compiled = (
-            codes,
-            *(
-                compile(src, name, "exec", dont_inherit=True)
-                for src, name in ((prelude, "<prelude>"), (setup, "<setup>"))
-            ),
-        )
+        prelude_code = compile(prelude, "<prelude>", "exec", dont_inherit=True)
+        setup_code = compile(setup, "<setup>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError):
         return None
-    return marshal.dumps(compiled).hex()
+    return marshal.dumps((codes, prelude_code, setup_code)).hex()
 
 
 def compiled_tests(check: dict) -> str | None:

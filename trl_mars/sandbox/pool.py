@@ -372,10 +372,6 @@ class Dispatcher:
                     future.set_result(crashed_result(check, message))
 
 
-def _close(dispatcher: Dispatcher) -> None:
-    dispatcher.close()
-
-
 class Sandbox(CheckRunner):
     """Run untrusted programs against tests, ``config.concurrency`` checks at a time.
 
@@ -386,7 +382,7 @@ class Sandbox(CheckRunner):
         self.config = replace(config or SandboxConfig(), **overrides)
         self._workers = [Worker(self.config) for _ in range(self.config.concurrency)]
         self._dispatcher = Dispatcher(self.config, self._workers)
-        self._finalizer = weakref.finalize(self, _close, self._dispatcher)
+        self._finalizer = weakref.finalize(self, self._dispatcher.close)
 
     def _submit_check(self, check: Check) -> Future[ExecutionResult]:
         return self._dispatcher.submit(check)

@@ -57,6 +57,22 @@ def frame(obj) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+def _size(header) -> int:
+    """The length a message's header announces; ``ChannelClosed`` past ``MAX_MESSAGE``."""
+    (size,) = _HEADER.unpack_from(header)
+    if size > MAX_MESSAGE:
+        raise ChannelClosed(f"message of {size} bytes")
+    return size
+
+
+def _body(data: bytes):
+    """The message a body holds; ``ChannelClosed`` when it is not one JSON value."""
+    try:
+        return loads(data.decode())
+    except (ValueError, RecursionError) as e:
+        raise ChannelClosed(f"malformed message: {e}") from e
+
+
 def unframe(buffer: bytearray) -> list:
     """Take every whole message off the front of ``buffer`` (bytes read so far; a partial one stays);
     ``ChannelClosed`` for a malformed or oversized one.
@@ -67,17 +83,12 @@ def unframe(buffer: bytearray) -> list:
     """
     messages = []
     while len(buffer) >= _HEADER.size:
-        (size,) = _HEADER.unpack_from(buffer)
-        if size > MAX_MESSAGE:
-            raise ChannelClosed(f"message of {size} bytes")
+        size = _size(buffer)
         if len(buffer) < _HEADER.size + size:
             break
         body = bytes(buffer[_HEADER.size : _HEADER.size + size])
         del buffer[: _HEADER.size + size]
-        try:
-            messages.append(loads(body.decode()))
-        except (ValueError, RecursionError) as e:
-            raise ChannelClosed(f"malformed message: {e}") from e
+        messages.append(_body(body))
     return messages
 
 
@@ -104,10 +115,5 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
 
 def recv_msg(fd: int, deadline: float | None = None):
     """Next message; raises ``TimeoutError`` past ``deadline`` (monotonic) and ``ChannelClosed`` on EOF."""
-    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
-    if size > MAX_MESSAGE:
-        raise ChannelClosed(f"message of {size} bytes")
-    try:
-        return loads(_read_exact(fd, size, deadline).decode())
-    except (ValueError, RecursionError) as e:
-        raise ChannelClosed(f"malformed message: {e}") from e
+    size = _size(_read_exact(fd, _HEADER.size, deadline))
+    return _body(_read_exact(fd, size, deadline))

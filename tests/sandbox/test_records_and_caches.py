@@ -164,6 +164,16 @@ print(len(before), len(specialized(harness.run_tests.__code__)))
 """
 
 
+def test_the_warm_up_check_has_the_wire_format_of_a_real_check():
+    # written out by hand (the zygote does not import the test splitter): it must stay what ``Check.wire`` makes
+    from trl_mars.sandbox.zygote import WARM_UP_CHECK
+
+    wire = make_check("def f(x):\n    return x\n", ["assert f(1) == 1", "x = f(2)\nassert x == 2 or x"]).wire(1024)
+    assert WARM_UP_CHECK.keys() == wire.keys()
+    assert all(test.keys() == wire["tests"][0].keys() for test in WARM_UP_CHECK["tests"])
+    assert {bool(t["holes"]) for t in WARM_UP_CHECK["tests"]} == {bool(t["holes"]) for t in wire["tests"]}
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="specializing interpreter: CPython 3.11+")
 def test_the_zygote_runs_the_harness_warm_so_check_processes_inherit_it_quickened():
     # a check process that inherits quickened, specialized harness code does not write (copy) those pages itself

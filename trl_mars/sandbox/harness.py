@@ -95,7 +95,7 @@ def compile_test(i: int, test: dict, compile_=compile):
 
 
 @functools.lru_cache(maxsize=512)  # the problems of a few training steps; big literal inputs make big entries
-def _compiled(tests: tuple, prelude: str, setup: str) -> str | None:
+def _compiled(tests: tuple, prelude: str, setup: str) -> bytes | None:
     codes = [
         compile_test(i, {"holes": h, "prefix": p, "source": s, "call": c}) for i, (h, p, s, c) in enumerate(tests)
     ]
@@ -106,12 +106,12 @@ def _compiled(tests: tuple, prelude: str, setup: str) -> str | None:
         setup_code = compile(setup, "<setup>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError):
         return None
-    return marshal.dumps((codes, prelude_code, setup_code)).hex()
+    return marshal.dumps((codes, prelude_code, setup_code))
 
 
-def compiled_tests(check: dict) -> str | None:
+def compiled_tests(check: dict) -> bytes | None:
     """The code of a wire check's tests, prelude and setup, compiled here (on the trusted side: that code comes
-    from the tests, and is already in the wire as source) and marshalled as hex, memoized on that source; a
+    from the tests, and is already in the wire as source) and marshalled, memoized on that source; a
     check process loads it instead of compiling it again. None for stdin/stdout checks and when something
     does not compile (the check process then compiles, and reports the error, as it would anyway)."""
     if check["stdio"]:
@@ -142,12 +142,7 @@ def run_tests(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
     write, open_fd, dup2, close, open_ = os.write, os.open, os.dup2, os.close, open
     sink_cls, wrap, wrap_in, file_io, clock = CappedSink, text_stream, io.TextIOWrapper, io.FileIO, perf_counter
 
-    str_concat, format_exc, marshal_loads, from_hex = (
-        str.__add__,
-        traceback.format_exception,
-        marshal.loads,
-        bytes.fromhex,
-    )
+    str_concat, format_exc, marshal_loads = str.__add__, traceback.format_exception, marshal.loads
     harness_file = run_check.__code__.co_filename
     clean_builtins = PRISTINE_BUILTINS
     tests, stdio = check["tests"], check["stdio"]
@@ -197,7 +192,7 @@ def run_tests(check: dict, start: int, fd: int, nonce: str, streams: Streams) ->
 
     compiled = check.get("compiled")
     if compiled:  # compiled by the parent (``compiled_tests``)
-        codes, prelude, setup = marshal_loads(from_hex(compiled))
+        codes, prelude, setup = marshal_loads(compiled)
     else:
         codes = [None if stdio else compile_test(i, t, compile_) for i, t in enumerate(tests)]
     try:

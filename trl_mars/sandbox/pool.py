@@ -32,7 +32,7 @@ from trl_mars.sandbox import limits
 from trl_mars.sandbox.cases import Check, make_check, same_output
 from trl_mars.sandbox.config import SandboxConfig
 from trl_mars.sandbox.harness import compiled_tests
-from trl_mars.sandbox.protocol import ChannelClosed, frame, recv_msg, send_msg, unframe
+from trl_mars.sandbox.protocol import ChannelClosed, recv_msg, request, send_request, unframe
 from trl_mars.sandbox.trusted import FIELD_CAP, Decision, decide, same_value, show
 from trl_mars.sandbox.values import decode
 from trl_mars.sandbox.verdict import ExecutionResult, Status, TestVerdict
@@ -69,7 +69,7 @@ class Worker:
             cwd="/",
         )
         hello = {"config": self.config.to_dict(), "parent_pid": os.getpid()}
-        send_msg(self.proc.stdin.fileno(), hello)
+        send_request(self.proc.stdin.fileno(), hello)
         reply = recv_msg(self.proc.stdout.fileno(), time.monotonic() + 60)
         if "error" in reply:
             self.stop()
@@ -305,7 +305,7 @@ class Dispatcher:
                         continue
             wire = check.wire(self.config.output_cap_bytes)
             wire["compiled"] = compiled_tests(wire)
-            worker.outbox += frame({"check": wire})
+            worker.outbox += request({"check": wire})
             if not worker.inflight:
                 worker.deadline = time.monotonic() + worker.budget(check)
             worker.inflight.append((check, future))

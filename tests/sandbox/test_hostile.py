@@ -31,15 +31,23 @@ def sandbox():
 
 
 def assert_nothing_left(sb: Sandbox) -> None:
-    """No live process runs under a worker's sandbox uid, and zygotes have no children left."""
+    """No live process runs under a worker's sandbox uid, and what forks the checks has no children left."""
     uids = [w.isolation["uid"] for w in sb._workers if w.isolation.get("uid") is not None]
     assert [pid for uid in uids for pid in sandbox_pids(uid=uid)] == []
     for worker in sb._workers:
         if worker.proc is not None:
-            zygote = worker.proc.pid
-            if worker.isolation["pid"] == "namespace":  # the outer process's one child is the zygote proper
-                (zygote,) = map(int, children_of(zygote))
-            assert children_of(zygote) == []
+            assert children_of(forking_process(worker)) == []
+
+
+def forking_process(worker) -> int:
+    """The process a worker's check processes are forked from: with a PID namespace the outer process's one
+    child, the zygote proper, or, with a filesystem view as well, that one's one child, the forker."""
+    pid = worker.proc.pid
+    if worker.isolation["pid"] == "namespace":
+        (pid,) = map(int, children_of(pid))
+        if worker.isolation["filesystem"].startswith("view"):
+            (pid,) = map(int, children_of(pid))
+    return pid
 
 
 def children_of(pid: int) -> list[str]:

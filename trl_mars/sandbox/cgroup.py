@@ -2,9 +2,9 @@
 tasks, CPU weight.
 
 Each zygote gets its own cgroup, created by its outer process under the cgroup it was started in, and the
-zygote joins it before the first check; it runs one check at a time, so the cgroup holds exactly one check's
-processes (plus the zygote's own few new pages; the pages it had before joining stay charged where they
-were). Children are born in it, so no migration is paid per check. cgroup v2 is used where the memory and
+process that forks the checks (the zygote, or its forker) joins it before the first check; it runs one check
+at a time, so the cgroup holds exactly one check's processes (plus that process's own few new pages; the pages
+it had before joining stay charged where they were). Children are born in it, so no migration is paid per check. cgroup v2 is used where the memory and
 pids controllers are delegated to our cgroup, else the v1 hierarchies (memory, pids, cpu) when they are
 writable; otherwise ``create`` returns ``None`` with the reason and the zygote falls back to per-process
 rlimits and an RSS watchdog.
@@ -60,20 +60,26 @@ class CheckCgroup:
         self.version, self.dirs = version, dirs
         self.controllers = controllers  # v2 only: those enabled for it (v1: the keys of ``dirs``)
         self._events: int | None = None
+        self._procs: list[int] | None = None
 
     @property
     def describe(self) -> str:
         names = self.controllers if self.version == 2 else set(self.dirs)
         return f"cgroup v{self.version} ({', '.join(sorted(names & {'cpu', 'memory', 'pids'}))})"
 
-    def join(self) -> None:
-        """Move the calling process into the cgroup (its children are then born there) and keep the OOM
-        counter open, so it stays readable after the process leaves the host's filesystem."""
-        for d in self.dirs.values():
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write("0")
+    def open(self) -> None:
+        """Open what ``join`` and ``oom_kills`` use (each hierarchy's ``cgroup.procs``, the OOM counter), so
+        both keep working after the process (and the processes it forks) left the host's filesystem."""
+        self._procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs.values()]
         name = "memory.events" if self.version == 2 else "memory.oom_control"
         self._events = os.open(os.path.join(self.dirs["" if self.version == 2 else "memory"], name), os.O_RDONLY)
+
+    def join(self) -> None:
+        """Move the calling process into the cgroup (its children are then born there)."""
+        if self._procs is None:
+            self.open()
+        for fd in self._procs:
+            os.write(fd, b"0")
 
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer has killed in this cgroup so far."""

@@ -145,10 +145,19 @@ def recv_msg(fd: int, deadline: float | None = None):
     return _body(_read_exact(fd, size, deadline))
 
 
-def recv_request(fd: int):
-    """Next request (the zygote's side of ``send_request``); ``ChannelClosed`` on EOF or a malformed one."""
-    size = _size(_read_exact(fd, _HEADER.size, None))
+def read_request(fd: int) -> bytes:
+    """The body of the next request, still marshalled; ``ChannelClosed`` on EOF."""
+    return _read_exact(fd, _size(_read_exact(fd, _HEADER.size, None)), None)
+
+
+def decode_request(body: bytes):
+    """A request's value; ``ChannelClosed`` when ``body`` is not one marshalled value."""
     try:
-        return marshal.loads(_read_exact(fd, size, None))
+        return marshal.loads(body)
     except (EOFError, ValueError, TypeError) as e:
         raise ChannelClosed(f"malformed request: {e}") from e
+
+
+def recv_request(fd: int):
+    """Next request (the zygote's side of ``send_request``); ``ChannelClosed`` on EOF or a malformed one."""
+    return decode_request(read_request(fd))

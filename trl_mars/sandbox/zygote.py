@@ -24,15 +24,17 @@ import importlib
 import os
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from trl_mars.sandbox import cgroup, limits, view
 from trl_mars.sandbox.harness import FIELD_CAP, Streams, run_check, run_tests
-from trl_mars.sandbox.protocol import ChannelClosed, loads, recv_request, send_msg
+from trl_mars.sandbox.protocol import ChannelClosed, decode_request, loads, read_request, recv_request, send_msg
 
 if TYPE_CHECKING:  # the zygote takes the config as sent (the parent validated it), so it never imports
     from trl_mars.sandbox.config import SandboxConfig  # dataclasses, inspect, ast: fewer pages to fork
@@ -163,53 +165,17 @@ class CheckRun:
             "output_truncated": truncated, "duration_s": duration_s, "isolation": isolation,
         }  # fmt: skip
 
-    def child(self, start: int, records: int, nonce: str, rlimits: tuple) -> None:
-        """In the forked child: isolate, limit, then run the harness. Never returns.
-
-        What a child would only inherit is set up by the zygote beforehand (fds 0-2, the records fd, the
-        cwd, the environment, SIGXFSZ ignored): every line of Python run here, before the program, copies
-        the pages it touches."""
-        try:
-            os.setsid()
-            os.closerange(3, records)
-            os.closerange(records + 1, 1 << 16)
-            _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # (signal.signal would convert enums)
-            adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            os.write(adj, b"1000")  # the OOM killer takes the check's processes before the zygote (or anything else)
-            os.close(adj)
-            zygote = self.zygote
-            limits.apply_child_limits(rlimits, zygote.uid, zygote.pid)
-            if zygote.weak_network:
-                limits.block_sockets()
-            run_check(self.check, start, records, nonce, zygote.streams)
-        finally:
-            os._exit(70)
-
     def spawn(self, start: int) -> int:
         """Run tests from ``start`` in a fresh child; returns the index to continue from."""
-        # a file of its own per child (a process that outlived an earlier one cannot write into its records),
-        # at an fd above the child's RLIMIT_NOFILE (the program cannot dup2 onto it)
-        memfd = os.memfd_create("records", os.MFD_CLOEXEC)
+        # the records fd sits at a random fd above the child's RLIMIT_NOFILE (the program cannot dup2 onto it)
         random = os.urandom(18)
-        records = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, 100 + int.from_bytes(random[16:], "big") % 900)
-        os.close(memfd)
         nonce = random[:16].hex()  # (what secrets.token_hex does, without importing secrets into the zygote)
-        rlimits = self.zygote.rlimits()
         oom_before = self.zygote.oom_kills()
-        pid = os.fork()
-        if pid == 0:
-            self.child(start, records, nonce, rlimits)
+        child = self.zygote.launch(self.check, start, 100 + int.from_bytes(random[16:], "big") % 900, random[:16])
         try:
-            pidfd = os.pidfd_open(pid)  # readable once the child has exited (Linux 5.3+)
-        except (AttributeError, OSError):
-            pidfd = None
-        try:
-            reason, loaded, current, in_test = self.watch(records, pid, pidfd, nonce, start)
+            reason, loaded, current, in_test = self.watch(child.records, child.pid, child.exited, nonce, start)
         finally:
-            os.close(records)
-            if pidfd is not None:
-                os.close(pidfd)
-        status = self.kill_and_reap(pid)
+            status = self.zygote.end(child)
         if reason == "done":
             return len(self.tests)
         if reason == "memory" or self.zygote.oom_kills() > oom_before:
@@ -284,21 +250,68 @@ class CheckRun:
         ok = ok and all(x is None or type(x) in (str, int, float) for x in rec)
         return tuple(x[: FIELD_CAP * 40] if isinstance(x, str) else x for x in rec[1:]) if ok else None
 
-    def kill_and_reap(self, pid: int) -> int:
-        """SIGKILL every process of the check; reap them all; return the child's status."""
-        self.zygote.kill_check(pid)
-        _, status = os.waitpid(pid, 0)
-        give_up = time.monotonic() + 2.0
-        while True:  # orphans are reparented to the zygote (init or subreaper): reap them too
-            try:
-                reaped, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+
+
+def check_process(check: dict, start: int, records: int, nonce: str, rlimits: tuple, uid: int | None, parent: int,
+                  weak_network: bool, streams: Streams) -> NoReturn:  # fmt: skip
+    """In a forked check process: isolate, limit, then run the harness on tests ``start..``. Never returns.
+
+    What a check process would only inherit is set up by the process that forks it (fds 0-2, the records fd
+    at ``records``, the cwd, the environment, SIGXFSZ ignored): every line of Python run here, before the
+    program, copies the pages it touches. ``parent`` is that process's pid as the child sees it."""
+    try:
+        os.setsid()
+        os.closerange(3, records)
+        os.closerange(records + 1, 1 << 16)
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # (signal.signal would convert enums)
+        adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        os.write(adj, b"1000")  # the OOM killer takes the check's processes before the zygote (or anything else)
+        os.close(adj)
+        limits.apply_child_limits(rlimits, uid, parent)
+        if weak_network:
+            limits.block_sockets()
+        run_check(check, start, records, nonce, streams)
+    finally:
+        os._exit(70)
+
+
+def kill_and_reap(pid: int, kill: Callable[[int], None]) -> int:
+    """``kill`` every process of the check whose first process is ``pid`` (a child of this process); reap
+    them all; return that child's status."""
+    kill(pid)
+    _, status = os.waitpid(pid, 0)
+    give_up = time.monotonic() + 2.0
+    while True:  # orphans are reparented here (init or subreaper): reap them too
+        try:
+            reaped, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if reaped == 0:
+            if time.monotonic() > give_up:
                 return status
-            if reaped == 0:
-                if time.monotonic() > give_up:
-                    return status
-                self.zygote.kill_check(pid)
-                time.sleep(0.001)
+            kill(pid)
+            time.sleep(0.001)
+
+
+def _child_fds(out_fds: list[int]) -> None:
+    """Make this process's fds 0-2 what each check process's must be: stdin /dev/null, stdout and stderr the
+    capture memfds (so the children inherit them); oversized writes fail with EFBIG (SIGXFSZ ignored)."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for target, source in ((0, null), (1, out_fds[0]), (2, out_fds[1])):
+        os.dup2(source, target)
+    os.close(null)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+
+
+class Launched:
+    """A check process as its ``CheckRun`` watches it: the fd its records are read from, the fd readable
+    once it has exited (None: poll ``pid``), and its pid (None when another process forked it). (Not a
+    ``NamedTuple``: making one compiles code, which would build the AST types at import, see ``warm_up``.)"""
+
+    __slots__ = ("records", "exited", "pid")
+
+    def __init__(self, records: int, exited: int | None, pid: int | None):
+        self.records, self.exited, self.pid = records, exited, pid
 
 
 class Records:
@@ -351,11 +364,7 @@ class Zygote:
         self.requests = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
         # (held here too: a child that replaces ``sys.stderr`` must not be the one to finalize it)
         self.log = sys.stderr = open(fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3), "w", errors="backslashreplace")
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        for target, source in ((0, null), (1, self.scratch.out_fds[0]), (2, self.scratch.out_fds[1])):
-            os.dup2(source, target)
-        os.close(null)
-        _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # (inherited) oversized writes fail with EFBIG instead
+        _child_fds(self.scratch.out_fds)
 
     def rlimits(self) -> tuple:
         """The next check process's rlimits: fixed, except RLIMIT_NPROC without a uid of its own (the
@@ -373,12 +382,36 @@ class Zygote:
             return [int(p) for p in os.listdir("/proc") if p.isdigit() and p != "1"]
         return limits.sandbox_pids(uid=self.uid) if self.uid is not None else []
 
+    def launch(self, check: dict, start: int, records_at: int, nonce: bytes) -> Launched:
+        """Fork a check process for tests ``start..`` of ``check``, with a records memfd of its own (a process
+        that outlived an earlier one cannot write into its records) at an fd of at least ``records_at``."""
+        memfd = os.memfd_create("records", os.MFD_CLOEXEC)
+        records = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, records_at)
+        os.close(memfd)
+        rlimits = self.rlimits()
+        pid = os.fork()
+        if pid == 0:
+            check_process(check, start, records, nonce.hex(), rlimits, self.uid, self.pid, self.weak_network,
+                          self.streams)  # fmt: skip
+        try:
+            pidfd = os.pidfd_open(pid)  # readable once the child has exited (Linux 5.3+)
+        except (AttributeError, OSError):
+            pidfd = None
+        return Launched(records, pidfd, pid)
+
+    def end(self, child: Launched) -> int:
+        """Kill and reap every process of the check; its first process's status."""
+        os.close(child.records)
+        if child.exited is not None:
+            os.close(child.exited)
+        return kill_and_reap(child.pid, self.kill_check)
+
     def kill_check(self, pid: int) -> None:
         """SIGKILL the check's processes. As PID 1 of its namespace the zygote's ``kill(-1)`` reaches exactly
         the namespace's other processes (a fork racing it is cancelled by the kernel); without a namespace,
         the child's group and every process of the sandbox uid or, not root, of the child's session."""
         if self.pid_namespace:
-            os.kill(-1, signal.SIGKILL)
+            _kill_namespace(pid)
             return
         for kill in (os.killpg, os.kill):
             try:
@@ -387,12 +420,19 @@ class Zygote:
                 pass
         limits.kill_all(uid=self.uid) if self.uid is not None else limits.kill_all(sid=pid)
 
-    def serve(self, channel_out: int) -> None:
+    def prepare_children(self) -> None:
+        """Make this process what check processes are forked from: warm, frozen, with their environment."""
         warm_up(PRELOAD + ("socket",) if self.weak_network else PRELOAD)  # block_sockets needs socket
         gc.collect()
         gc.freeze()  # the children's collections skip the zygote's objects: fewer copy-on-write faults
         os.environ.clear()
         os.environ.update(CHILD_ENV, **({"HOME": view.WORK, "TMPDIR": view.WORK} if self.scratch.in_view else {}))
+
+    def next_check(self) -> dict:
+        return recv_request(self.requests)["check"]
+
+    def serve(self, channel_out: int) -> None:
+        self.prepare_children()
         weak = self.weak_network or self.isolation["filesystem"] == "none"
         if self.config.require_isolation and weak:
             send_msg(channel_out, {"error": f"required isolation unavailable: {self.isolation}"})
@@ -400,10 +440,138 @@ class Zygote:
         send_msg(channel_out, {"isolation": self.isolation})
         while True:
             try:
-                request = recv_request(self.requests)
+                check = self.next_check()
             except ChannelClosed:
                 return
-            send_msg(channel_out, CheckRun(request["check"], self).run())
+            send_msg(channel_out, CheckRun(check, self).run())
+
+
+# A forker command: (first test, the records fd's number in the check process, the request's length, nonce);
+# a negative first test asks to kill the running check process.
+_COMMAND = struct.Struct("<iii16s")
+_KILL = _COMMAND.pack(-1, 0, 0, bytes(16))
+
+
+class Keeper(Zygote):
+    """The zygote split in two, where it has a filesystem view: this process keeps the checks' bookkeeping
+    (requests, records, deadlines, scratch, results) and forks once, at start, the forker, PID 1 of a PID
+    namespace nested in this one, which forks every check process and does nothing else between forks.
+
+    A fork write-protects every page of the process that forks, which then faults on each page it writes
+    next: the zygote's bookkeeping took about 240 such faults per check, the forker's loop takes about 50,
+    and this process, which never forks again, none. The forker's ``kill(-1)`` reaches exactly its namespace,
+    the check's processes; they cannot see or signal this process. It talks to the forker over two pipes
+    (commands in, exit statuses out) and hands each request over in a memfd the check process reads itself."""
+
+    def __init__(self, config: SandboxConfig, uid: int | None, isolation: dict, group, channel_out: int):
+        super().__init__(config, uid, isolation, group)
+        self.check_fd = os.memfd_create("check", os.MFD_CLOEXEC)  # the current request, for the check process
+        self.records = os.memfd_create("records", os.MFD_CLOEXEC)  # emptied before each check process
+        commands, self.commands = os.pipe()
+        self.statuses, statuses = os.pipe()
+        limits.unshare(limits.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for fd in (self.commands, self.statuses, self.requests, channel_out):
+                    os.close(fd)
+                Forker(self, commands, statuses).serve()
+                code = 0
+            except BaseException:
+                traceback.print_exc(file=self.log)
+            finally:
+                os._exit(code)
+        os.close(commands)
+        os.close(statuses)
+        self.forker = pid
+
+    def prepare_children(self) -> None:
+        """Nothing: the forker does it."""
+
+    def next_check(self) -> dict:
+        body = read_request(self.requests)
+        os.ftruncate(self.check_fd, 0)
+        os.pwrite(self.check_fd, body, 0)
+        self.length = len(body)
+        return decode_request(body)["check"]
+
+    def launch(self, check: dict, start: int, records_at: int, nonce: bytes) -> Launched:
+        """Have the forker fork a check process for tests ``start..`` of the current request, its records on
+        the shared records memfd (emptied first: every process of the previous check is gone) at fd
+        ``records_at``."""
+        os.ftruncate(self.records, 0)
+        os.lseek(self.records, 0, os.SEEK_SET)
+        os.write(self.commands, _COMMAND.pack(start, records_at, self.length, nonce))
+        return Launched(self.records, self.statuses, None)
+
+    def end(self, child: Launched) -> int:
+        """Unless the check process already exited (its status is waiting), have the forker kill it; the
+        forker kills and reaps every process of the check before it reports the status."""
+        if not select.select([self.statuses], [], [], 0)[0]:
+            os.write(self.commands, _KILL)
+        status = os.read(self.statuses, 4)
+        if len(status) != 4:
+            raise ChannelClosed("the forker died")
+        return int.from_bytes(status, "little", signed=True)
+
+
+class Forker:
+    """PID 1 of the check processes' PID namespace, forked by the ``Keeper``: made warm once (imports,
+    ``warm_up``, frozen objects), then per command one fork, one wait (for the check process's exit or a
+    kill), ``kill(-1)`` and reaping, and the status sent back."""
+
+    def __init__(self, keeper: Keeper, commands: int, statuses: int):
+        self.keeper, self.commands, self.statuses = keeper, commands, statuses
+
+    def serve(self) -> None:
+        keeper = self.keeper
+        if keeper.group is not None:
+            keeper.group.join()
+        # /proc of this namespace over the keeper's: check processes see their own pids, and the keeper's
+        # memory watchdog counts every process here but this one, PID 1
+        limits.mount("proc", "/proc", "proc", limits.MS_NOSUID | limits.MS_NODEV | limits.MS_NOEXEC, "hidepid=2")
+        Zygote.prepare_children(keeper)
+        commands, size, records, check_fd = self.commands, _COMMAND.size, keeper.records, keeper.check_fd
+        while True:
+            command = os.read(commands, size)
+            if not command:
+                return
+            start, records_at, length, nonce = _COMMAND.unpack(command)
+            if start < 0:
+                continue  # a kill for a check process that had already exited
+            os.chdir(view.WORK)  # (after a check wrote, a fresh tmpfs replaced the one the old cwd is on)
+            rlimits = keeper.rlimits()
+            os.dup2(records, records_at)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    check = decode_request(os.pread(check_fd, length, 0))["check"]
+                except BaseException:
+                    os._exit(70)
+                check_process(check, start, records_at, nonce.hex(), rlimits, keeper.uid, 1, keeper.weak_network,
+                              keeper.streams)  # fmt: skip
+            os.close(records_at)
+            pidfd = os.pidfd_open(pid)
+            gone = commands in select.select([commands, pidfd], [], [])[0] and not os.read(commands, size)
+            status = kill_and_reap(pid, _kill_namespace)
+            os.close(pidfd)
+            if gone:
+                return
+            os.write(self.statuses, status.to_bytes(4, "little", signed=True))
+
+
+def _has_pidfd() -> bool:
+    """Whether the kernel gives pidfds (Linux 5.3+), which the forker waits on."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def _kill_namespace(_pid: int) -> None:
+    os.kill(-1, signal.SIGKILL)  # as PID 1: every other process of the namespace (a racing fork is cancelled)
 
 
 # A trusted check the zygote runs itself before serving, over the harness's common paths: split asserts whose
@@ -452,7 +620,7 @@ def _inner(config: SandboxConfig, uid: int | None, isolation: dict, group, chann
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # init ignores default-action signals from its namespace
     isolation["pid"] = "namespace"
     if group is not None:
-        group.join()
+        group.open()  # (the forker, or this process, joins it once the host's filesystem is out of reach)
     try:
         limits.unshare(limits.CLONE_NEWNS)  # its own: the outer process keeps the host's filesystem
     except OSError as e:
@@ -473,6 +641,11 @@ def _inner(config: SandboxConfig, uid: int | None, isolation: dict, group, chann
                 isolation["filesystem"] = "read-only mounts + private tmpfs"
             except OSError as e2:
                 isolation["warnings"].append(f"no private filesystem: {e2}")
+    if isolation["filesystem"].startswith("view") and _has_pidfd():
+        Keeper(config, uid, isolation, group, channel_out).serve(channel_out)
+        return
+    if group is not None:
+        group.join()
     Zygote(config, uid, isolation, group).serve(channel_out)
 
 

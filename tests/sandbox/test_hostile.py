@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 import uuid
@@ -151,16 +152,33 @@ def test_dead_worker_is_reported_and_restarted():
     with Sandbox(concurrency=1, timeout_s=2.0, max_total_s=4.0) as sb:
         sb.start()
         future = sb.submit("import time\ntime.sleep(3)\n", ["assert True"])
-        zygote = sb._workers[0].proc.pid
-        if sb._workers[0].isolation["pid"] == "namespace":
-            (zygote,) = map(int, children_of(zygote))
+        forker = forking_process(sb._workers[0])
         deadline = time.monotonic() + 10
-        while not children_of(zygote) and time.monotonic() < deadline:
+        while not children_of(forker) and time.monotonic() < deadline:
             time.sleep(0.01)  # the check is running: the worker dies under it, not before it was sent
         sb._workers[0].proc.kill()
         result = future.result()
         assert result.sandbox_error and statuses(result) == {Status.CRASHED}
         assert sb.run("def f():\n    return 1\n", ["assert f() == 1"]).passed
+        assert_nothing_left(sb)
+
+
+def test_a_dead_forker_is_reported_and_the_worker_restarted():
+    # with a filesystem view the check processes are forked by the zygote's forker: its death ends the check
+    # (its PID namespace goes with it) and the worker, which the next check restarts
+    with Sandbox(concurrency=1, timeout_s=2.0, max_total_s=4.0) as sb:
+        if not sb.start()["filesystem"].startswith("view"):
+            pytest.skip("no forker without a filesystem view")
+        future = sb.submit("import time\ntime.sleep(3)\n", ["assert True"])
+        forker = forking_process(sb._workers[0])
+        deadline = time.monotonic() + 10
+        while not children_of(forker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(forker, signal.SIGKILL)
+        result = future.result()
+        assert result.sandbox_error and statuses(result) == {Status.CRASHED}
+        assert sb.run("def f():\n    return 1\n", ["assert f() == 1"]).passed
+        assert forking_process(sb._workers[0]) != forker
         assert_nothing_left(sb)
 
 
@@ -171,11 +189,9 @@ def test_a_check_queued_behind_a_dead_worker_runs_again():
         sb.start()
         running = sb.submit("import time\ntime.sleep(3)\n", ["assert True"])
         queued = sb.submit("def f():\n    return 1\n", ["assert f() == 1", "assert f() == 2"])
-        zygote = sb._workers[0].proc.pid
-        if sb._workers[0].isolation["pid"] == "namespace":
-            (zygote,) = map(int, children_of(zygote))
+        forker = forking_process(sb._workers[0])
         deadline = time.monotonic() + 10
-        while (not children_of(zygote) or len(sb._workers[0].inflight) < 2) and time.monotonic() < deadline:
+        while (not children_of(forker) or len(sb._workers[0].inflight) < 2) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(sb._workers[0].inflight) == 2  # both sent: the second is queued behind the first
         sb._workers[0].proc.kill()

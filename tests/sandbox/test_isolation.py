@@ -121,6 +121,22 @@ def test_a_fork_bomb_stops_at_max_processes(use_cgroup):
         assert result.passed, result.feedback_text()
 
 
+def test_the_checks_cgroup_holds_the_forker_and_the_checks_not_the_keeper(sandbox):
+    # the keeper (the zygote's bookkeeping half) is not charged for a check's memory, so a check that reaches
+    # its limit can never bring the OOM killer to it
+    isolation = sandbox.start()
+    if not (isolation["resources"].startswith("cgroup v") and isolation["filesystem"].startswith("view")):
+        pytest.skip("no cgroup or no forker here")
+    outer = sandbox._workers[0].proc.pid
+    (keeper,) = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
+    (forker,) = Path(f"/proc/{keeper}/task/{keeper}/children").read_text().split()
+    assert "trl-mars-" in Path(f"/proc/{forker}/cgroup").read_text()
+    assert "trl-mars-" not in Path(f"/proc/{keeper}/cgroup").read_text()
+    program = "import os\ndef f():\n    return os.getpid(), os.getppid(), sorted(os.listdir('/proc/self/task'))\n"
+    result = sandbox.run(program, ["assert f() == 0"])  # its own PID namespace's /proc: pid 2, forked by 1
+    assert result.verdicts[0].actual == "(2, 1, ['2'])", result.verdicts[0].actual
+
+
 def test_host_processes_are_invisible(sandbox):
     secret = "argv-secret-7f3a"
     host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", secret])

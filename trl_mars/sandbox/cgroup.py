@@ -70,7 +70,9 @@ class CheckCgroup:
     def open(self) -> None:
         """Open what ``join`` and ``oom_kills`` use (each hierarchy's ``cgroup.procs``, the OOM counter), so
         both keep working after the process (and the processes it forks) left the host's filesystem."""
-        self._procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs.values()]
+        self._procs = [
+            os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs.values()
+        ]
         name = "memory.events" if self.version == 2 else "memory.oom_control"
         self._events = os.open(os.path.join(self.dirs["" if self.version == 2 else "memory"], name), os.O_RDONLY)
 

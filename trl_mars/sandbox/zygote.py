@@ -251,7 +251,6 @@ class CheckRun:
         return tuple(x[: FIELD_CAP * 40] if isinstance(x, str) else x for x in rec[1:]) if ok else None
 
 
-
 def check_process(check: dict, start: int, records: int, nonce: str, rlimits: tuple, uid: int | None, parent: int,
                   weak_network: bool, streams: Streams) -> NoReturn:  # fmt: skip
     """In a forked check process: isolate, limit, then run the harness on tests ``start..``. Never returns.

@@ -3,16 +3,19 @@
 Started by ``pool.Worker`` as ``python -m trl_mars.sandbox.zygote``; talks over stdin/stdout with
 ``protocol`` messages. This outer process creates the worker's cgroup, enters new namespaces and forks the
 zygote proper, PID 1 of the new PID namespace, then only waits for it and removes the cgroup. The zygote
-joins the cgroup, builds the filesystem view (``view``), and for each check forks a child (new session,
-rlimits, own uid, scrubbed env, stdin on /dev/null) that runs ``harness.run_check``. It reads the
-child's records (appended to a memfd) when the child exits or at each poll while it runs, with per-test
-deadlines; when a test times out or the child dies, that test gets its verdict and a new child continues
-with the next test. Every process of the check is killed and reaped.
+builds the filesystem view (``view``), and for each check a child (new session, rlimits, own uid, scrubbed
+env, stdin on /dev/null) runs ``harness.run_check``. The zygote reads the child's records (appended to a
+memfd) when the child exits or at each poll while it runs, with per-test deadlines; when a test times out or
+the child dies, that test gets its verdict and a new child continues with the next test. Every process of
+the check is killed and reaped.
 
 What a check costs is mostly the fork: every page either process writes afterwards is copied (the child)
-or faulted back writable (the zygote), so both do as little Python as they can: check-independent state
-(streams, pristine builtins, environment, imports) is made once in the zygote, the zygote wakes once per
-check rather than per record, and it imports neither the pool nor the test splitter.
+or faulted back writable (the process that forked), so both do as little Python as they can:
+check-independent state (streams, pristine builtins, environment, imports) is made once, the zygote wakes
+once per check rather than per record, and it imports neither the pool nor the test splitter. Where it has
+the view (the usual case), the zygote is a ``Keeper``: it keeps that bookkeeping and forks only once, at
+start, the ``Forker``, PID 1 of a nested PID namespace, which forks the check processes and runs a few lines
+of Python between forks. Without the view, one ``Zygote`` process does both.
 """
 
 from __future__ import annotations
@@ -457,7 +460,7 @@ class Keeper(Zygote):
     namespace nested in this one, which forks every check process and does nothing else between forks.
 
     A fork write-protects every page of the process that forks, which then faults on each page it writes
-    next: the zygote's bookkeeping took about 240 such faults per check, the forker's loop takes about 50,
+    next: the zygote's bookkeeping took about 240 such faults per check, the forker's loop takes about 65,
     and this process, which never forks again, none. The forker's ``kill(-1)`` reaches exactly its namespace,
     the check's processes; they cannot see or signal this process. It talks to the forker over two pipes
     (commands in, exit statuses out) and hands each request over in a memfd the check process reads itself."""

@@ -533,7 +533,7 @@ class Forker:
         # /proc of this namespace over the keeper's: check processes see their own pids, and the keeper's
         # memory watchdog counts every process here but this one, PID 1
         limits.mount("proc", "/proc", "proc", limits.MS_NOSUID | limits.MS_NODEV | limits.MS_NOEXEC, "hidepid=2")
-        Zygote.prepare_children(keeper)
+        Zygote.prepare_children(keeper)  # (the zygote's own: the keeper's does nothing, as it happens here)
         commands, size, records, check_fd = self.commands, _COMMAND.size, keeper.records, keeper.check_fd
         while True:
             command = os.read(commands, size)
@@ -555,6 +555,7 @@ class Forker:
                               keeper.streams)  # fmt: skip
             os.close(records_at)
             pidfd = os.pidfd_open(pid)
+            # until the check process exits or the keeper asks for a kill (or closed its end: it is gone)
             gone = commands in select.select([commands, pidfd], [], [])[0] and not os.read(commands, size)
             status = kill_and_reap(pid, _kill_namespace)
             os.close(pidfd)

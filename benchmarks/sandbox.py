@@ -20,9 +20,9 @@ The last line printed is one JSON object: ``vs_humaneval_harness``, ``vs_python_
 ``share_of_limit`` (ours / the in-process limit), ``identical_verdicts``, the four throughputs, where our
 CPU time per check goes (zygote, check processes, parent) next to the in-process limit's, and the page
 faults per check of the zygote and of the check processes (copy-on-write copies, the main cost of a fork),
-all over the timed rounds; the parent's CPU in the first round (which splits the tests), the machine's idle CPU
-share while ours ran (``idle_share_during_ours``: what pipelining checks into busy workers recovers); with ``--perf-stat S``, ``perf
-stat``'s task-clock and page faults per trivial check (``perf_stat_trivial``).
+all over the timed rounds; the parent's CPU in the first round (which splits the tests), the machine's idle
+CPU share while ours ran (``idle_share_during_ours``: what pipelining checks into busy workers recovers); with
+``--perf-stat S``, ``perf stat``'s task-clock and page faults per trivial check (``perf_stat_trivial``).
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
             after, parent, now = [cpu_seconds(p) for p in zygotes], time.process_time() - parent, cpu_jiffies()
             spent = [sum(a[k] - b[k] for a, b in zip(after, before)) for k in range(4)]
             our_rounds.append({"zygote": spent[0], "child": spent[1], "parent": parent, "zygote_faults": spent[2],
-                               "child_faults": spent[3], "jiffies": now[0] - machine[0], "idle": now[1] - machine[1]})  # fmt: skip
+                               "child_faults": spent[3], "jiffies": now[0] - machine[0],
+                               "idle": now[1] - machine[1]})  # fmt: skip
             return verdicts
 
         runners = {

@@ -88,7 +88,10 @@ def test_costly_rarely_imported_modules_are_not_preloaded_and_import_in_the_chec
     # every check about 0.05 ms together, and a check importing one pays 2.5 to 5.5 ms once
     costly = ("hashlib", "_hashlib", "datetime", "_datetime", "decimal", "_decimal", "fractions", "random")
     held = f"import sys\nHELD = sorted(m for m in {costly!r} if m in sys.modules)\ndef f():\n    return HELD\n"
-    used = "import hashlib, decimal\ndef f(s):\n    return hashlib.md5(s.encode()).hexdigest(), str(decimal.Decimal(1) / 8)\n"
+    used = (
+        "import hashlib, decimal\n"
+        "def f(s):\n    return hashlib.md5(s.encode()).hexdigest(), str(decimal.Decimal(1) / 8)\n"
+    )
     with Sandbox(concurrency=1) as sb:
         assert sb.run(held, ["assert f() == []"]).passed
         assert sb.run(used, ["assert f('a') == ('0cc175b9c0f1b6a831c399e269772661', '0.125')"]).passed

@@ -4,10 +4,10 @@ tasks, CPU weight.
 Each zygote gets its own cgroup, created by its outer process under the cgroup it was started in, and the
 process that forks the checks (the zygote, or its forker) joins it before the first check; it runs one check
 at a time, so the cgroup holds exactly one check's processes (plus that process's own few new pages; the pages
-it had before joining stay charged where they were). Children are born in it, so no migration is paid per check. cgroup v2 is used where the memory and
-pids controllers are delegated to our cgroup, else the v1 hierarchies (memory, pids, cpu) when they are
-writable; otherwise ``create`` returns ``None`` with the reason and the zygote falls back to per-process
-rlimits and an RSS watchdog.
+it had before joining stay charged where they were). Children are born in it, so no migration is paid per
+check. cgroup v2 is used where the memory and pids controllers are delegated to our cgroup, else the v1
+hierarchies (memory, pids, cpu) when they are writable; otherwise ``create`` returns ``None`` with the reason
+and the zygote falls back to per-process rlimits and an RSS watchdog.
 """
 
 from __future__ import annotations

@@ -295,16 +295,6 @@ def kill_and_reap(pid: int, kill: Callable[[int], None]) -> int:
             time.sleep(0.001)
 
 
-def _child_fds(out_fds: list[int]) -> None:
-    """Make this process's fds 0-2 what each check process's must be: stdin /dev/null, stdout and stderr the
-    capture memfds (so the children inherit them); oversized writes fail with EFBIG (SIGXFSZ ignored)."""
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    for target, source in ((0, null), (1, out_fds[0]), (2, out_fds[1])):
-        os.dup2(source, target)
-    os.close(null)
-    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
-
-
 class Launched:
     """A check process as its ``CheckRun`` watches it: the fd its records are read from, the fd readable
     once it has exited (None: poll ``pid``), and its pid (None when another process forked it). (Not a
@@ -366,7 +356,11 @@ class Zygote:
         self.requests = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
         # (held here too: a child that replaces ``sys.stderr`` must not be the one to finalize it)
         self.log = sys.stderr = open(fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3), "w", errors="backslashreplace")
-        _child_fds(self.scratch.out_fds)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        for target, source in ((0, null), (1, self.scratch.out_fds[0]), (2, self.scratch.out_fds[1])):
+            os.dup2(source, target)
+        os.close(null)
+        _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # (inherited) oversized writes fail with EFBIG instead
 
     def rlimits(self) -> tuple:
         """The next check process's rlimits: fixed, except RLIMIT_NPROC without a uid of its own (the
@@ -469,6 +463,7 @@ class Keeper(Zygote):
         super().__init__(config, uid, isolation, group)
         self.check_fd = os.memfd_create("check", os.MFD_CLOEXEC)  # the current request, for the check process
         self.records = os.memfd_create("records", os.MFD_CLOEXEC)  # emptied before each check process
+        self.length = 0  # of the current request in ``check_fd``
         commands, self.commands = os.pipe()
         self.statuses, statuses = os.pipe()
         limits.unshare(limits.CLONE_NEWPID)

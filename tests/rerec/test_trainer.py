@@ -17,6 +17,7 @@ from trl_mars.rewards.rerec import (
     token_pieces,
     wrong_titles,
 )
+from trl_mars.testing.distributed import free_port
 from trl_mars.trainers.rerec_config import ReRecConfig
 from trl_mars.trainers.rerec_trainer import ReasoningRecTrainer
 
@@ -222,7 +223,8 @@ def test_two_processes_give_the_same_advantages_as_one(tmp_path, tiny_qwen2_path
     single, double = tmp_path / "one", tmp_path / "two"
     single.mkdir(), double.mkdir()
     subprocess.run([sys.executable, script, tiny_qwen2_path, str(single)], check=True, env=env, timeout=300)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    port = str(free_port())
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     subprocess.run([*torchrun, script, tiny_qwen2_path, str(double)], check=True, env=env, timeout=300)
     one = json.loads((single / "rank0.json").read_text())[0]
     ranks = [json.loads((double / f"rank{r}.json").read_text())[0] for r in range(2)]

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.skipif(not _can_unshare(), reason="needs root and unsha
 
 
 def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, by each process's parent in ``/proc/*/stat`` (a task's ``children`` file,
+    as test_hostile reads, lists only the children of that one thread)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():

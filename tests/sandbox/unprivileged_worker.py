@@ -10,33 +10,24 @@ from __future__ import annotations
 import json
 import sys
 
+from test_isolation import FOUR_CHILDREN, MiB  # (this script's folder is first on sys.path)
+
 from trl_mars.sandbox import Sandbox
 
 ADD_ONE = "def f(x):\n    return x + 1\n"
 PROCESSES = "import os\ndef f():\n    return sorted(p for p in os.listdir('/proc') if p.isdigit())\n"
 CONNECT = "import socket\ndef f(port):\n    socket.create_connection(('127.0.0.1', port), timeout=1)\n    return 1\n"
 EXISTING = "import os\ndef f(paths):\n    return [p for p in paths if os.path.exists(p)]\n"
-FOUR_CHILDREN_OF_100_MB = """
-import os, time
-def f():
-    for i in range(4):
-        if os.fork() == 0:
-            block = b"x" * (100 << 20)
-            time.sleep(30)
-            os._exit(0)
-    time.sleep(30)
-    return 4
-"""
 
 
 def probes(port: int, paths: list[str]) -> dict:
-    with Sandbox(concurrency=1, timeout_s=10.0, max_total_s=12.0, memory_bytes=256 << 20) as sb:
+    with Sandbox(concurrency=1, timeout_s=10.0, max_total_s=12.0, memory_bytes=256 * MiB) as sb:
         isolation = sb.start()
         add = sb.run(ADD_ONE, ["assert f(1) == 2", "assert f(1) == 3"])
         seen = sb.run(PROCESSES, ["assert f() == []"]).verdicts[0]
         connect = sb.run(CONNECT, [f"assert f({port}) == 1"]).verdicts[0]
         files = sb.run(EXISTING, [f"assert f({paths!r}) == []"]).verdicts[0]
-        memory = sb.run(FOUR_CHILDREN_OF_100_MB, ["assert f() == 4"]).verdicts[0]
+        memory = sb.run(FOUR_CHILDREN, ["assert f() == 4"]).verdicts[0]
         after = sb.run(ADD_ONE, ["assert f(2) == 3"])
     return {
         "isolation": isolation,
